@@ -1,0 +1,1 @@
+"""Switchboard: a self-hosted ChatKit backend built as gRPC microservices."""

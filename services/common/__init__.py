@@ -1,0 +1,1 @@
+"""Code every Switchboard service shares: configuration, auth, the ChatKit <-> protobuf codec."""

@@ -1,0 +1,107 @@
+"""Configuration from environment variables, one table for every service (see the README).
+
+Seed names are kept as they are (`LLM_PROVIDER`, `OPENAI_*`, `GEMINI_*`); project settings use the
+`SWITCHBOARD_` prefix and object storage `MINIO_*`. Every setting has an embedded default that runs
+the whole stack on one machine.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    """All settings; each service reads the ones it needs."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Field(Path("var"), validation_alias=_env("SWITCHBOARD_DATA_DIR"))
+    log_level: str = Field("INFO", validation_alias=_env("SWITCHBOARD_LOG_LEVEL"))
+
+    # Auth
+    jwt_secret: str | None = Field(None, validation_alias=_env("SWITCHBOARD_JWT_SECRET"))
+    jwt_issuer: str | None = Field(None, validation_alias=_env("SWITCHBOARD_JWT_ISSUER"))
+    jwt_audience: str | None = Field(None, validation_alias=_env("SWITCHBOARD_JWT_AUDIENCE"))
+
+    # Agent service
+    agent_listen: str = Field("127.0.0.1:50051", validation_alias=_env("SWITCHBOARD_AGENT_LISTEN"))
+    database_path: Path | None = Field(None, validation_alias=_env("SWITCHBOARD_DATABASE_PATH"))
+    erp_database_path: Path | None = Field(None, validation_alias=_env("SWITCHBOARD_ERP_DATABASE_PATH"))
+    history_items: int = Field(40, ge=2, le=1000, validation_alias=_env("SWITCHBOARD_HISTORY_ITEMS"))
+    max_turns: int = Field(8, ge=1, le=50, validation_alias=_env("SWITCHBOARD_MAX_TURNS"))
+    shutdown_grace_s: float = Field(20.0, ge=0, validation_alias=_env("SWITCHBOARD_SHUTDOWN_GRACE_S"))
+
+    # Models
+    llm_provider: Literal["openai", "gemini", "local"] | None = Field(
+        None, validation_alias=_env("LLM_PROVIDER")
+    )
+    openai_api_key: str | None = Field(None, validation_alias=_env("OPENAI_API_KEY"))
+    openai_default_model: str = Field("gpt-4.1-mini", validation_alias=_env("OPENAI_DEFAULT_MODEL"))
+    openai_base_url: str | None = Field(None, validation_alias=_env("OPENAI_BASE_URL"))
+    gemini_api_key: str | None = Field(None, validation_alias=_env("GEMINI_API_KEY"))
+    gemini_default_model: str = Field("gemini-2.5-flash", validation_alias=_env("GEMINI_DEFAULT_MODEL"))
+    gemini_base_url: str = Field(
+        "https://generativelanguage.googleapis.com/v1beta/openai/",
+        validation_alias=_env("GEMINI_BASE_URL"),
+    )
+    local_token_delay_ms: float = Field(
+        15.0, ge=0, le=10_000, validation_alias=_env("SWITCHBOARD_LOCAL_TOKEN_DELAY_MS")
+    )
+
+    # Edge
+    edge_host: str = Field("127.0.0.1", validation_alias=_env("SWITCHBOARD_EDGE_HOST"))
+    edge_port: int = Field(8080, ge=0, le=65535, validation_alias=_env("SWITCHBOARD_EDGE_PORT"))
+    agent_address: str = Field("127.0.0.1:50051", validation_alias=_env("SWITCHBOARD_AGENT_ADDRESS"))
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=_env("SWITCHBOARD_CORS_ORIGINS"))
+    max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("SWITCHBOARD_MAX_BODY_BYTES"))
+    rpc_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("SWITCHBOARD_RPC_TIMEOUT_S"))
+    stream_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("SWITCHBOARD_STREAM_TIMEOUT_S"))
+    chatkit_domain_key: str = Field("local-dev", validation_alias=_env("SWITCHBOARD_CHATKIT_DOMAIN_KEY"))
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @property
+    def store_path(self) -> Path:
+        return self.database_path or self.data_dir / "switchboard.sqlite3"
+
+    @property
+    def erp_path(self) -> Path:
+        return self.erp_database_path or self.data_dir / "erp.sqlite3"
+
+    def resolve_jwt_secret(self) -> str:
+        """The HS256 key: `SWITCHBOARD_JWT_SECRET`, else a random key kept in the data directory.
+
+        The file fallback makes the one-machine stack secure without configuration: a fresh random
+        key is created once (mode 0600) and every local process reads the same one. Clusters set the
+        variable from a Secret so that every replica shares it.
+        """
+        if self.jwt_secret:
+            if len(self.jwt_secret) < 32:
+                raise ValueError("SWITCHBOARD_JWT_SECRET must be at least 32 characters")
+            return self.jwt_secret
+        path = self.data_dir / "jwt-secret"
+        if not path.exists():
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(secrets.token_urlsafe(48))
+        return path.read_text().strip()
+
+
+def load_settings() -> Settings:
+    return Settings()

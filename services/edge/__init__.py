@@ -1,0 +1,1 @@
+"""The edge: speaks ChatKit's HTTP/SSE protocol and turns every operation into one gRPC call."""

@@ -1,0 +1,1 @@
+"""The upload service: attachments in MinIO (arrives with the uploads issue)."""
