@@ -1,0 +1,66 @@
+"""The contract between the conversation (persistence, ChatKit semantics) and the agents.
+
+The conversation loads what a turn needs, hands it to a `Responder`, persists the ChatKit events the
+responder yields (items when they are done, never per token) and forwards them to the caller. The
+responder knows nothing of storage or gRPC: it turns a thread's history into agent runs and agent
+runs into `chatkit.types` events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from chatkit.actions import Action
+from chatkit.types import ThreadItem, ThreadMetadata, ThreadStreamEvent, UserMessageItem, WidgetItem
+
+from services.common.auth import Principal
+
+ACTIVE_AGENT_KEY = "active_agent"
+"""Key in `ThreadMetadata.metadata` that names the specialist who answers the next turn."""
+
+
+@dataclass(slots=True)
+class Turn:
+    """One request for the assistant to respond.
+
+    `thread` is mutable on purpose: a responder may set `thread.title` or
+    `thread.metadata[ACTIVE_AGENT_KEY]`; the conversation saves the change and, when the title
+    changed, sends `thread.updated`, as ChatKitServer does.
+    """
+
+    thread: ThreadMetadata
+    history: list[ThreadItem]
+    """Oldest first, bounded, ending with the newest item (the user message being answered, or the
+    completed client tool call / answered structured input). Hidden context items are included."""
+    principal: Principal
+    locale: str
+    input_user_message: UserMessageItem | None
+    """The user message this turn answers; None after a client tool output or structured input."""
+
+
+@dataclass(slots=True)
+class ActionRequest:
+    """A server-handled widget action (`threads.custom_action` / `threads.sync_custom_action`)."""
+
+    thread: ThreadMetadata
+    action: Action[str, Any]
+    sender: WidgetItem | None
+    principal: Principal
+    locale: str
+
+
+class Responder(Protocol):
+    def respond(self, turn: Turn) -> AsyncIterator[ThreadStreamEvent]:
+        """Stream the assistant's answer. Must stop the agent run when the iterator is closed or
+        cancelled (`RunResultStreaming.cancel()` in a `finally`)."""
+        ...
+
+    def action(self, request: ActionRequest) -> AsyncIterator[ThreadStreamEvent]:
+        """Stream what a server-handled widget action produces."""
+        ...
+
+    async def sync_action(self, request: ActionRequest) -> ThreadItem | None:
+        """Handle a non-streaming widget action; return the updated sender item, if any."""
+        ...
