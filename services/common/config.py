@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     rpc_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("SWITCHBOARD_RPC_TIMEOUT_S"))
     stream_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("SWITCHBOARD_STREAM_TIMEOUT_S"))
     chatkit_domain_key: str = Field("local-dev", validation_alias=_env("SWITCHBOARD_CHATKIT_DOMAIN_KEY"))
+    demo_token: str | None = Field(None, validation_alias=_env("SWITCHBOARD_DEMO_TOKEN"))
+    """When set (the dev stack sets it), `GET /` serves the ChatKit demo page with this token."""
 
     @field_validator("cors_origins", mode="before")
     @classmethod
