@@ -32,6 +32,13 @@ class Principal:
     role: str
 
 
+def _identifier(claims: dict[str, object], name: str, default: str | None = None) -> str:
+    value = claims.get(name, default)
+    if not isinstance(value, str) or not _ID_PATTERN.match(value):
+        raise AuthError(f"invalid token: claim {name!r} must be a short identifier")
+    return value
+
+
 class TokenVerifier:
     def __init__(self, secret: str, *, issuer: str | None = None, audience: str | None = None) -> None:
         self._secret = secret
@@ -51,12 +58,11 @@ class TokenVerifier:
             )
         except jwt.PyJWTError as error:
             raise AuthError(f"invalid token: {error}") from error
-        tenant, user, role = claims.get("tenant"), claims.get("sub"), claims.get("role", DEFAULT_ROLE)
-        for name, value in (("tenant", tenant), ("sub", user), ("role", role)):
-            if not isinstance(value, str) or not _ID_PATTERN.match(value):
-                raise AuthError(f"invalid token: claim {name!r} must be a short identifier")
-        assert isinstance(tenant, str) and isinstance(user, str) and isinstance(role, str)
-        return Principal(tenant=tenant, user=user, role=role)
+        return Principal(
+            tenant=_identifier(claims, "tenant"),
+            user=_identifier(claims, "sub"),
+            role=_identifier(claims, "role", DEFAULT_ROLE),
+        )
 
     def verify_header(self, header: str | None) -> Principal:
         """Verify an `Authorization: Bearer <token>` value."""

@@ -33,7 +33,6 @@ from chatkit.types import (
     ThreadStreamEvent,
 )
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from pydantic import BaseModel, TypeAdapter
 
@@ -71,7 +70,7 @@ class CodecError(ValueError):
 
 
 def _fill(message: Message, data: dict[str, Any]) -> None:
-    descriptor: Descriptor = message.DESCRIPTOR
+    descriptor: Any = message.DESCRIPTOR
     oneof = descriptor.oneofs_by_name.get(_ONEOF)
     if oneof is not None:
         kind = data.get("type")
@@ -90,7 +89,9 @@ def _fill(message: Message, data: dict[str, Any]) -> None:
         _fill_fields(message, own)
         _fill_fields(variant, rest)
         return
-    _fill_fields(message, {k: v for k, v in data.items() if k != "type" or "type" in descriptor.fields_by_name})
+    _fill_fields(
+        message, {k: v for k, v in data.items() if k != "type" or "type" in descriptor.fields_by_name}
+    )
 
 
 def _fill_fields(message: Message, data: dict[str, Any]) -> None:
@@ -106,7 +107,7 @@ def _fill_fields(message: Message, data: dict[str, Any]) -> None:
         _set_field(message, field, value)
 
 
-def _set_field(message: Message, field: FieldDescriptor, value: Any) -> None:
+def _set_field(message: Message, field: Any, value: Any) -> None:
     name = field.name
     if field.message_type is not None and field.message_type.GetOptions().map_entry:
         target = getattr(message, name)
@@ -219,6 +220,11 @@ def _read_value(message: Message) -> Any:
 def to_data(message: Message) -> dict[str, Any]:
     """The chatkit JSON-like dict for a protobuf message (validate it with a chatkit model)."""
     return _read(message)
+
+
+def json_value(message: struct_pb2.Value) -> Any:
+    """The plain JSON value of a google.protobuf.Value (integral numbers as ints)."""
+    return _read_value(message)
 
 
 # --------------------------------------------------------------------------- typed helpers

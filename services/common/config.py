@@ -62,7 +62,9 @@ class Settings(BaseSettings):
     edge_host: str = Field("127.0.0.1", validation_alias=_env("SWITCHBOARD_EDGE_HOST"))
     edge_port: int = Field(8080, ge=0, le=65535, validation_alias=_env("SWITCHBOARD_EDGE_PORT"))
     agent_address: str = Field("127.0.0.1:50051", validation_alias=_env("SWITCHBOARD_AGENT_ADDRESS"))
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list, validation_alias=_env("SWITCHBOARD_CORS_ORIGINS"))
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias=_env("SWITCHBOARD_CORS_ORIGINS")
+    )
     max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("SWITCHBOARD_MAX_BODY_BYTES"))
     rpc_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("SWITCHBOARD_RPC_TIMEOUT_S"))
     stream_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("SWITCHBOARD_STREAM_TIMEOUT_S"))

@@ -19,6 +19,8 @@ from services.common.auth import AuthError, Principal, TokenVerifier
 
 _OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
+Handler = grpc.RpcMethodHandler[Any, Any]
+
 current_principal: ContextVar[Principal] = ContextVar("current_principal")
 current_request_id: ContextVar[str] = ContextVar("current_request_id", default="-")
 current_locale: ContextVar[str] = ContextVar("current_locale", default="en")
@@ -31,7 +33,7 @@ def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
     return None
 
 
-def _aborting_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+def _aborting_handler(handler: Handler, message: str) -> Handler:
     async def abort_unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
@@ -58,9 +60,9 @@ class AuthInterceptor(aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(_OPEN_PREFIXES):
             return handler

@@ -1,0 +1,471 @@
+"""One ChatKit operation from request to events: validate, persist, run the responder, stream.
+
+This mirrors `chatkit.server.ChatKitServer` (openai-chatkit 1.6.5) so that a thread behaves the same
+whether it is served by the official SDK or by Switchboard:
+
+- the user message is stored and emitted (`thread.item.done`) before `stream_options` and before the
+  agents run;
+- items are stored when they are done (`thread.item.done` / `.replaced` / `.removed`); token deltas
+  only update an in-memory copy of the pending item, so the hot path never writes;
+- when the caller goes away (cancellation, deadline), the agent run is stopped first, then the
+  partial assistant text and a hidden "the user cancelled" note are stored;
+- an exception from the agents becomes a ChatKit `error` event and the stream ends normally.
+
+Where ChatKitServer is silent or lenient, Switchboard is strict, and it checks everything before it
+writes anything: a retry of an unknown item is NOT_FOUND (the SDK streams nothing), a client tool
+output without a pending call or an input to a locked thread is FAILED_PRECONDITION, and unknown
+attachment ids are INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import grpc
+from chatkit.actions import Action
+from chatkit.errors import CustomStreamError, ErrorCode, StreamError
+from chatkit.types import (
+    AssistantMessageContent,
+    AssistantMessageContentPartAdded,
+    AssistantMessageContentPartDone,
+    AssistantMessageContentPartTextDelta,
+    AssistantMessageItem,
+    ClientToolCallItem,
+    ErrorEvent,
+    HiddenContextItem,
+    Page,
+    SDKHiddenContextItem,
+    StreamOptions,
+    StreamOptionsEvent,
+    StructuredInputAnswer,
+    StructuredInputItem,
+    StructuredInputMultipleChoice,
+    StructuredInputSubmission,
+    Thread,
+    ThreadCreatedEvent,
+    ThreadItem,
+    ThreadItemAddedEvent,
+    ThreadItemDoneEvent,
+    ThreadItemRemovedEvent,
+    ThreadItemReplacedEvent,
+    ThreadItemUpdatedEvent,
+    ThreadMetadata,
+    ThreadStreamEvent,
+    ThreadUpdatedEvent,
+    UserMessageInput,
+    UserMessageItem,
+    WidgetItem,
+)
+
+from services.agent_service.store import Order, Store
+from services.agent_service.turn import ActionRequest, Responder, Turn
+from services.common.auth import Principal
+from services.common.errors import ServiceError, invalid
+from services.common.ids import new_id
+
+log = logging.getLogger(__name__)
+
+CANCELLED_NOTE: Final = "The user cancelled the stream. Stop responding to the prior request."
+MAX_MESSAGE_CHARS: Final = 32_000
+MAX_CONTENT_PARTS: Final = 64
+MAX_TITLE_CHARS: Final = 200
+MAX_PAGE: Final = 100
+DEFAULT_PAGE: Final = 20
+_HIDDEN: Final = (HiddenContextItem, SDKHiddenContextItem)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def thread_response(thread: ThreadMetadata, items: Page[ThreadItem] | None = None) -> Thread:
+    """The client's view of a thread: hidden items and server-side metadata left out."""
+    visible = Page[ThreadItem]()
+    if items is not None:
+        visible = Page(
+            data=[item for item in items.data if not isinstance(item, _HIDDEN)],
+            has_more=items.has_more,
+            after=items.after,
+        )
+    return Thread(
+        id=thread.id,
+        title=thread.title,
+        created_at=thread.created_at,
+        status=thread.status,
+        allowed_image_domains=thread.allowed_image_domains,
+        items=visible,
+    )
+
+
+def page_params(limit: int, order: str) -> tuple[int, Order]:
+    if limit < 0 or limit > MAX_PAGE:
+        raise invalid(f"limit must be between 1 and {MAX_PAGE}")
+    if order not in ("", "asc", "desc"):
+        raise invalid("order must be 'asc' or 'desc'")
+    return (limit or DEFAULT_PAGE), ("asc" if order == "asc" else "desc")
+
+
+def _validate_input(message: UserMessageInput) -> None:
+    if not message.content and not message.attachments:
+        raise invalid("the message is empty")
+    if len(message.content) > MAX_CONTENT_PARTS:
+        raise invalid(f"a message has at most {MAX_CONTENT_PARTS} content parts")
+    size = sum(len(part.text) for part in message.content) + len(message.quoted_text or "")
+    if size > MAX_MESSAGE_CHARS:
+        raise invalid(f"a message has at most {MAX_MESSAGE_CHARS} characters")
+    if message.attachments:
+        # Attachments arrive with the upload service; until then every id is unknown.
+        raise invalid(f"unknown attachment {message.attachments[0]!r}")
+
+
+def _ensure_open(thread: ThreadMetadata) -> None:
+    if thread.status.type != "active":
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION, f"thread {thread.id!r} is {thread.status.type}"
+        )
+
+
+class _PendingItems:
+    """Items announced with `thread.item.added` but not done yet, kept current from their updates.
+
+    Text deltas are collected as lists of chunks and joined only when the item is needed (on
+    cancellation), so following a long answer stays linear.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[str, ThreadItem] = {}
+        self._chunks: dict[tuple[str, int], list[str]] = {}
+
+    def added(self, item: ThreadItem) -> None:
+        self._items[item.id] = item.model_copy(deep=True)
+
+    def finished(self, item_id: str) -> None:
+        self._items.pop(item_id, None)
+        for key in [key for key in self._chunks if key[0] == item_id]:
+            del self._chunks[key]
+
+    def updated(self, event: ThreadItemUpdatedEvent) -> None:
+        item = self._items.get(event.item_id)
+        if not isinstance(item, AssistantMessageItem):
+            return
+        match event.update:
+            case AssistantMessageContentPartTextDelta(content_index=index, delta=delta):
+                self._chunks.setdefault((item.id, index), []).append(delta)
+            case AssistantMessageContentPartAdded(content_index=index, content=content) | (
+                AssistantMessageContentPartDone(content_index=index, content=content)
+            ):
+                while len(item.content) <= index:
+                    item.content.append(AssistantMessageContent(text=""))
+                item.content[index] = content.model_copy(deep=True)
+                self._chunks.pop((item.id, index), None)
+            case _:
+                pass
+
+    def partial_assistant_messages(self) -> list[AssistantMessageItem]:
+        """Pending assistant messages with the text they had so far (empty ones left out)."""
+        messages = []
+        for item in self._items.values():
+            if not isinstance(item, AssistantMessageItem):
+                continue
+            for (item_id, index), chunks in self._chunks.items():
+                if item_id == item.id:
+                    while len(item.content) <= index:
+                        item.content.append(AssistantMessageContent(text=""))
+                    item.content[index].text += "".join(chunks)
+            if any(part.text.strip() for part in item.content):
+                messages.append(item)
+        return messages
+
+
+class Conversation:
+    def __init__(self, store: Store, responder: Responder, *, history_items: int) -> None:
+        self._store = store
+        self._responder = responder
+        self._history_items = history_items
+
+    # ------------------------------------------------------------------ streaming operations
+
+    async def create_thread(
+        self, owner: Principal, locale: str, message: UserMessageInput
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        _validate_input(message)
+        thread = ThreadMetadata(id=new_id("thr"), created_at=_now())
+        await self._store.create_thread(owner, thread)
+        yield ThreadCreatedEvent(thread=thread_response(thread))
+        async for event in self._respond_to_user_message(owner, locale, thread, message):
+            yield event
+
+    async def add_user_message(
+        self, owner: Principal, locale: str, thread_id: str, message: UserMessageInput
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        _validate_input(message)
+        thread = await self._store.load_thread(owner, thread_id)
+        _ensure_open(thread)
+        async for event in self._respond_to_user_message(owner, locale, thread, message):
+            yield event
+
+    async def add_client_tool_output(
+        self, owner: Principal, locale: str, thread_id: str, result: Any
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        thread = await self._store.load_thread(owner, thread_id)
+        _ensure_open(thread)
+        newest = await self._store.list_items(owner, thread_id, limit=1, after=None, order="desc")
+        call = next(iter(newest.data), None)
+        if not isinstance(call, ClientToolCallItem) or call.status != "pending":
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION, f"thread {thread_id!r} has no pending client tool call"
+            )
+        call.output = result
+        call.status = "completed"
+        await self._store.add_item(owner, thread_id, call)
+        # As ChatKitServer does: drop other dangling pending calls so they never reach the model.
+        recent = await self._store.list_items(owner, thread_id, limit=DEFAULT_PAGE, after=None, order="desc")
+        for item in recent.data:
+            if isinstance(item, ClientToolCallItem) and item.status == "pending":
+                log.warning("dropping dangling client tool call %s", item.call_id)
+                await self._store.delete_item(owner, thread_id, item.id)
+        async for event in self._run(owner, locale, thread, None):
+            yield event
+
+    async def add_structured_input(
+        self,
+        owner: Principal,
+        locale: str,
+        thread_id: str,
+        item_id: str,
+        submission: StructuredInputSubmission,
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        thread = await self._store.load_thread(owner, thread_id)
+        _ensure_open(thread)
+        item = await self._store.load_item(owner, thread_id, item_id)
+        if not isinstance(item, StructuredInputItem):
+            raise invalid(f"item {item_id!r} is not a structured input")
+        if item.status != "pending":
+            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"item {item_id!r} was already answered")
+        answered = _apply_submission(item, submission)
+
+        async def replaced_then_respond() -> AsyncIterator[ThreadStreamEvent]:
+            yield ThreadItemReplacedEvent(item=answered)
+            async for event in self._responder.respond(await self._turn(owner, locale, thread, None)):
+                yield event
+
+        async for event in self._process(owner, thread, replaced_then_respond()):
+            yield event
+
+    async def retry_after_item(
+        self, owner: Principal, locale: str, thread_id: str, item_id: str
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        thread = await self._store.load_thread(owner, thread_id)
+        _ensure_open(thread)
+        item = await self._store.load_item(owner, thread_id, item_id)
+        if not isinstance(item, UserMessageItem):
+            raise invalid(f"item {item_id!r} is not a user message")
+        await self._store.delete_items_after(owner, thread_id, item_id)
+        async for event in self._run(owner, locale, thread, item):
+            yield event
+
+    async def custom_action(
+        self, owner: Principal, locale: str, thread_id: str, item_id: str | None, action: Action[str, Any]
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        thread = await self._store.load_thread(owner, thread_id)
+        sender = await self._store.load_item(owner, thread_id, item_id) if item_id else None
+        if sender is not None and not isinstance(sender, WidgetItem):
+            # ChatKitServer answers a non-widget sender with a lone error event.
+            yield ErrorEvent(code=ErrorCode.STREAM_ERROR, allow_retry=False)
+            return
+        request = ActionRequest(thread=thread, action=action, sender=sender, principal=owner, locale=locale)
+        async for event in self._process(owner, thread, self._responder.action(request)):
+            yield event
+
+    # ------------------------------------------------------------------ unary operations
+
+    async def sync_custom_action(
+        self, owner: Principal, locale: str, thread_id: str, item_id: str | None, action: Action[str, Any]
+    ) -> ThreadItem | None:
+        thread = await self._store.load_thread(owner, thread_id)
+        sender = await self._store.load_item(owner, thread_id, item_id) if item_id else None
+        if sender is not None and not isinstance(sender, WidgetItem):
+            raise invalid(f"item {item_id!r} is not a widget")
+        request = ActionRequest(thread=thread, action=action, sender=sender, principal=owner, locale=locale)
+        updated = await self._responder.sync_action(request)
+        if updated is not None:
+            # ChatKitServer leaves persisting to the integration; the widget must survive a reload.
+            await self._store.add_item(owner, thread_id, updated)
+        return updated
+
+    async def get_thread(self, owner: Principal, thread_id: str) -> Thread:
+        thread = await self._store.load_thread(owner, thread_id)
+        items = await self._store.list_items(owner, thread_id, limit=DEFAULT_PAGE, after=None, order="asc")
+        return thread_response(thread, items)
+
+    async def list_threads(
+        self, owner: Principal, *, limit: int, order: str, after: str | None
+    ) -> Page[Thread]:
+        size, direction = page_params(limit, order)
+        page = await self._store.list_threads(owner, limit=size, after=after, order=direction)
+        return Page(data=[thread_response(t) for t in page.data], has_more=page.has_more, after=page.after)
+
+    async def update_thread(self, owner: Principal, thread_id: str, title: str) -> Thread:
+        title = title.strip()
+        if not title or len(title) > MAX_TITLE_CHARS:
+            raise invalid(f"a title has 1 to {MAX_TITLE_CHARS} characters")
+        thread = await self._store.load_thread(owner, thread_id)
+        thread.title = title
+        await self._store.save_thread(owner, thread)
+        return thread_response(thread)
+
+    async def delete_thread(self, owner: Principal, thread_id: str) -> None:
+        await self._store.delete_thread(owner, thread_id)
+
+    async def list_items(
+        self, owner: Principal, thread_id: str, *, limit: int, order: str, after: str | None
+    ) -> Page[ThreadItem]:
+        size, direction = page_params(limit, order)
+        page = await self._store.list_items(owner, thread_id, limit=size, after=after, order=direction)
+        # Filtered after paging, as ChatKitServer does: a page may be shorter than the limit.
+        page.data = [item for item in page.data if not isinstance(item, _HIDDEN)]
+        return page
+
+    async def add_feedback(self, owner: Principal, thread_id: str, item_ids: list[str], kind: str) -> None:
+        if kind not in ("positive", "negative"):
+            raise invalid("kind must be 'positive' or 'negative'")
+        if not item_ids or len(item_ids) > MAX_PAGE:
+            raise invalid(f"item_ids needs 1 to {MAX_PAGE} ids")
+        await self._store.add_feedback(
+            owner, thread_id, item_ids, "positive" if kind == "positive" else "negative"
+        )
+
+    # ------------------------------------------------------------------ the turn
+
+    async def _respond_to_user_message(
+        self, owner: Principal, locale: str, thread: ThreadMetadata, message: UserMessageInput
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        item = UserMessageItem(
+            id=new_id("msg"),
+            thread_id=thread.id,
+            created_at=_now(),
+            content=message.content,
+            attachments=[],
+            quoted_text=message.quoted_text,
+            inference_options=message.inference_options,
+        )
+        await self._store.add_item(owner, thread.id, item)
+        yield ThreadItemDoneEvent(item=item)
+        async for event in self._run(owner, locale, thread, item):
+            yield event
+
+    async def _turn(
+        self, owner: Principal, locale: str, thread: ThreadMetadata, message: UserMessageItem | None
+    ) -> Turn:
+        history = await self._store.recent_items(owner, thread.id, self._history_items)
+        return Turn(
+            thread=thread, history=history, principal=owner, locale=locale, input_user_message=message
+        )
+
+    async def _run(
+        self, owner: Principal, locale: str, thread: ThreadMetadata, message: UserMessageItem | None
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        turn = await self._turn(owner, locale, thread, message)
+        async for event in self._process(owner, thread, self._responder.respond(turn)):
+            yield event
+
+    async def _process(
+        self, owner: Principal, thread: ThreadMetadata, source: AsyncIterator[ThreadStreamEvent]
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        """Persist and forward what the responder streams, as ChatKitServer._process_events does."""
+        await asyncio.sleep(0)
+        yield StreamOptionsEvent(stream_options=StreamOptions(allow_cancel=True))
+        pending = _PendingItems()
+        seen = (thread.title, thread.status, dict(thread.metadata))
+        try:
+            try:
+                async for event in source:
+                    match event:
+                        case ThreadItemAddedEvent(item=item):
+                            pending.added(item)
+                        case ThreadItemUpdatedEvent():
+                            pending.updated(event)
+                        case ThreadItemDoneEvent(item=item) | ThreadItemReplacedEvent(item=item):
+                            await self._store.add_item(owner, thread.id, item)
+                            pending.finished(item.id)
+                        case ThreadItemRemovedEvent(item_id=item_id):
+                            await self._store.delete_item(owner, thread.id, item_id)
+                            pending.finished(item_id)
+                        case _:
+                            pass
+                    if not (isinstance(event, ThreadItemDoneEvent) and isinstance(event.item, _HIDDEN)):
+                        yield event
+                    if (thread.title, thread.status) != seen[:2]:
+                        seen = await self._announce(owner, thread)
+                        yield ThreadUpdatedEvent(thread=thread_response(thread))
+            except (asyncio.CancelledError, GeneratorExit):
+                await _close(source)
+                await asyncio.shield(self._save_cancelled(owner, thread, pending))
+                raise
+            except CustomStreamError as error:
+                yield ErrorEvent(code="custom", message=error.message, allow_retry=error.allow_retry)
+            except StreamError as error:
+                yield ErrorEvent(code=error.code, allow_retry=error.allow_retry)
+            except ServiceError as error:
+                yield ErrorEvent(code="custom", message=error.message, allow_retry=False)
+            except Exception:
+                log.exception("the agents failed in thread %s", thread.id)
+                yield ErrorEvent(code=ErrorCode.STREAM_ERROR, allow_retry=True)
+            if (thread.title, thread.status) != seen[:2]:
+                seen = await self._announce(owner, thread)
+                yield ThreadUpdatedEvent(thread=thread_response(thread))
+            elif thread.metadata != seen[2]:
+                # Server-side state (the active specialist) changed: save it, the client sees nothing.
+                seen = await self._announce(owner, thread)
+        finally:
+            await _close(source)
+
+    async def _announce(
+        self, owner: Principal, thread: ThreadMetadata
+    ) -> tuple[str | None, Any, dict[str, Any]]:
+        await self._store.save_thread(owner, thread)
+        return (thread.title, thread.status, dict(thread.metadata))
+
+    async def _save_cancelled(self, owner: Principal, thread: ThreadMetadata, pending: _PendingItems) -> None:
+        """What ChatKitServer.handle_stream_cancelled stores: partial answers and a hidden note."""
+        try:
+            for message in pending.partial_assistant_messages():
+                await self._store.add_item(owner, thread.id, message)
+            note = SDKHiddenContextItem(
+                id=new_id("shcx"), thread_id=thread.id, created_at=_now(), content=CANCELLED_NOTE
+            )
+            await self._store.add_item(owner, thread.id, note)
+            if thread.metadata:
+                await self._store.save_thread(owner, thread)
+        except Exception:
+            log.exception("could not save the cancelled turn of thread %s", thread.id)
+
+
+async def _close(source: AsyncIterator[ThreadStreamEvent]) -> None:
+    """Close the responder's generator, which stops its agent run (idempotent)."""
+    aclose = getattr(source, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
+def _apply_submission(
+    item: StructuredInputItem, submission: StructuredInputSubmission
+) -> StructuredInputItem:
+    """ChatKitServer's rules: missing, empty or skipped answers are recorded as skipped; a
+    single-choice question keeps one value; unknown question ids are ignored."""
+    answered = item.model_copy(deep=True)
+    for question in answered.inputs:
+        answer = submission.answers.get(question.id)
+        if submission.status == "skipped" or answer is None or answer.skipped or not answer.values:
+            question.answer = StructuredInputAnswer(skipped=True)
+            continue
+        values = answer.values
+        if isinstance(question, StructuredInputMultipleChoice) and not question.multiple:
+            values = values[:1]
+        question.answer = StructuredInputAnswer(values=values)
+    answered.status = submission.status
+    return answered

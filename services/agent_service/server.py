@@ -1,0 +1,339 @@
+"""The agent service's gRPC wiring: ChatService handlers, auth, health, reflection, shutdown.
+
+Each handler turns its protobuf request into chatkit models, asks the Conversation for the result
+and turns that back into protobuf. Streaming handlers use grpc.aio's writer API so that a failure
+before the first event becomes a real status (the edge maps it to HTTP) and so that cancellation
+(client gone, deadline passed, server shutting down) always closes the conversation, which stops the
+agent run and saves the partial answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import grpc
+from chatkit.actions import Action
+from chatkit.types import StructuredInputSubmission, ThreadStreamEvent, UserMessageInput
+from google.protobuf.message import Message
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import BaseModel, ValidationError
+
+from services.agent_service.conversation import Conversation
+from services.agent_service.store import SqliteStore, Store
+from services.agent_service.turn import Responder
+from services.common import codec
+from services.common.auth import Principal, TokenVerifier
+from services.common.config import Settings
+from services.common.errors import ServiceError
+from services.common.grpc_auth import AuthInterceptor, current_locale, current_principal, current_request_id
+from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: Final = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+_MB: Final = 1024 * 1024
+SERVER_OPTIONS: Final = [
+    ("grpc.max_receive_message_length", 16 * _MB),
+    ("grpc.max_send_message_length", 16 * _MB),
+    # Clients ping every 30 s; accept that and recycle connections so load spreads over replicas.
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_connection_age_ms", 30 * 60_000),
+    ("grpc.max_connection_age_grace_ms", 10 * 60_000),
+]
+
+_Model = TypeVar("_Model", bound=BaseModel)
+_Reply = TypeVar("_Reply", bound=Message)
+Context = aio.ServicerContext[Any, Any]
+
+
+def _caller() -> tuple[Principal, str]:
+    return current_principal.get(), current_locale.get()
+
+
+def _parse(model: type[_Model], data: Any, what: str) -> _Model:
+    try:
+        return model.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or what
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, f"invalid {what}: {where}: {first['msg']}"
+        ) from error
+
+
+def _user_input(message: chat_pb2.UserMessageInput) -> UserMessageInput:
+    data = codec.to_data(message)
+    data.setdefault("inference_options", {})
+    return _parse(UserMessageInput, data, "input")
+
+
+def _action(message: chat_pb2.Action) -> Action[str, Any]:
+    if not message.type:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "action.type is required")
+    return _parse(Action[str, Any], codec.to_data(message), "action")
+
+
+def _required(value: str, name: str) -> str:
+    if not value:
+        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} is required")
+    return value
+
+
+async def _abort(context: Context, error: ServiceError) -> None:
+    log.info("request %s refused: %s %s", current_request_id.get(), error.code.name, error.message)
+    await context.abort(error.code, error.message)
+
+
+class ChatService(chat_pb2_grpc.ChatServiceServicer):
+    def __init__(self, conversation: Conversation) -> None:
+        self._conversation = conversation
+
+    async def _stream(
+        self, context: Context, open_events: Callable[[], AsyncIterator[ThreadStreamEvent]]
+    ) -> None:
+        try:
+            events = open_events()
+        except ServiceError as error:
+            await _abort(context, error)
+            return
+        try:
+            async for event in events:
+                await context.write(codec.event_to_proto(event))
+        except ServiceError as error:
+            await _abort(context, error)
+        finally:
+            aclose = getattr(events, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+    async def _unary(self, context: Context, call: Callable[[], Awaitable[_Reply]]) -> _Reply:
+        try:
+            return await call()
+        except ServiceError as error:
+            await _abort(context, error)
+            raise AssertionError("unreachable") from error
+
+    # ------------------------------------------------------------------ streaming
+    # These use grpc.aio's writer API (context.write), which the generated stubs do not describe.
+
+    async def CreateThread(self, request: chat_pb2.CreateThreadRequest, context: Context) -> None:  # type: ignore[override]
+        owner, locale = _caller()
+        await self._stream(
+            context, lambda: self._conversation.create_thread(owner, locale, _user_input(request.input))
+        )
+
+    async def AddUserMessage(self, request: chat_pb2.AddUserMessageRequest, context: Context) -> None:  # type: ignore[override]
+        owner, locale = _caller()
+        await self._stream(
+            context,
+            lambda: self._conversation.add_user_message(
+                owner, locale, _required(request.thread_id, "thread_id"), _user_input(request.input)
+            ),
+        )
+
+    async def AddClientToolOutput(  # type: ignore[override]
+        self, request: chat_pb2.AddClientToolOutputRequest, context: Context
+    ) -> None:
+        owner, locale = _caller()
+        result = codec.json_value(request.result) if request.HasField("result") else None
+        await self._stream(
+            context,
+            lambda: self._conversation.add_client_tool_output(
+                owner, locale, _required(request.thread_id, "thread_id"), result
+            ),
+        )
+
+    async def AddStructuredInput(self, request: chat_pb2.AddStructuredInputRequest, context: Context) -> None:  # type: ignore[override]
+        owner, locale = _caller()
+        await self._stream(
+            context,
+            lambda: self._conversation.add_structured_input(
+                owner,
+                locale,
+                _required(request.thread_id, "thread_id"),
+                _required(request.item_id, "item_id"),
+                _parse(StructuredInputSubmission, codec.to_data(request.input), "input"),
+            ),
+        )
+
+    async def RetryAfterItem(self, request: chat_pb2.RetryAfterItemRequest, context: Context) -> None:  # type: ignore[override]
+        owner, locale = _caller()
+        await self._stream(
+            context,
+            lambda: self._conversation.retry_after_item(
+                owner,
+                locale,
+                _required(request.thread_id, "thread_id"),
+                _required(request.item_id, "item_id"),
+            ),
+        )
+
+    async def CustomAction(self, request: chat_pb2.CustomActionRequest, context: Context) -> None:  # type: ignore[override]
+        owner, locale = _caller()
+        item_id = request.item_id if request.HasField("item_id") else None
+        await self._stream(
+            context,
+            lambda: self._conversation.custom_action(
+                owner, locale, _required(request.thread_id, "thread_id"), item_id, _action(request.action)
+            ),
+        )
+
+    # ------------------------------------------------------------------ unary
+
+    async def SyncCustomAction(
+        self, request: chat_pb2.SyncCustomActionRequest, context: Context
+    ) -> chat_pb2.SyncCustomActionResponse:
+        owner, locale = _caller()
+
+        async def call() -> chat_pb2.SyncCustomActionResponse:
+            item_id = request.item_id if request.HasField("item_id") else None
+            updated = await self._conversation.sync_custom_action(
+                owner, locale, _required(request.thread_id, "thread_id"), item_id, _action(request.action)
+            )
+            response = chat_pb2.SyncCustomActionResponse()
+            if updated is not None:
+                response.updated_item.CopyFrom(codec.item_to_proto(updated))
+            return response
+
+        return await self._unary(context, call)
+
+    async def GetThread(self, request: chat_pb2.GetThreadRequest, context: Context) -> thread_pb2.Thread:
+        owner, _ = _caller()
+
+        async def call() -> thread_pb2.Thread:
+            thread = await self._conversation.get_thread(owner, _required(request.thread_id, "thread_id"))
+            return codec.thread_to_proto(thread)
+
+        return await self._unary(context, call)
+
+    async def ListThreads(
+        self, request: chat_pb2.ListThreadsRequest, context: Context
+    ) -> chat_pb2.ListThreadsResponse:
+        owner, _ = _caller()
+
+        async def call() -> chat_pb2.ListThreadsResponse:
+            page = await self._conversation.list_threads(
+                owner,
+                limit=request.limit,
+                order=request.order,
+                after=request.after if request.HasField("after") else None,
+            )
+            return codec.to_proto(page, chat_pb2.ListThreadsResponse())
+
+        return await self._unary(context, call)
+
+    async def UpdateThread(
+        self, request: chat_pb2.UpdateThreadRequest, context: Context
+    ) -> thread_pb2.Thread:
+        owner, _ = _caller()
+
+        async def call() -> thread_pb2.Thread:
+            thread = await self._conversation.update_thread(
+                owner, _required(request.thread_id, "thread_id"), request.title
+            )
+            return codec.thread_to_proto(thread)
+
+        return await self._unary(context, call)
+
+    async def DeleteThread(
+        self, request: chat_pb2.DeleteThreadRequest, context: Context
+    ) -> chat_pb2.DeleteThreadResponse:
+        owner, _ = _caller()
+
+        async def call() -> chat_pb2.DeleteThreadResponse:
+            await self._conversation.delete_thread(owner, _required(request.thread_id, "thread_id"))
+            return chat_pb2.DeleteThreadResponse()
+
+        return await self._unary(context, call)
+
+    async def ListItems(
+        self, request: chat_pb2.ListItemsRequest, context: Context
+    ) -> chat_pb2.ListItemsResponse:
+        owner, _ = _caller()
+
+        async def call() -> chat_pb2.ListItemsResponse:
+            page = await self._conversation.list_items(
+                owner,
+                _required(request.thread_id, "thread_id"),
+                limit=request.limit,
+                order=request.order,
+                after=request.after if request.HasField("after") else None,
+            )
+            return codec.to_proto(page, chat_pb2.ListItemsResponse())
+
+        return await self._unary(context, call)
+
+    async def AddFeedback(
+        self, request: chat_pb2.AddFeedbackRequest, context: Context
+    ) -> chat_pb2.AddFeedbackResponse:
+        owner, _ = _caller()
+
+        async def call() -> chat_pb2.AddFeedbackResponse:
+            await self._conversation.add_feedback(
+                owner, _required(request.thread_id, "thread_id"), list(request.item_ids), request.kind
+            )
+            return chat_pb2.AddFeedbackResponse()
+
+        return await self._unary(context, call)
+
+
+async def build_server(
+    settings: Settings, store: Store, responder: Responder, *, listen: str | None = None
+) -> tuple[aio.Server, health.aio.HealthServicer, int]:
+    """A started gRPC server with every service registered; returns it, its health servicer and port."""
+    verifier = TokenVerifier(
+        settings.resolve_jwt_secret(), issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+    server = aio.server(interceptors=[AuthInterceptor(verifier)], options=SERVER_OPTIONS)
+    conversation = Conversation(store, responder, history_items=settings.history_items)
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatService(conversation), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+    port = server.add_insecure_port(listen or settings.agent_listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen or settings.agent_listen}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer, port
+
+
+async def serve(settings: Settings) -> None:
+    """Run the agent service until SIGTERM/SIGINT, then drain in-flight streams within the grace."""
+    from services.agent_service.agents.responder import create_responder
+
+    store = SqliteStore(settings.store_path)
+    await store.open()
+    responder = await create_responder(settings)
+    server, health_servicer, port = await build_server(settings, store, responder)
+    log.info(
+        "agent service listening on %s (port %d), store %s", settings.agent_listen, port, settings.store_path
+    )
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    waiter = asyncio.create_task(server.wait_for_termination())
+    stopper = asyncio.create_task(stopping.wait())
+    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    if stopping.is_set():
+        log.info("shutting down: draining in-flight calls for up to %.0f s", settings.shutdown_grace_s)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(settings.shutdown_grace_s)
+    waiter.cancel()
+    stopper.cancel()
+    await responder.aclose()
+    await store.close()
+    log.info("agent service stopped")
+
+
+__all__ = ["SERVICE_NAME", "ChatService", "build_server", "events_pb2", "serve"]
