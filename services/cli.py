@@ -1,0 +1,243 @@
+"""`switchboard`: run the services, run the whole stack for development, mint tokens, chat over gRPC.
+
+Every setting comes from the environment (see the README's configuration table); the few flags here
+override the matching variables for one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Sequence
+from typing import Final
+
+from services.common.auth import mint_token
+from services.common.config import Settings, load_settings
+
+DEV_TENANT: Final = "acme"
+DEV_USER: Final = "demo"
+DEV_ROLE: Final = "user"
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# --------------------------------------------------------------------------- services
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    overrides = {"agent_listen": args.listen} if args.listen else {}
+    settings = load_settings().model_copy(update=overrides)
+    _configure_logging(settings)
+    from services.agent_service.server import serve
+
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _run_edge(args: argparse.Namespace) -> int:
+    overrides: dict[str, object] = {}
+    if args.host:
+        overrides["edge_host"] = args.host
+    if args.port is not None:
+        overrides["edge_port"] = args.port
+    if args.agent_address:
+        overrides["agent_address"] = args.agent_address
+    settings = load_settings().model_copy(update=overrides)
+    _configure_logging(settings)
+    from services.edge.app import run_edge
+
+    asyncio.run(run_edge(settings))
+    return 0
+
+
+# --------------------------------------------------------------------------- dev stack
+
+
+def _wait_ready(url: str, timeout_s: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def _run_dev(args: argparse.Namespace) -> int:
+    """Start the agent service and the edge as child processes on embedded defaults."""
+    settings = load_settings()
+    _configure_logging(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    secret = settings.resolve_jwt_secret()
+    token = mint_token(
+        secret,
+        tenant=args.tenant,
+        user=args.user,
+        role=args.role,
+        ttl_s=7 * 86_400,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+    env = dict(os.environ)
+    env.setdefault("SWITCHBOARD_CORS_ORIGINS", "*")
+    env.setdefault("SWITCHBOARD_DEMO_TOKEN", token)
+    env.setdefault("SWITCHBOARD_AGENT_ADDRESS", settings.agent_listen)
+    python = sys.executable
+    children = [
+        _spawn([python, "-m", "services.cli", "agent"], env),
+        _spawn([python, "-m", "services.cli", "edge"], env),
+    ]
+    base = f"http://{settings.edge_host}:{settings.edge_port}"
+
+    def stop(*_: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        if not _wait_ready(f"{base}/readyz", timeout_s=60):
+            print("switchboard dev: the stack did not become ready; see the logs above", file=sys.stderr)
+            stop()
+            return 1
+        body = '{"type":"threads.create","params":{"input":{"content":[{"type":"input_text","text":"Hello! Who is employee E1001?"}],"attachments":[],"inference_options":{}}}}'  # noqa: E501
+        print(
+            "\nSwitchboard is running.\n"
+            f"  edge:          {base}  (ChatKit endpoint {base}/chatkit/api)\n"
+            f"  demo page:     {base}/  (the ChatKit UI loads from OpenAI's CDN: needs internet)\n"
+            f"  agent (gRPC):  {settings.agent_listen}\n"
+            f"  dev token:     tenant={args.tenant} user={args.user} role={args.role}\n\n"
+            "Try it:\n"
+            f"  curl -N {base}/chatkit/api -H 'Authorization: Bearer {token}' "
+            f"-H 'Content-Type: application/json' -d '{body}'\n\n"
+            "Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while all(child.poll() is None for child in children):
+            try:
+                children[0].wait(timeout=0.5)
+            except Exception:
+                continue
+    finally:
+        stop()
+        for child in children:
+            try:
+                child.wait(timeout=settings.shutdown_grace_s + 5)
+            except Exception:
+                child.kill()
+    return max((child.returncode or 0) for child in children)
+
+
+def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(command, env=env)
+
+
+# --------------------------------------------------------------------------- token and chat
+
+
+def _token(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    print(
+        mint_token(
+            settings.resolve_jwt_secret(),
+            tenant=args.tenant,
+            user=args.user,
+            role=args.role,
+            ttl_s=args.ttl,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+        )
+    )
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from services.chat_client import chat
+
+    settings = load_settings()
+    token = args.token or mint_token(
+        settings.resolve_jwt_secret(),
+        tenant=args.tenant,
+        user=args.user,
+        role=args.role,
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+    )
+    address = args.agent_address or settings.agent_address
+    message = " ".join(args.message) if args.message else None
+    return asyncio.run(chat(address, token, thread_id=args.thread, message=message, locale=args.locale))
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="switchboard",
+        description="Switchboard: a self-hosted ChatKit backend as gRPC microservices. "
+        "Settings come from environment variables (see the README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    agent = commands.add_parser("agent", help="run the agent service (gRPC)")
+    agent.add_argument("--listen", help="host:port to listen on (SWITCHBOARD_AGENT_LISTEN)")
+    agent.set_defaults(func=_run_agent)
+
+    edge = commands.add_parser("edge", help="run the ChatKit HTTP/SSE edge")
+    edge.add_argument("--host", help="interface to bind (SWITCHBOARD_EDGE_HOST)")
+    edge.add_argument("--port", type=int, help="port to bind (SWITCHBOARD_EDGE_PORT)")
+    edge.add_argument("--agent-address", help="agent service host:port (SWITCHBOARD_AGENT_ADDRESS)")
+    edge.set_defaults(func=_run_edge)
+
+    for name, helptext in (
+        ("dev", "run the whole stack on one machine with embedded defaults"),
+        ("token", "mint a development JWT signed with the configured secret"),
+        ("chat", "chat with the agent service from the terminal over gRPC"),
+    ):
+        sub = commands.add_parser(name, help=helptext, description=helptext)
+        sub.add_argument("--tenant", default=DEV_TENANT, help=f"tenant claim (default {DEV_TENANT})")
+        sub.add_argument("--user", default=DEV_USER, help=f"user claim, 'sub' (default {DEV_USER})")
+        sub.add_argument(
+            "--role", default=DEV_ROLE, help=f"role claim: user, hr, admin... (default {DEV_ROLE})"
+        )
+        if name == "dev":
+            sub.set_defaults(func=_run_dev)
+        elif name == "token":
+            sub.add_argument("--ttl", type=int, default=86_400, help="lifetime in seconds (default 86400)")
+            sub.set_defaults(func=_token)
+        else:
+            sub.add_argument("--agent-address", help="agent service host:port (SWITCHBOARD_AGENT_ADDRESS)")
+            sub.add_argument("--token", help="use this bearer token instead of minting one")
+            sub.add_argument("--thread", help="continue this thread instead of starting a new one")
+            sub.add_argument("--locale", default="en", help="the user's locale (default en)")
+            sub.add_argument("message", nargs="*", help="the message; without one, an interactive prompt")
+            sub.set_defaults(func=_chat)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
