@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import grpc
 from grpc import aio
@@ -57,6 +58,7 @@ async def send(
     thread_id: str | None,
 ) -> str | None:
     """Send one message and print the streamed answer; return the thread id."""
+    call: aio.UnaryStreamCall[Any, events_pb2.ThreadStreamEvent]
     if thread_id is None:
         call = stub.CreateThread(chat_pb2.CreateThreadRequest(input=_user_input(text)), metadata=metadata)
     else:
