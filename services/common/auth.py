@@ -34,7 +34,7 @@ class Principal:
 
 def _identifier(claims: dict[str, object], name: str, default: str | None = None) -> str:
     value = claims.get(name, default)
-    if not isinstance(value, str) or not _ID_PATTERN.match(value):
+    if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value):
         raise AuthError(f"invalid token: claim {name!r} must be a short identifier")
     return value
 
