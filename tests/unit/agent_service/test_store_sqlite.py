@@ -73,7 +73,8 @@ async def test_items_page_in_both_orders_with_cursors(store: Store) -> None:
         await store.add_item(ALICE, thread.id, item)
     first = await store.list_items(ALICE, thread.id, limit=2, after=None, order="asc")
     assert [i.id for i in first.data] == [items[0].id, items[1].id]
-    assert first.has_more and first.after == items[1].id
+    assert first.has_more
+    assert first.after == items[1].id
     second = await store.list_items(ALICE, thread.id, limit=10, after=first.after, order="asc")
     assert [i.id for i in second.data] == [i.id for i in items[2:]]
     assert not second.has_more
@@ -137,10 +138,12 @@ async def test_threads_list_newest_first_by_default_and_save_thread(store: Store
     threads[0].metadata["active_agent"] = "billing"
     await store.save_thread(ALICE, threads[0])
     page = await store.list_threads(ALICE, limit=2, after=None, order="desc")
-    assert [t.id for t in page.data] == [threads[2].id, threads[1].id] and page.has_more
+    assert [t.id for t in page.data] == [threads[2].id, threads[1].id]
+    assert page.has_more
     rest = await store.list_threads(ALICE, limit=2, after=page.after, order="desc")
     assert [t.id for t in rest.data] == [threads[0].id]
-    assert rest.data[0].title == "renamed" and rest.data[0].metadata == {"active_agent": "billing"}
+    assert rest.data[0].title == "renamed"
+    assert rest.data[0].metadata == {"active_agent": "billing"}
 
 
 async def test_unknown_cursor_is_not_found(store: Store) -> None:
