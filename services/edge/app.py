@@ -1,0 +1,598 @@
+"""The edge's HTTP application: routes, middlewares, the shared gRPC channel, and the server loop.
+
+One ChatKit request is one pass through `Edge.chatkit`: authenticate (the JWT is verified here, before
+any gRPC traffic, and the original header is forwarded so the agent service verifies it again), read
+the body within `max_body_bytes`, parse and route it (chatkit.py), then run the one RPC:
+
+- unary operations answer `application/json`, rendered exactly as ChatKitServer renders them;
+- streaming operations read the FIRST event before committing the HTTP response, so failures that
+  happen before anything was produced (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE...) become real HTTP
+  statuses with the JSON error body. Once the SSE response has started, a failure becomes a final
+  ChatKit `error` event and the body ends cleanly, which is what ChatKitServer does.
+
+Cancellation: the server runs with `handler_cancellation=True`, so a browser that goes away cancels
+the handler at once (not at the next write); the `finally: call.cancel()` around every RPC then
+cancels the gRPC call, which cancels the agent run. No gRPC call outlives its HTTP request.
+
+Errors: every error response, including aiohttp's own 404/405/413 and unexpected exceptions, has the
+body `{"error": {"code": "<gRPC status name>", "message": "..."}}`. HTTP statuses that have no row in
+the design's error table use: 405 -> UNIMPLEMENTED (the method is not implemented for that path),
+413 -> RESOURCE_EXHAUSTED (the body exceeds a server limit; the status stays 413, not 429), other 4xx
+-> INVALID_ARGUMENT, other 5xx -> INTERNAL. Details of server-side failures (INTERNAL, UNKNOWN,
+DATA_LOSS, UNAVAILABLE, DEADLINE_EXCEEDED) are logged, not sent: they can name internal addresses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import aiohttp_cors
+import grpc
+from aiohttp import hdrs, web
+from grpc import aio
+from grpc_health.v1 import health_pb2
+from pydantic import ValidationError
+
+from services.common import codec
+from services.common.auth import AuthError, TokenVerifier
+from services.common.config import Settings
+from services.common.errors import error_body, http_status
+from services.edge.chatkit import (
+    BadRequest,
+    InvalidReply,
+    Metadata,
+    StreamingOperation,
+    UnaryOperation,
+    UnsupportedOperation,
+    parse_request,
+    route,
+)
+from services.edge.sse import encode_event, encode_stream_error
+from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2
+
+log = logging.getLogger("switchboard.edge")
+access_log = logging.getLogger("switchboard.edge.access")
+
+CHATKIT_PATH: Final = "/chatkit/api"
+UPLOAD_PATH: Final = "/chatkit/api/upload"
+CHAT_SERVICE: Final = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
+_HEALTH_CHECK: Final = "/grpc.health.v1.Health/Check"
+_READY_TIMEOUT_S: Final = 1.0
+_MB: Final = 1024 * 1024
+
+CHANNEL_OPTIONS: Final[list[tuple[str, Any]]] = [
+    # Detect a dead agent connection (a pod gone behind a load balancer) within ~40 s, also while
+    # idle. The agent service allows pings every 20 s and pings without calls.
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 16 * _MB),
+    ("grpc.max_send_message_length", 16 * _MB),
+]
+
+SSE_HEADERS: Final = {
+    hdrs.CONTENT_TYPE: "text/event-stream",
+    hdrs.CACHE_CONTROL: "no-cache",
+    "X-Accel-Buffering": "no",  # nginx and friends: do not buffer the stream
+}
+CORS_ALLOW_HEADERS: Final = (
+    "Authorization",
+    "Content-Type",
+    "X-Request-Id",
+    "Accept-Language",
+    "Chatkit-Device-Id",
+    "Chatkit-Frame-Instance-Id",
+)
+CORS_EXPOSE_HEADERS: Final = ("X-Request-Id",)
+CORS_MAX_AGE_S: Final = 600
+
+# After the stream started, these failures may succeed on a retry: the UI offers a retry button.
+RETRYABLE: Final = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+# Server-side failures whose gRPC details are logged but replaced by these messages for clients.
+_PRIVATE_DETAILS: Final = {
+    grpc.StatusCode.UNAVAILABLE: "the agent service is unavailable; try again later",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "the agent service did not answer in time",
+    grpc.StatusCode.INTERNAL: "internal error in the agent service",
+    grpc.StatusCode.UNKNOWN: "internal error in the agent service",
+    grpc.StatusCode.DATA_LOSS: "internal error in the agent service",
+}
+_MAX_DETAILS_CHARS: Final = 500
+
+# What an HTTP status means as a gRPC status name, for errors aiohttp raises itself.
+_CODE_FOR_HTTP: Final = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND,
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    408: grpc.StatusCode.DEADLINE_EXCEEDED,
+    409: grpc.StatusCode.ABORTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+# Header values that go into gRPC metadata must be printable ASCII; ids also end up in logs.
+_REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_METADATA_VALUE: Final = re.compile(r"^[\x20-\x7e]{1,256}$")
+
+REQUEST_ID: Final = web.RequestKey("request_id", str)
+OPERATION: Final = web.RequestKey("operation", str)
+
+_DEMO_TEMPLATE: Final = Path(__file__).with_name("demo.html")
+_DEMO_PLACEHOLDER: Final = "__SWITCHBOARD_CONFIG__"
+
+
+# --------------------------------------------------------------------------- error responses
+
+
+def json_error(
+    code: grpc.StatusCode,
+    message: str,
+    *,
+    status: int | None = None,
+    headers: Iterable[tuple[str, str]] = (),
+) -> web.Response:
+    """An error response with the JSON body of the error model; the status follows the error table."""
+    response = web.Response(
+        status=status if status is not None else http_status(code),
+        body=error_body(code, message),
+        content_type="application/json",
+    )
+    for name, value in headers:
+        response.headers[name] = value
+    return response
+
+
+def _unauthenticated(message: str, *, invalid: bool) -> web.Response:
+    # RFC 6750: no `error` attribute when the request had no credentials at all.
+    challenge = 'Bearer error="invalid_token"' if invalid else "Bearer"
+    return json_error(grpc.StatusCode.UNAUTHENTICATED, message, headers=[(hdrs.WWW_AUTHENTICATE, challenge)])
+
+
+def rpc_error_response(error: aio.AioRpcError, request_id: str, rpc: str) -> web.Response:
+    """The HTTP answer for an RPC that failed before anything was sent to the client."""
+    code = error.code()
+    details = (error.details() or "").strip()
+    log.warning("[%s] %s failed: %s %s", request_id, rpc, code.name, details)
+    message = _PRIVATE_DETAILS.get(code) or details[:_MAX_DETAILS_CHARS] or code.name.lower()
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return _unauthenticated(message, invalid=True)
+    return json_error(code, message)
+
+
+def _http_error_response(request: web.Request, error: web.HTTPException) -> web.Response:
+    status = error.status
+    code = _CODE_FOR_HTTP.get(
+        status, grpc.StatusCode.INTERNAL if status >= 500 else grpc.StatusCode.INVALID_ARGUMENT
+    )
+    if status == 404:
+        message = "no such endpoint"
+    elif status == 405:
+        message = f"method {request.method} is not allowed here"
+    elif status == 413:
+        message = f"the request body exceeds the limit of {request.client_max_size} bytes"
+    else:
+        default_text = f"{status}: {error.reason}"
+        message = error.text if error.text and error.text != default_text else error.reason
+        message = message[:_MAX_DETAILS_CHARS]
+    keep = [
+        (name, value)
+        for name, value in error.headers.items()
+        if name.lower() not in ("content-type", "content-length")
+    ]
+    return json_error(code, message, status=status, headers=keep)
+
+
+# --------------------------------------------------------------------------- middlewares and signals
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+@web.middleware
+async def request_context_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Assign the request id (the client's `X-Request-Id` if sane, else a uuid4 hex) and log access.
+
+    One access line per request: id, method, path, ChatKit operation, status and duration (for a
+    stream, until it ended). A handler cancelled by a client disconnect is logged as 499.
+    """
+    request_id = _request_id(request)
+    request[REQUEST_ID] = request_id
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except web.HTTPException as error:
+        status = error.status
+        raise
+    except asyncio.CancelledError:
+        status = 499
+        raise
+    finally:
+        access_log.info(
+            "[%s] %s %s %s %d %.1fms",
+            request_id,
+            request.method,
+            request.path,
+            request.get(OPERATION, "-"),
+            status,
+            (time.perf_counter() - started) * 1000,
+        )
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Turn aiohttp's HTTP errors and unexpected exceptions into JSON error bodies."""
+    try:
+        return await handler(request)
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        return _http_error_response(request, error)
+    except Exception:
+        log.exception(
+            "[%s] unhandled error in %s %s", request.get(REQUEST_ID, "-"), request.method, request.path
+        )
+        return json_error(grpc.StatusCode.INTERNAL, "internal error")
+
+
+async def _add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers["X-Request-Id"] = request_id
+
+
+# --------------------------------------------------------------------------- the edge
+
+
+def render_demo_page(template: str, *, token: str, domain_key: str) -> str:
+    """The demo page with its configuration as JSON that is safe inside a <script> element.
+
+    `json.dumps` escapes quotes and non-ASCII; replacing `<`, `>` and `&` with `\\u00XX` escapes
+    means no value can close the element (`</script>`) or open a comment, whatever it contains.
+    """
+    config = {
+        "token": token,
+        "domainKey": domain_key,
+        "apiUrl": CHATKIT_PATH,
+        "uploadUrl": UPLOAD_PATH,
+    }
+    blob = json.dumps(config).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+    return template.replace(_DEMO_PLACEHOLDER, blob)
+
+
+class Edge:
+    """The handlers and their shared state: settings, the token verifier and ONE gRPC channel.
+
+    The channel (with the ChatService stub and the health-check callable) exists between startup
+    and cleanup; it multiplexes every request's RPC over HTTP/2, so there is nothing per request to
+    pool. The edge keeps no other state.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.verifier = TokenVerifier(
+            settings.resolve_jwt_secret(), issuer=settings.jwt_issuer, audience=settings.jwt_audience
+        )
+        self.demo_page: str | None = None
+        if settings.demo_token:
+            self.demo_page = render_demo_page(
+                _DEMO_TEMPLATE.read_text(encoding="utf-8"),
+                token=settings.demo_token,
+                domain_key=settings.chatkit_domain_key,
+            )
+        self._stub: chat_pb2_grpc.ChatServiceAsyncStub | None = None
+        self._health_check: (
+            aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse] | None
+        ) = None
+        self._draining = False
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def channel_context(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: open the channel on startup, close it on cleanup."""
+        channel = aio.insecure_channel(self.settings.agent_address, options=CHANNEL_OPTIONS)
+        self._stub = chat_pb2_grpc.ChatServiceStub(channel)
+        self._health_check = channel.unary_unary(
+            _HEALTH_CHECK,
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        try:
+            yield
+        finally:
+            self._stub = None
+            self._health_check = None
+            await channel.close()
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """From now on /readyz answers 503, so load balancers stop sending new work while streams drain."""
+        self._draining = True
+
+    # ----------------------------------------------------------------- probes
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: the process serves HTTP. It does not depend on the agent service."""
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness: the agent service answers grpc.health.v1 Check with SERVING within ~1 s."""
+        if self._draining or self._health_check is None:
+            return json_error(grpc.StatusCode.UNAVAILABLE, "the edge is shutting down")
+        problem = await self._agent_problem()
+        if problem is not None:
+            log.warning("[%s] not ready: %s", request[REQUEST_ID], problem)
+            return json_error(grpc.StatusCode.UNAVAILABLE, f"the agent service is not ready ({problem})")
+        return web.Response(body=b'{"status":"ready"}', content_type="application/json")
+
+    async def _agent_problem(self) -> str | None:
+        """None when the agent serves ChatService; else a short reason.
+
+        The check asks for "switchboard.v1.ChatService" and falls back to the server's overall
+        status ("") when the server does not register per-service statuses (NOT_FOUND).
+        """
+        assert self._health_check is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _READY_TIMEOUT_S
+        for service in (CHAT_SERVICE, ""):
+            call = self._health_check(
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=max(deadline - loop.time(), 0.001),
+            )
+            try:
+                reply = await call
+            except aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.NOT_FOUND and service:
+                    continue
+                return error.code().name
+            finally:
+                call.cancel()
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                return None
+            return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+        return "NOT_FOUND"
+
+    # ----------------------------------------------------------------- demo page
+
+    async def demo(self, request: web.Request) -> web.Response:
+        """The ChatKit demo page (only routed when `demo_token` is set)."""
+        assert self.demo_page is not None
+        return web.Response(
+            text=self.demo_page,
+            content_type="text/html",
+            headers={hdrs.CACHE_CONTROL: "no-store", "Referrer-Policy": "no-referrer"},
+        )
+
+    # ----------------------------------------------------------------- ChatKit
+
+    def _metadata(self, request: web.Request, authorization: str) -> Metadata:
+        metadata = [("authorization", authorization), ("x-request-id", request[REQUEST_ID])]
+        language = request.headers.get(hdrs.ACCEPT_LANGUAGE, "").strip()
+        if _METADATA_VALUE.match(language):
+            metadata.append(("accept-language", language))
+        return metadata
+
+    async def chatkit(self, request: web.Request) -> web.StreamResponse:
+        """`POST /chatkit/api`: one ChatKit operation -> one RPC (see the module docstring)."""
+        request_id = request[REQUEST_ID]
+        authorization = request.headers.get(hdrs.AUTHORIZATION)
+        try:
+            principal = self.verifier.verify_header(authorization)
+        except AuthError as error:
+            return _unauthenticated(str(error), invalid=bool(authorization))
+        assert authorization is not None
+
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+        body = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+
+        try:
+            operation = route(parse_request(body), self._require_stub())
+        except BadRequest as error:
+            return json_error(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        request[OPERATION] = operation.type
+        log.debug(
+            "[%s] %s for tenant %s user %s", request_id, operation.type, principal.tenant, principal.user
+        )
+
+        metadata = self._metadata(request, authorization)
+        match operation:
+            case StreamingOperation():
+                return await self._stream(request, operation, metadata)
+            case UnaryOperation():
+                try:
+                    payload = await operation.run(metadata, deadline_s=self.settings.rpc_timeout_s)
+                except aio.AioRpcError as error:
+                    return rpc_error_response(error, request_id, operation.rpc)
+                except InvalidReply:
+                    log.exception("[%s] %s", request_id, operation.rpc)
+                    return json_error(grpc.StatusCode.INTERNAL, "the agent service sent an invalid reply")
+                return web.Response(body=payload, content_type="application/json")
+            case UnsupportedOperation():
+                return json_error(grpc.StatusCode.UNIMPLEMENTED, operation.message)
+
+    def _require_stub(self) -> chat_pb2_grpc.ChatServiceAsyncStub:
+        if self._stub is None:
+            raise web.HTTPServiceUnavailable(text="the edge is not connected to the agent service")
+        return self._stub
+
+    async def _stream(
+        self, request: web.Request, operation: StreamingOperation, metadata: Metadata
+    ) -> web.StreamResponse:
+        """Run a streaming RPC as SSE; the call is cancelled whenever this handler exits."""
+        request_id = request[REQUEST_ID]
+        call = operation.start(metadata, self.settings.stream_timeout_s)
+        response = web.StreamResponse(headers=SSE_HEADERS)
+        try:
+            # Peek at the first event before committing to a 200 event stream.
+            try:
+                first = await call.read()
+                frame = encode_event(first) if isinstance(first, events_pb2.ThreadStreamEvent) else None
+            except aio.AioRpcError as error:
+                return rpc_error_response(error, request_id, operation.rpc)
+            except (codec.CodecError, ValidationError):
+                log.exception("[%s] %s sent an invalid event", request_id, operation.rpc)
+                return json_error(grpc.StatusCode.INTERNAL, "the agent service sent an invalid event")
+
+            await response.prepare(request)
+            try:
+                if frame is not None:  # None: an empty stream (ChatKit sends those too), just end it
+                    await response.write(frame)
+                    await self._pump(call, response, request_id, operation.rpc)
+            except ConnectionResetError:
+                raise
+            except Exception:
+                # The headers are out: a JSON error is no longer possible, end the stream in-band.
+                log.exception("[%s] %s: unexpected error mid-stream", request_id, operation.rpc)
+                await response.write(encode_stream_error(allow_retry=True))
+            await response.write_eof()
+        except ConnectionResetError:
+            log.info("[%s] client disconnected during %s", request_id, operation.rpc)
+        finally:
+            call.cancel()  # a no-op when the stream already ended
+        return response
+
+    async def _pump(
+        self,
+        call: aio.UnaryStreamCall[Any, events_pb2.ThreadStreamEvent],
+        response: web.StreamResponse,
+        request_id: str,
+        rpc: str,
+    ) -> None:
+        """Copy events to the client until EOF; a failure ends the stream with a ChatKit error event."""
+        while True:
+            try:
+                event = await call.read()
+                if not isinstance(event, events_pb2.ThreadStreamEvent):
+                    return  # grpc.aio.EOF: the agent finished the turn
+                frame = encode_event(event)
+            except aio.AioRpcError as error:
+                code = error.code()
+                log.warning("[%s] %s failed mid-stream: %s %s", request_id, rpc, code.name, error.details())
+                await response.write(encode_stream_error(allow_retry=code in RETRYABLE))
+                return
+            except (codec.CodecError, ValidationError):
+                log.exception("[%s] %s sent an invalid event", request_id, rpc)
+                await response.write(encode_stream_error(allow_retry=True))
+                return
+            await response.write(frame)
+
+
+EDGE: Final = web.AppKey("edge", Edge)
+"""The application's `Edge` (its settings and channel), e.g. `app[EDGE].settings`."""
+
+
+# --------------------------------------------------------------------------- assembly
+
+
+def _setup_cors(app: web.Application, routes: Iterable[web.AbstractRoute], origins: list[str]) -> None:
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_credentials=False,  # bearer tokens travel in a header, not in cookies
+        expose_headers=CORS_EXPOSE_HEADERS,
+        allow_headers=CORS_ALLOW_HEADERS,
+        allow_methods=("GET", "POST"),
+        max_age=CORS_MAX_AGE_S,
+    )
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for app_route in routes:
+        cors.add(app_route)
+
+
+def create_app(settings: Settings) -> web.Application:
+    """The edge application: routes, middlewares, CORS, and the gRPC channel lifecycle.
+
+    Reads the JWT secret (and the demo template when `demo_token` is set) once, here, so no request
+    does file I/O. The channel opens on startup and closes on cleanup.
+    """
+    edge = Edge(settings)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[request_context_middleware, error_middleware],
+    )
+    app[EDGE] = edge
+    app.cleanup_ctx.append(edge.channel_context)
+    app.on_shutdown.append(edge.on_shutdown)
+    app.on_response_prepare.append(_add_request_id_header)
+
+    routes = [
+        app.router.add_post(CHATKIT_PATH, edge.chatkit),
+        app.router.add_get("/healthz", edge.healthz),
+        app.router.add_get("/readyz", edge.readyz),
+    ]
+    if edge.demo_page is not None:
+        routes.append(app.router.add_get("/", edge.demo))
+    if settings.cors_origins:
+        _setup_cors(app, routes, settings.cors_origins)
+    return app
+
+
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The AppRunner the edge runs on (tests use it too, to run exactly what production runs).
+
+    `handler_cancellation=True` cancels a handler as soon as its client disconnects (aiohttp's
+    default waits for the next write). aiohttp's access log is off: `request_context_middleware`
+    writes one line per request with the request id. In-flight streams get `shutdown_grace_s` to
+    finish on shutdown, then their handlers are cancelled, which cancels their RPCs.
+    """
+    return web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_grace_s,
+    )
+
+
+async def run_edge(settings: Settings) -> None:
+    """Serve the edge on `edge_host:edge_port` until SIGTERM or SIGINT, then shut down gracefully."""
+    runner = make_runner(create_app(settings), settings)
+    await runner.setup()
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(signum, stopping.set)
+                handled.append(signum)
+            except NotImplementedError:  # pragma: no cover - not on Windows event loops
+                pass
+        site = web.TCPSite(runner, settings.edge_host, settings.edge_port)
+        await site.start()
+        for host, port, *_ in runner.addresses:
+            log.info("edge listening on http://%s:%s", f"[{host}]" if ":" in host else host, port)
+        await stopping.wait()
+        log.info("edge shutting down")
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()

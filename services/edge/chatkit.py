@@ -1,0 +1,356 @@
+"""ChatKit request -> one gRPC call: parsing, the operation table, and response rendering.
+
+`parse_request` validates a request body exactly as `ChatKitServer.process` does
+(`TypeAdapter(ChatKitReq).validate_json`), and `route` maps each request type to one ChatService RPC
+with an exhaustive `match` (mypy proves that every ChatKit request type is handled). The proto request
+is built from `request.params` by the shared codec: the proto fields are named after ChatKit's params.
+
+The result of `route` is a plan, not a started call, so the HTTP layer (app.py) decides how to run it
+(deadline, metadata, cancellation) and how to turn failures into HTTP:
+- `StreamingOperation`: a server-streaming RPC whose events become SSE frames;
+- `UnaryOperation`: a unary RPC whose reply is rendered into the JSON body ChatKitServer would send
+  (`Thread`, `Page[Thread]`, `Page[ThreadItem]`, `SyncCustomActionResponse` or `{}`);
+- `UnsupportedOperation`: a ChatKit operation this server does not offer (501).
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar, assert_never
+
+from chatkit.types import (
+    AttachmentsCreateReq,
+    AttachmentsDeleteReq,
+    ChatKitReq,
+    InputTranscribeReq,
+    ItemsFeedbackReq,
+    ItemsListReq,
+    Page,
+    SyncCustomActionResponse,
+    Thread,
+    ThreadItem,
+    ThreadsAddClientToolOutputReq,
+    ThreadsAddStructuredInputReq,
+    ThreadsAddUserMessageReq,
+    ThreadsCreateReq,
+    ThreadsCustomActionReq,
+    ThreadsDeleteReq,
+    ThreadsGetByIdReq,
+    ThreadsListReq,
+    ThreadsRetryAfterItemReq,
+    ThreadsSyncCustomActionReq,
+    ThreadsUpdateReq,
+)
+from google.protobuf import json_format
+from google.protobuf.message import Message
+from grpc import aio
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from services.common import codec
+from services.edge.sse import encode_model
+from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
+
+Metadata = Sequence[tuple[str, str]]
+"""gRPC metadata as (lowercase key, value) pairs."""
+
+_Req = TypeVar("_Req", bound=Message)
+_Resp = TypeVar("_Resp", bound=Message)
+
+_REQUEST: Final = TypeAdapter[ChatKitReq](ChatKitReq)
+_ITEM_PAGE: Final = TypeAdapter[Page[ThreadItem]](Page[ThreadItem])
+_EMPTY_JSON: Final = b"{}"
+_REQUEST_TYPES: Final[frozenset[str]] = frozenset(
+    model.model_fields["type"].default for model in typing.get_args(typing.get_args(ChatKitReq)[0])
+)
+_MAX_REPORTED_ERRORS: Final = 3
+_MAX_MESSAGE_CHARS: Final = 200
+_MAX_TAG_CHARS: Final = 64
+
+
+class BadRequest(ValueError):
+    """The body is not a valid ChatKit request; the message is short and safe to show (HTTP 400)."""
+
+
+class InvalidReply(ValueError):
+    """The agent service answered with something that is not valid ChatKit data (HTTP 500)."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamingOperation:
+    """A server-streaming RPC, ready to start: `start(metadata, timeout)` returns the live call."""
+
+    type: str
+    rpc: str
+    start: Callable[[Metadata, float], aio.UnaryStreamCall[Any, events_pb2.ThreadStreamEvent]]
+
+
+@dataclass(frozen=True, slots=True)
+class UnaryOperation:
+    """A unary RPC: `start(metadata, timeout)` returns the call; `render` turns its reply into JSON."""
+
+    type: str
+    rpc: str
+    start: Callable[[Metadata, float], aio.UnaryUnaryCall[Any, Any]]
+    render: Callable[[Any], bytes]
+
+    async def run(self, metadata: Metadata, *, deadline_s: float) -> bytes:
+        """Run the RPC and render the reply; the call is cancelled if this coroutine is cancelled.
+
+        Raises `grpc.aio.AioRpcError` for a failed RPC and `InvalidReply` for an unusable reply.
+        """
+        call = self.start(metadata, deadline_s)
+        try:
+            reply = await call
+        finally:
+            call.cancel()  # a no-op once the call has finished
+        return self.render(reply)
+
+
+@dataclass(frozen=True, slots=True)
+class UnsupportedOperation:
+    """A ChatKit operation that this server does not offer (HTTP 501, gRPC UNIMPLEMENTED)."""
+
+    type: str
+    message: str
+
+
+Operation = StreamingOperation | UnaryOperation | UnsupportedOperation
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def _summarise(error: ValidationError) -> str:
+    """A one-line summary of a validation error: at most three problems, each cut to 200 characters.
+
+    Input values are not echoed back, except an unknown request type (cut to 64 characters), which
+    is what a client developer needs to see.
+    """
+    parts: list[str] = []
+    for detail in error.errors(include_url=False, include_input=False):
+        kind = detail["type"]
+        if kind == "json_invalid":
+            parts.append(f"malformed JSON: {detail['msg'].removeprefix('Invalid JSON: ')}")
+        elif kind == "union_tag_invalid" and not detail["loc"]:
+            tag = str(detail.get("ctx", {}).get("tag", ""))[:_MAX_TAG_CHARS]
+            parts.append(f"unknown request type {tag!r}")
+        elif kind == "union_tag_not_found" and not detail["loc"]:
+            parts.append("missing request 'type'")
+        else:
+            loc = list(detail["loc"])
+            if loc and loc[0] in _REQUEST_TYPES:
+                loc = loc[1:]  # the discriminator tag pydantic puts first
+            where = ".".join(str(part) for part in loc)
+            parts.append(f"{where}: {detail['msg']}" if where else str(detail["msg"]))
+        if len(parts) == _MAX_REPORTED_ERRORS:
+            break
+    more = error.error_count() - len(parts)
+    summary = "; ".join(part[:_MAX_MESSAGE_CHARS] for part in parts)
+    return f"{summary} (and {more} more)" if more > 0 else summary
+
+
+def parse_request(body: bytes) -> ChatKitReq:
+    """Validate a request body like `ChatKitServer.process`; raise `BadRequest` with a short reason."""
+    try:
+        return _REQUEST.validate_json(body)
+    except ValidationError as error:
+        raise BadRequest(f"invalid ChatKit request: {_summarise(error)}") from None
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _render_thread(reply: thread_pb2.Thread) -> bytes:
+    return encode_model(_decode(codec.thread_from_proto, reply))
+
+
+def _render_thread_page(reply: chat_pb2.ListThreadsResponse) -> bytes:
+    def decode(message: chat_pb2.ListThreadsResponse) -> Page[Thread]:
+        return Page[Thread](
+            data=[codec.thread_from_proto(thread) for thread in message.data],
+            has_more=message.has_more,
+            after=message.after if message.HasField("after") else None,
+        )
+
+    return encode_model(_decode(decode, reply))
+
+
+def _render_item_page(reply: chat_pb2.ListItemsResponse) -> bytes:
+    return encode_model(_decode(lambda message: _ITEM_PAGE.validate_python(codec.to_data(message)), reply))
+
+
+def _render_sync_action(reply: chat_pb2.SyncCustomActionResponse) -> bytes:
+    return encode_model(
+        _decode(lambda message: SyncCustomActionResponse.model_validate(codec.to_data(message)), reply)
+    )
+
+
+def _render_empty(_reply: Message) -> bytes:
+    return _EMPTY_JSON
+
+
+_M = TypeVar("_M", bound=Message)
+_Model = TypeVar("_Model", bound=BaseModel)
+
+
+def _decode(decode: Callable[[_M], _Model], reply: _M) -> _Model:
+    try:
+        return decode(reply)
+    except (codec.CodecError, ValidationError) as error:
+        raise InvalidReply(f"invalid {reply.DESCRIPTOR.name} from the agent service: {error}") from error
+
+
+# --------------------------------------------------------------------------- routing
+
+
+def _proto(params: BaseModel, message: _Req) -> _Req:
+    """Build the RPC request from ChatKit params; values that do not fit (an int32 overflow) are 400s."""
+    try:
+        return codec.to_proto(params, message)
+    except (codec.CodecError, json_format.ParseError, ValueError, TypeError) as error:
+        raise BadRequest(f"invalid ChatKit request: {str(error)[:_MAX_MESSAGE_CHARS]}") from None
+
+
+def _streaming(
+    kind: str,
+    method: aio.UnaryStreamMultiCallable[_Req, events_pb2.ThreadStreamEvent],
+    rpc: str,
+    request: _Req,
+) -> StreamingOperation:
+    def start(metadata: Metadata, timeout: float) -> aio.UnaryStreamCall[Any, events_pb2.ThreadStreamEvent]:
+        return method(request, metadata=tuple(metadata), timeout=timeout)
+
+    return StreamingOperation(type=kind, rpc=rpc, start=start)
+
+
+def _unary(
+    kind: str,
+    method: aio.UnaryUnaryMultiCallable[_Req, _Resp],
+    rpc: str,
+    request: _Req,
+    render: Callable[[_Resp], bytes],
+) -> UnaryOperation:
+    def start(metadata: Metadata, timeout: float) -> aio.UnaryUnaryCall[Any, Any]:
+        return method(request, metadata=tuple(metadata), timeout=timeout)
+
+    return UnaryOperation(type=kind, rpc=rpc, start=start, render=render)
+
+
+def route(request: ChatKitReq, stub: chat_pb2_grpc.ChatServiceAsyncStub) -> Operation:
+    """The one RPC that serves a ChatKit request (nothing is sent yet).
+
+    Raises `BadRequest` when the params do not fit the proto request.
+    """
+    kind = request.type
+    match request:
+        # Streaming: the six operations that make the assistant respond.
+        case ThreadsCreateReq(params=params):
+            return _streaming(
+                kind, stub.CreateThread, "CreateThread", _proto(params, chat_pb2.CreateThreadRequest())
+            )
+        case ThreadsAddUserMessageReq(params=params):
+            return _streaming(
+                kind, stub.AddUserMessage, "AddUserMessage", _proto(params, chat_pb2.AddUserMessageRequest())
+            )
+        case ThreadsAddClientToolOutputReq(params=params):
+            return _streaming(
+                kind,
+                stub.AddClientToolOutput,
+                "AddClientToolOutput",
+                _proto(params, chat_pb2.AddClientToolOutputRequest()),
+            )
+        case ThreadsAddStructuredInputReq(params=params):
+            return _streaming(
+                kind,
+                stub.AddStructuredInput,
+                "AddStructuredInput",
+                _proto(params, chat_pb2.AddStructuredInputRequest()),
+            )
+        case ThreadsRetryAfterItemReq(params=params):
+            return _streaming(
+                kind, stub.RetryAfterItem, "RetryAfterItem", _proto(params, chat_pb2.RetryAfterItemRequest())
+            )
+        case ThreadsCustomActionReq(params=params):
+            return _streaming(
+                kind, stub.CustomAction, "CustomAction", _proto(params, chat_pb2.CustomActionRequest())
+            )
+        # Unary: reads, edits and the non-streaming widget action.
+        case ThreadsSyncCustomActionReq(params=params):
+            return _unary(
+                kind,
+                stub.SyncCustomAction,
+                "SyncCustomAction",
+                _proto(params, chat_pb2.SyncCustomActionRequest()),
+                _render_sync_action,
+            )
+        case ThreadsGetByIdReq(params=params):
+            return _unary(
+                kind, stub.GetThread, "GetThread", _proto(params, chat_pb2.GetThreadRequest()), _render_thread
+            )
+        case ThreadsListReq(params=params):
+            return _unary(
+                kind,
+                stub.ListThreads,
+                "ListThreads",
+                _proto(params, chat_pb2.ListThreadsRequest()),
+                _render_thread_page,
+            )
+        case ThreadsUpdateReq(params=params):
+            return _unary(
+                kind,
+                stub.UpdateThread,
+                "UpdateThread",
+                _proto(params, chat_pb2.UpdateThreadRequest()),
+                _render_thread,
+            )
+        case ThreadsDeleteReq(params=params):
+            return _unary(
+                kind,
+                stub.DeleteThread,
+                "DeleteThread",
+                _proto(params, chat_pb2.DeleteThreadRequest()),
+                _render_empty,
+            )
+        case ItemsListReq(params=params):
+            return _unary(
+                kind,
+                stub.ListItems,
+                "ListItems",
+                _proto(params, chat_pb2.ListItemsRequest()),
+                _render_item_page,
+            )
+        case ItemsFeedbackReq(params=params):
+            return _unary(
+                kind,
+                stub.AddFeedback,
+                "AddFeedback",
+                _proto(params, chat_pb2.AddFeedbackRequest()),
+                _render_empty,
+            )
+        # Not offered (yet).
+        case AttachmentsCreateReq() | AttachmentsDeleteReq():
+            return UnsupportedOperation(
+                type=kind,
+                message=f"file uploads are not enabled on this server yet ({kind} is unavailable)",
+            )
+        case InputTranscribeReq():
+            return UnsupportedOperation(
+                type=kind, message="dictation (input.transcribe) is not supported by this server"
+            )
+        case _:
+            assert_never(request)
+
+
+__all__ = [
+    "BadRequest",
+    "InvalidReply",
+    "Metadata",
+    "Operation",
+    "StreamingOperation",
+    "UnaryOperation",
+    "UnsupportedOperation",
+    "parse_request",
+    "route",
+]

@@ -1,0 +1,272 @@
+"""A scripted ChatService on a real grpc.aio server, standing in for the agent service.
+
+Each test sets `servicer.script` (events to stream, a status to abort with after N events, an endless
+slow stream, a unary reply) and reads back what the servicer received: the request message, the
+invocation metadata, the deadline, and whether the call was cancelled by the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from chatkit.types import (
+    ActiveStatus,
+    AssistantMessageContent,
+    AssistantMessageContentPartDone,
+    AssistantMessageContentPartTextDelta,
+    AssistantMessageItem,
+    ClientEffectEvent,
+    InferenceOptions,
+    NoticeEvent,
+    Page,
+    ProgressUpdateEvent,
+    StreamOptions,
+    StreamOptionsEvent,
+    Thread,
+    ThreadCreatedEvent,
+    ThreadItem,
+    ThreadItemAddedEvent,
+    ThreadItemDoneEvent,
+    ThreadItemUpdatedEvent,
+    ThreadStreamEvent,
+    ThreadUpdatedEvent,
+    UserMessageItem,
+    UserMessageTextContent,
+)
+from google.protobuf.message import Message
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common import codec
+from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+THREAD = Thread(id="thr_1", title="Hello", created_at=NOW, status=ActiveStatus(), items=Page())
+USER_MESSAGE = UserMessageItem(
+    id="msg_u",
+    thread_id="thr_1",
+    created_at=NOW,
+    content=[UserMessageTextContent(text="hi")],
+    attachments=[],
+    inference_options=InferenceOptions(),
+)
+ASSISTANT_MESSAGE = AssistantMessageItem(
+    id="msg_a",
+    thread_id="thr_1",
+    created_at=NOW,
+    content=[AssistantMessageContent(text="Hello", annotations=[])],
+)
+STREAM_OPTIONS = StreamOptionsEvent(stream_options=StreamOptions(allow_cancel=True))
+
+# A whole turn, as ChatKitServer orders it; every one of these survives the protobuf trip.
+TURN_EVENTS: list[ThreadStreamEvent] = [
+    ThreadCreatedEvent(thread=THREAD),
+    ThreadItemDoneEvent(item=USER_MESSAGE),
+    STREAM_OPTIONS,
+    ProgressUpdateEvent(icon="search", text="Searching"),
+    ThreadItemAddedEvent(item=ASSISTANT_MESSAGE.model_copy(update={"content": []})),
+    ThreadItemUpdatedEvent(
+        item_id="msg_a", update=AssistantMessageContentPartTextDelta(content_index=0, delta="Hel")
+    ),
+    ThreadItemUpdatedEvent(
+        item_id="msg_a",
+        update=AssistantMessageContentPartDone(
+            content_index=0, content=AssistantMessageContent(text="Hello", annotations=[])
+        ),
+    ),
+    ThreadItemDoneEvent(item=ASSISTANT_MESSAGE),
+    NoticeEvent(level="info", message="note"),
+    ThreadUpdatedEvent(thread=THREAD.model_copy(update={"title": "Renamed"})),
+    ClientEffectEvent(name="fx", data={"a": 1}),
+]
+
+THREAD_WITH_ITEMS = THREAD.model_copy(
+    update={"items": Page[ThreadItem](data=[USER_MESSAGE, ASSISTANT_MESSAGE], has_more=True, after="msg_a")}
+)
+THREAD_PAGE = Page[Thread](
+    data=[THREAD, THREAD.model_copy(update={"id": "thr_2"})], has_more=True, after="thr_2"
+)
+ITEM_PAGE = Page[ThreadItem](data=[ASSISTANT_MESSAGE, USER_MESSAGE], has_more=False)
+
+
+def to_events(models: list[ThreadStreamEvent]) -> list[events_pb2.ThreadStreamEvent]:
+    return [codec.event_to_proto(model) for model in models]
+
+
+def _thread_page_proto(page: Page[Thread]) -> chat_pb2.ListThreadsResponse:
+    return chat_pb2.ListThreadsResponse(
+        data=[codec.thread_to_proto(thread) for thread in page.data], has_more=page.has_more, after=page.after
+    )
+
+
+def default_replies() -> dict[str, Message]:
+    """What each unary RPC answers unless a test scripts otherwise."""
+    return {
+        "GetThread": codec.thread_to_proto(THREAD_WITH_ITEMS),
+        "ListThreads": _thread_page_proto(THREAD_PAGE),
+        "UpdateThread": codec.thread_to_proto(THREAD.model_copy(update={"title": "New title"})),
+        "DeleteThread": chat_pb2.DeleteThreadResponse(),
+        "ListItems": codec.to_proto(ITEM_PAGE, chat_pb2.ListItemsResponse()),
+        "AddFeedback": chat_pb2.AddFeedbackResponse(),
+        "SyncCustomAction": chat_pb2.SyncCustomActionResponse(
+            updated_item=codec.item_to_proto(ASSISTANT_MESSAGE)
+        ),
+    }
+
+
+@dataclass
+class Script:
+    """How the next call behaves."""
+
+    events: list[events_pb2.ThreadStreamEvent] = field(default_factory=lambda: to_events([STREAM_OPTIONS]))
+    fail: tuple[grpc.StatusCode, str] | None = None
+    fail_after: int = 0
+    """Number of events sent before aborting with `fail`."""
+    endless: bool = False
+    """After `events`, send a text delta every 20 ms until cancelled."""
+    hang: bool = False
+    """After `events`, send nothing and never finish (until cancelled)."""
+    replies: dict[str, Message] = field(default_factory=default_replies)
+
+
+@dataclass
+class Received:
+    rpc: str
+    request: Message
+    metadata: dict[str, str]
+    time_remaining: float | None
+
+
+class ScriptedChatService(chat_pb2_grpc.ChatServiceServicer):
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.script = Script()
+        self.received: list[Received] = []
+        self.cancelled = asyncio.Event()
+        self.sent = 0
+
+    def _record(self, rpc: str, request: Message, context: aio.ServicerContext[Any, Any]) -> None:
+        metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
+        self.received.append(Received(rpc, request, metadata, context.time_remaining()))
+
+    async def _stream(
+        self, rpc: str, request: Message, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[events_pb2.ThreadStreamEvent]:
+        self._record(rpc, request, context)
+        script = self.script
+        try:
+            for index, event in enumerate(script.events):
+                if script.fail is not None and index == script.fail_after:
+                    await context.abort(*script.fail)
+                self.sent += 1
+                yield event
+            if script.fail is not None:
+                await context.abort(*script.fail)
+            delta = codec.event_to_proto(
+                ThreadItemUpdatedEvent(
+                    item_id="msg_a", update=AssistantMessageContentPartTextDelta(content_index=0, delta="x")
+                )
+            )
+            while script.endless:
+                await asyncio.sleep(0.02)
+                self.sent += 1
+                yield delta
+            if script.hang:
+                await asyncio.Event().wait()
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled.set()
+            raise
+
+    async def _unary(self, rpc: str, request: Message, context: aio.ServicerContext[Any, Any]) -> Any:
+        self._record(rpc, request, context)
+        if self.script.fail is not None:
+            await context.abort(*self.script.fail)
+        return self.script.replies[rpc]
+
+    # Streaming RPCs
+    async def CreateThread(self, request: Any, context: Any) -> AsyncIterator[events_pb2.ThreadStreamEvent]:
+        async for event in self._stream("CreateThread", request, context):
+            yield event
+
+    async def AddUserMessage(self, request: Any, context: Any) -> AsyncIterator[events_pb2.ThreadStreamEvent]:
+        async for event in self._stream("AddUserMessage", request, context):
+            yield event
+
+    async def AddClientToolOutput(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[events_pb2.ThreadStreamEvent]:
+        async for event in self._stream("AddClientToolOutput", request, context):
+            yield event
+
+    async def AddStructuredInput(
+        self, request: Any, context: Any
+    ) -> AsyncIterator[events_pb2.ThreadStreamEvent]:
+        async for event in self._stream("AddStructuredInput", request, context):
+            yield event
+
+    async def RetryAfterItem(self, request: Any, context: Any) -> AsyncIterator[events_pb2.ThreadStreamEvent]:
+        async for event in self._stream("RetryAfterItem", request, context):
+            yield event
+
+    async def CustomAction(self, request: Any, context: Any) -> AsyncIterator[events_pb2.ThreadStreamEvent]:
+        async for event in self._stream("CustomAction", request, context):
+            yield event
+
+    # Unary RPCs
+    async def SyncCustomAction(self, request: Any, context: Any) -> Any:
+        return await self._unary("SyncCustomAction", request, context)
+
+    async def GetThread(self, request: Any, context: Any) -> Any:
+        return await self._unary("GetThread", request, context)
+
+    async def ListThreads(self, request: Any, context: Any) -> Any:
+        return await self._unary("ListThreads", request, context)
+
+    async def UpdateThread(self, request: Any, context: Any) -> Any:
+        return await self._unary("UpdateThread", request, context)
+
+    async def DeleteThread(self, request: Any, context: Any) -> Any:
+        return await self._unary("DeleteThread", request, context)
+
+    async def ListItems(self, request: Any, context: Any) -> Any:
+        return await self._unary("ListItems", request, context)
+
+    async def AddFeedback(self, request: Any, context: Any) -> Any:
+        return await self._unary("AddFeedback", request, context)
+
+
+@dataclass
+class FakeAgent:
+    server: aio.Server
+    address: str
+    servicer: ScriptedChatService
+    health: health.aio.HealthServicer
+
+    async def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await self.health.set("switchboard.v1.ChatService", status)
+
+
+async def start_fake_agent() -> FakeAgent:
+    server = aio.server()
+    servicer = ScriptedChatService()
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    agent = FakeAgent(server, f"127.0.0.1:{port}", servicer, health_servicer)
+    await agent.set_serving(True)
+    return agent
+
+
+__all__ = ["FakeAgent", "Received", "Script", "ScriptedChatService", "start_fake_agent"]
