@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import grpc
 from grpc import aio
@@ -19,7 +19,10 @@ from services.common.auth import AuthError, Principal, TokenVerifier
 
 _OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
-Handler = grpc.RpcMethodHandler[Any, Any]
+if TYPE_CHECKING:
+    Handler = grpc.RpcMethodHandler[Any, Any]
+else:  # grpc's RpcMethodHandler is generic only in its type stubs
+    Handler = grpc.RpcMethodHandler
 
 current_principal: ContextVar[Principal] = ContextVar("current_principal")
 current_request_id: ContextVar[str] = ContextVar("current_request_id", default="-")

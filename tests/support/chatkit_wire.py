@@ -35,8 +35,8 @@ def parse_sse(body: bytes) -> list[ThreadStreamEvent]:
     return events
 
 
-def request(kind: str, **params: Any) -> dict[str, Any]:
-    return {"type": kind, "params": params}
+def request(operation: str, /, **params: Any) -> dict[str, Any]:
+    return {"type": operation, "params": params}
 
 
 def user_input(text: str) -> dict[str, Any]:

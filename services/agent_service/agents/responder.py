@@ -1,0 +1,256 @@
+"""`AgentResponder`: the `Responder` (services/agent_service/turn.py) backed by the agent team.
+
+One turn:
+1. pick the starting agent: the specialist named by `thread.metadata[ACTIVE_AGENT_KEY]`, else the
+   router;
+2. convert the thread history to model input (`SwitchboardConverter`);
+3. `Runner.run_streamed(...)` with an `AgentContext` (tenant, user, role, locale, thread, ERP);
+4. merge two live sources into one ordered stream: the SDK's events (moved by a small pump task)
+   and the ChatKit events tools emit while they run. Both land on one unbounded queue, so a
+   progress update reaches the client while its tool runs. The queue never applies backpressure
+   to the model, like the SDK's own queue;
+5. translate to ChatKit events (`StreamTranslator`), minting our own item ids;
+6. after the answer, name an untitled thread with the title agent (never failing the turn).
+
+Cancellation: closing or cancelling the iterator runs `finally: pump.cancel(); result.cancel()`,
+which cancels the run loop task and with it the model's HTTP stream (or the demo model's sleep).
+Breaking out of `stream_events()` alone would let the run finish in the background and keep
+spending tokens for a client that left (reference §1.3). The finally block never awaits, so it
+also works when the generator is closed from a garbage collector.
+
+Errors propagate (the conversation turns them into a ChatKit `error` event), except
+`MaxTurnsExceeded`, which becomes a retryable `CustomStreamError` with a readable message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+from agents import (
+    AgentUpdatedStreamEvent,
+    MaxTurnsExceeded,
+    RawResponsesStreamEvent,
+    RunConfig,
+    RunItemStreamEvent,
+    Runner,
+    StreamEvent,
+)
+from agents.result import RunResultStreaming
+from chatkit.errors import CustomStreamError
+from chatkit.types import (
+    ProgressUpdateEvent,
+    ThreadItem,
+    ThreadStreamEvent,
+    UserMessageItem,
+    UserMessageTagContent,
+    UserMessageTextContent,
+)
+
+from services.agent_service.agents.context import AgentContext
+from services.agent_service.agents.converter import SwitchboardConverter
+from services.agent_service.agents.erp import ErpDirectory
+from services.agent_service.agents.stream import StreamTranslator, assistant_message_events
+from services.agent_service.agents.team import build_team, build_title_agent
+from services.agent_service.agents.tools import EmployeeQuery
+from services.agent_service.agents.widgets import SHOW_OPEN_ORDERS
+from services.agent_service.models.factory import ModelChoice, build_model
+from services.agent_service.turn import ACTIVE_AGENT_KEY, ActionRequest, Turn
+from services.common.config import Settings
+
+logger = logging.getLogger(__name__)
+
+TITLE_TIMEOUT_S: Final = 15.0
+TITLE_MAX_CHARS: Final = 60
+_RUN_CONFIG: Final = RunConfig(tracing_disabled=True)
+
+
+@dataclass(frozen=True, slots=True)
+class _RunEnded:
+    """Last envelope of a run: `error` is what `stream_events()` raised, if anything."""
+
+    error: Exception | None = None
+
+
+_Envelope = StreamEvent | ThreadStreamEvent | _RunEnded
+
+
+async def _pump(result: RunResultStreaming, outbox: asyncio.Queue[_Envelope]) -> None:
+    """Move the SDK's events onto the shared queue, then mark the end of the run."""
+    try:
+        async for event in result.stream_events():
+            outbox.put_nowait(event)
+    except Exception as error:
+        outbox.put_nowait(_RunEnded(error))
+    except BaseException:
+        # Cancelled from outside the responder: unblock the consumer, then finish cancelling.
+        outbox.put_nowait(_RunEnded(RuntimeError("the agent run stopped unexpectedly")))
+        raise
+    else:
+        outbox.put_nowait(_RunEnded())
+
+
+def _user_text(item: UserMessageItem) -> str:
+    parts: list[str] = []
+    for part in item.content:
+        match part:
+            case UserMessageTextContent(text=text):
+                parts.append(text)
+            case UserMessageTagContent(text=text):
+                parts.append(f"@{text}")
+    return "".join(parts).strip()
+
+
+def _stream_error(error: Exception | None) -> Exception:
+    """What the client sees when a run fails: `MaxTurnsExceeded` becomes a retryable message."""
+    if isinstance(error, MaxTurnsExceeded):
+        mapped = CustomStreamError(
+            "The assistant needed too many steps to answer. Please try again or rephrase.", allow_retry=True
+        )
+        mapped.__cause__ = error
+        return mapped
+    return error or RuntimeError("the agent run failed")
+
+
+def _employee_id(request: ActionRequest) -> str:
+    """The validated `employee_id` of an `erp.show_open_orders` payload (ValueError if invalid)."""
+    return EmployeeQuery.model_validate(request.action.payload).employee_id
+
+
+def clean_title(raw: str) -> str:
+    """One line, no wrapping quotes or trailing punctuation, at most `TITLE_MAX_CHARS` (word cut)."""
+    title = " ".join(raw.split()).strip("\"'“”‘’`* ").rstrip(" .,;:!?…-")
+    if len(title) > TITLE_MAX_CHARS:
+        title = title[:TITLE_MAX_CHARS].rsplit(" ", 1)[0].rstrip(" .,;:!?…-")
+    return title
+
+
+class AgentResponder:
+    """Runs the agent team for a turn and streams ChatKit events (see the module docstring)."""
+
+    def __init__(self, settings: Settings, model: ModelChoice, erp: ErpDirectory) -> None:
+        self._settings = settings
+        self._model = model
+        self._erp = erp
+        self.team = build_team(model.model)
+        self._title_agent = build_title_agent(model.title_model)
+        self._converter = SwitchboardConverter()
+
+    async def aclose(self) -> None:
+        """Close the ERP database and the model's HTTP client."""
+        await self._erp.aclose()
+        await self._model.aclose()
+
+    # ------------------------------------------------------------------------------------ respond
+
+    async def respond(self, turn: Turn) -> AsyncIterator[ThreadStreamEvent]:
+        outbox: asyncio.Queue[_Envelope] = asyncio.Queue()
+        context = AgentContext(
+            principal=turn.principal,
+            locale=turn.locale,
+            thread_id=turn.thread.id,
+            erp=self._erp,
+            sink=outbox.put_nowait,
+        )
+        agent = self.team.starting_agent(turn.thread.metadata.get(ACTIVE_AGENT_KEY))
+        model_input = await self._converter.to_agent_input(turn.history)
+        result = Runner.run_streamed(
+            agent, model_input, context=context, max_turns=self._settings.max_turns, run_config=_RUN_CONFIG
+        )
+        pump = asyncio.create_task(_pump(result, outbox), name=f"agent-run-{turn.thread.id}")
+        translator = StreamTranslator(turn.thread, self.team)
+        try:
+            while True:
+                envelope = await outbox.get()
+                match envelope:
+                    case _RunEnded(error=None):
+                        break
+                    case _RunEnded(error=error):
+                        raise _stream_error(error)
+                    case RawResponsesStreamEvent() | RunItemStreamEvent() | AgentUpdatedStreamEvent():
+                        events = translator.on_sdk_event(envelope)
+                    case _:
+                        events = translator.on_tool_event(envelope)
+                for event in events:
+                    yield event
+            for event in translator.finish():
+                yield event
+        finally:
+            pump.cancel()
+            result.cancel()
+        if turn.thread.title is None and turn.input_user_message is not None:
+            await self._set_title(turn)
+
+    async def _set_title(self, turn: Turn) -> None:
+        """Name the thread after its first user message. Failures are logged, never raised."""
+        first = next((item for item in turn.history if isinstance(item, UserMessageItem)), None)
+        source = first or turn.input_user_message
+        text = _user_text(source) if source is not None else ""
+        if not text:
+            return
+        try:
+            async with asyncio.timeout(TITLE_TIMEOUT_S):
+                result = await Runner.run(self._title_agent, text, max_turns=1, run_config=_RUN_CONFIG)
+        except Exception:
+            logger.warning("Could not generate a title for thread %s", turn.thread.id, exc_info=True)
+            return
+        title = clean_title(str(result.final_output or ""))
+        if title:
+            turn.thread.title = title
+
+    # ------------------------------------------------------------------------------------ actions
+
+    async def action(self, request: ActionRequest) -> AsyncIterator[ThreadStreamEvent]:
+        if request.action.type != SHOW_OPEN_ORDERS:
+            raise CustomStreamError(f"Unknown action {request.action.type!r}.", allow_retry=False)
+        try:
+            employee_id = _employee_id(request)
+        except ValueError as error:
+            raise CustomStreamError(
+                f'Invalid payload for {SHOW_OPEN_ORDERS}: expected {{"employee_id": "E1001"}}.',
+                allow_retry=False,
+            ) from error
+        yield ProgressUpdateEvent(icon="search", text=f"Looking up open orders for {employee_id}…")
+        for event in assistant_message_events(
+            request.thread.id, await self._open_orders_lines(request.principal.tenant, employee_id)
+        ):
+            yield event
+
+    async def sync_action(self, request: ActionRequest) -> ThreadItem | None:
+        """`erp.show_open_orders` only streams; its synchronous form validates and changes nothing.
+
+        Raises `ValueError` (a pydantic `ValidationError` for a bad payload) for bad requests.
+        """
+        if request.action.type != SHOW_OPEN_ORDERS:
+            raise ValueError(f"Unknown action {request.action.type!r}")
+        _employee_id(request)
+        return None
+
+    async def _open_orders_lines(self, tenant: str, employee_id: str) -> list[str]:
+        """The answer as markdown lines (streamed one line per delta)."""
+        employee = await self._erp.get_employee(tenant, employee_id)
+        if employee is None:
+            return [f"No employee {employee_id} in your organisation."]
+        orders = await self._erp.open_orders_for(tenant, employee_id)
+        who = f"{employee.name} ({employee.id})"
+        if not orders:
+            return [f"{who} has no open orders."]
+        plural = "s" if len(orders) != 1 else ""
+        return [f"{who} has {len(orders)} open order{plural}:"] + [
+            f"\n- {order.id} · {order.customer} · {order.amount_text} · created {order.created}"
+            for order in orders
+        ]
+
+
+async def create_responder(settings: Settings) -> AgentResponder:
+    """Open (and seed) the ERP directory at `settings.erp_path` and build the configured model."""
+    model = build_model(settings)
+    try:
+        erp = await ErpDirectory.open(settings.erp_path)
+    except BaseException:
+        await model.aclose()
+        raise
+    return AgentResponder(settings, model, erp)

@@ -1,0 +1,184 @@
+"""Agents SDK stream events → ChatKit thread stream events.
+
+We translate ourselves instead of using `chatkit.agents.stream_agent_response`, because that helper
+uses the model's output item ids as ChatKit item ids (with Chat Completions models every message is
+`__fake_id__`, so messages collide in the UI) and ignores handoffs. Here:
+
+- the first raw `response.output_text.delta` (or refusal delta) of a message →
+  `thread.item.added` (assistant message, fresh `msg_…` id, no content) and
+  `assistant_message.content_part.added`; each delta → `assistant_message.content_part.text_delta`;
+- the end of that message (raw `output_text.done`, `content_part.done`, `output_item.done`,
+  `response.completed` or the run item `message_output_created`, whichever comes first) →
+  `assistant_message.content_part.done` with the full text, then `thread.item.done`;
+- the run item `handoff_occured` to a specialist → a finished one-task `workflow` item ("Routed to
+  the Billing specialist") and `ACTIVE_AGENT_KEY` set in the thread metadata;
+- events emitted by tools (progress, widgets) → forwarded unchanged; an item event first closes an
+  open message, so items keep their order.
+
+A message is closed exactly once and never without having been added. Empty deltas are dropped, so
+no empty assistant message is ever created.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from agents import (
+    AgentUpdatedStreamEvent,
+    HandoffOutputItem,
+    RawResponsesStreamEvent,
+    RunItemStreamEvent,
+    StreamEvent,
+)
+from agents.items import TResponseStreamEvent
+from chatkit.types import (
+    AssistantMessageContent,
+    AssistantMessageContentPartAdded,
+    AssistantMessageContentPartDone,
+    AssistantMessageContentPartTextDelta,
+    AssistantMessageItem,
+    CustomSummary,
+    CustomTask,
+    ThreadItemAddedEvent,
+    ThreadItemDoneEvent,
+    ThreadItemUpdatedEvent,
+    ThreadMetadata,
+    ThreadStreamEvent,
+    Workflow,
+    WorkflowItem,
+)
+from openai.types.responses import (
+    ResponseCompletedEvent,
+    ResponseContentPartDoneEvent,
+    ResponseOutputItemDoneEvent,
+    ResponseOutputMessage,
+    ResponseRefusalDeltaEvent,
+    ResponseTextDeltaEvent,
+    ResponseTextDoneEvent,
+)
+
+from services.agent_service.agents.team import Team, spec_for
+from services.agent_service.turn import ACTIVE_AGENT_KEY
+from services.common.ids import new_id
+
+
+class AssistantMessageStream:
+    """One assistant message as ChatKit events: `start`, `delta`…, `finish`."""
+
+    def __init__(self, thread_id: str) -> None:
+        self.item = AssistantMessageItem(
+            id=new_id("msg"), thread_id=thread_id, created_at=datetime.now(UTC), content=[]
+        )
+        self._parts: list[str] = []
+
+    def start(self) -> list[ThreadStreamEvent]:
+        return [
+            ThreadItemAddedEvent(item=self.item),
+            ThreadItemUpdatedEvent(
+                item_id=self.item.id,
+                update=AssistantMessageContentPartAdded(
+                    content_index=0, content=AssistantMessageContent(text="")
+                ),
+            ),
+        ]
+
+    def delta(self, text: str) -> ThreadStreamEvent:
+        self._parts.append(text)
+        return ThreadItemUpdatedEvent(
+            item_id=self.item.id, update=AssistantMessageContentPartTextDelta(content_index=0, delta=text)
+        )
+
+    def finish(self) -> list[ThreadStreamEvent]:
+        content = AssistantMessageContent(text="".join(self._parts))
+        return [
+            ThreadItemUpdatedEvent(
+                item_id=self.item.id, update=AssistantMessageContentPartDone(content_index=0, content=content)
+            ),
+            ThreadItemDoneEvent(item=self.item.model_copy(update={"content": [content]})),
+        ]
+
+
+def assistant_message_events(thread_id: str, chunks: Iterable[str]) -> list[ThreadStreamEvent]:
+    """A complete assistant message streamed as `chunks` (for answers that do not come from a model)."""
+    message = AssistantMessageStream(thread_id)
+    events = message.start()
+    events.extend(message.delta(chunk) for chunk in chunks if chunk)
+    events.extend(message.finish())
+    return events
+
+
+def routed_workflow(thread_id: str, key: str) -> WorkflowItem:
+    """The visible trace of a handoff: a finished one-task workflow."""
+    name = spec_for(key).name
+    return WorkflowItem(
+        id=new_id("wf"),
+        thread_id=thread_id,
+        created_at=datetime.now(UTC),
+        workflow=Workflow(
+            type="custom",
+            tasks=[CustomTask(title=f"Routed to the {name}", icon="agent", status_indicator="complete")],
+            summary=CustomSummary(title=name, icon="agent"),
+            expanded=False,
+        ),
+    )
+
+
+class StreamTranslator:
+    """Stateful translation of one run; mutates `thread.metadata` when a handoff happens."""
+
+    def __init__(self, thread: ThreadMetadata, team: Team) -> None:
+        self._thread = thread
+        self._team = team
+        self._message: AssistantMessageStream | None = None
+
+    def on_sdk_event(self, event: StreamEvent) -> list[ThreadStreamEvent]:
+        match event:
+            case RawResponsesStreamEvent(data=data):
+                return self._on_raw(data)
+            case RunItemStreamEvent(name="message_output_created"):
+                return self._close()
+            case RunItemStreamEvent(name="handoff_occured", item=HandoffOutputItem(target_agent=target)):
+                key = self._team.key_of(target)
+                return self._close() + self._routed(key) if key is not None else self._close()
+            case RunItemStreamEvent() | AgentUpdatedStreamEvent():
+                return []
+
+    def _on_raw(self, data: TResponseStreamEvent) -> list[ThreadStreamEvent]:
+        match data:
+            case ResponseTextDeltaEvent(delta=delta) | ResponseRefusalDeltaEvent(delta=delta):
+                return self._delta(delta) if delta else []
+            case ResponseOutputItemDoneEvent(item=ResponseOutputMessage()):
+                return self._close()
+            case ResponseTextDoneEvent() | ResponseContentPartDoneEvent() | ResponseCompletedEvent():
+                return self._close()
+            case _:
+                return []
+
+    def on_tool_event(self, event: ThreadStreamEvent) -> list[ThreadStreamEvent]:
+        match event:
+            case ThreadItemAddedEvent() | ThreadItemDoneEvent():
+                return [*self._close(), event]
+            case _:
+                return [event]
+
+    def finish(self) -> list[ThreadStreamEvent]:
+        """Close a message the stream left open (a model that never sent its end events)."""
+        return self._close()
+
+    def _delta(self, text: str) -> list[ThreadStreamEvent]:
+        if self._message is None:
+            self._message = AssistantMessageStream(self._thread.id)
+            return [*self._message.start(), self._message.delta(text)]
+        return [self._message.delta(text)]
+
+    def _close(self) -> list[ThreadStreamEvent]:
+        if self._message is None:
+            return []
+        message, self._message = self._message, None
+        return message.finish()
+
+    def _routed(self, key: str) -> list[ThreadStreamEvent]:
+        # A new dict, not an in-place edit: the conversation detects changes by comparing copies.
+        self._thread.metadata = {**self._thread.metadata, ACTIVE_AGENT_KEY: key}
+        return [ThreadItemDoneEvent(item=routed_workflow(self._thread.id, key))]

@@ -1,0 +1,145 @@
+"""The ERP function tools of the specialists.
+
+Rules enforced here, in code, whatever the model asks for:
+- **Tenant isolation**: the tenant comes from `ctx.context.principal` (the verified JWT). The model
+  only supplies an id; another tenant's record is simply "not found".
+- **Role rule**: salaries are shown only to the roles in `SALARY_ROLES`; everyone else gets the
+  record without the salary and the note "salary hidden for your role".
+- **Validated arguments**: ids are checked against their format by the pydantic argument models.
+  A malformed id reaches the model as a clear error text (via `failure_error_function`), so it can
+  correct itself or ask the user, instead of the SDK's generic "An error occurred".
+
+The id formats are checked by validators rather than JSON-schema `pattern`s so the schemas stay
+within what every Chat Completions provider accepts (Gemini is strict about schema keywords).
+
+While a tool runs it streams a `ProgressUpdateEvent` to the client; the employee lookup also shows
+an employee card widget with a "Show open orders" button (see `widgets.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from typing import Any, Final
+
+from agents import ModelBehaviorError, RunContextWrapper, function_tool
+from chatkit.types import ProgressUpdateEvent, ThreadItemDoneEvent
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from services.agent_service.agents.context import AgentContext
+from services.agent_service.agents.erp import Employee, Order
+from services.agent_service.agents.widgets import employee_card
+
+logger = logging.getLogger(__name__)
+
+SALARY_ROLES: Final = frozenset({"hr", "admin"})
+SALARY_HIDDEN: Final = "Salary hidden for your role."
+
+_EMPLOYEE_ID: Final = re.compile(r"^E\d{4}$")
+_ORDER_ID: Final = re.compile(r"^SO-\d{4}$")
+
+
+def _normalise(value: str, pattern: re.Pattern[str], example: str) -> str:
+    candidate = value.strip().upper()
+    if not pattern.match(candidate):
+        raise ValueError(f"{value!r} is not a valid id; expected the form {example}")
+    return candidate
+
+
+class EmployeeQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    employee_id: str = Field(description="Employee id: the letter E and four digits, e.g. E1001.")
+
+    @field_validator("employee_id")
+    @classmethod
+    def _check(cls, value: str) -> str:
+        return _normalise(value, _EMPLOYEE_ID, "E1001")
+
+
+class OrderQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    order_id: str = Field(description="Sales order id: SO- and four digits, e.g. SO-1001.")
+
+    @field_validator("order_id")
+    @classmethod
+    def _check(cls, value: str) -> str:
+        return _normalise(value, _ORDER_ID, "SO-1001")
+
+
+def describe_employee(employee: Employee, role: str) -> str:
+    """The tool output for one employee, with the salary only for `SALARY_ROLES`."""
+    manager = f"; manager {employee.manager_id}" if employee.manager_id else ""
+    status = employee.status.replace("_", " ")
+    salary = (
+        f"Salary: {employee.salary:,} {employee.salary_currency} a year."
+        if role in SALARY_ROLES
+        else SALARY_HIDDEN
+    )
+    return (
+        f"Employee {employee.id} is {employee.name}, {employee.department}, {status}. "
+        f"Email {employee.email}{manager}. {salary}"
+    )
+
+
+def describe_order(order: Order) -> str:
+    return (
+        f"Order {order.id} for {order.customer}: {order.amount_text}, {order.status}, "
+        f"created {order.created}, sales rep {order.employee_id}."
+    )
+
+
+def _failure(invalid_arguments: str) -> Callable[[RunContextWrapper[Any], Exception], str]:
+    """The text the model gets when a tool fails: precise for bad arguments, generic otherwise."""
+
+    def on_error(ctx: RunContextWrapper[Any], error: Exception) -> str:
+        if isinstance(error, ModelBehaviorError) and str(error).startswith("Invalid JSON input"):
+            return invalid_arguments
+        logger.error("ERP tool failed", exc_info=error)
+        return "The ERP lookup failed. Please try again later."
+
+    return on_error
+
+
+@function_tool(
+    name_override="lookup_employee",
+    failure_error_function=_failure("Invalid employee id: use the letter E and four digits, e.g. E1001."),
+)
+async def lookup_employee(ctx: RunContextWrapper[AgentContext], query: EmployeeQuery) -> str:
+    """Look up an employee of the caller's organisation by id.
+
+    Returns name, department, status, email and manager; the salary only for HR and admins.
+
+    Args:
+        query: The employee to look up.
+    """
+    context = ctx.context
+    context.emit(ProgressUpdateEvent(icon="search", text=f"Looking up employee {query.employee_id}…"))
+    employee = await context.erp.get_employee(context.principal.tenant, query.employee_id)
+    if employee is None:
+        return f"No employee {query.employee_id} in your organisation."
+    context.emit(ThreadItemDoneEvent(item=employee_card(employee, thread_id=context.thread_id)))
+    return describe_employee(employee, context.principal.role)
+
+
+@function_tool(
+    name_override="lookup_order",
+    failure_error_function=_failure("Invalid order id: use SO- and four digits, e.g. SO-1001."),
+)
+async def lookup_order(ctx: RunContextWrapper[AgentContext], query: OrderQuery) -> str:
+    """Look up a sales order of the caller's organisation by id: customer, amount, status, date.
+
+    Args:
+        query: The order to look up.
+    """
+    context = ctx.context
+    context.emit(ProgressUpdateEvent(icon="search", text=f"Looking up order {query.order_id}…"))
+    order = await context.erp.get_order(context.principal.tenant, query.order_id)
+    if order is None:
+        return f"No order {query.order_id} in your organisation."
+    return describe_order(order)
+
+
+ERP_TOOLS: Final = [lookup_employee, lookup_order]

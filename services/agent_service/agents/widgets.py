@@ -1,0 +1,78 @@
+"""ChatKit widgets the agents show, and the widget actions they offer.
+
+Widgets are built with `WidgetTemplate`, the non-deprecated way in openai-chatkit 1.6 (the named
+widget classes `Card`, `Badge`… emit a DeprecationWarning). The template is kept inline rather than
+in a `.widget` file so it ships with the module without packaging rules; it can be pasted into
+widgets.chatkit.studio as is. Values go through Jinja's `tojson`, so names with quotes stay valid
+JSON.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Final
+
+from chatkit.actions import ActionConfig
+from chatkit.types import WidgetItem
+from chatkit.widgets import WidgetTemplate
+
+from services.agent_service.agents.erp import Employee, EmployeeStatus
+from services.common.ids import new_id
+
+SHOW_OPEN_ORDERS: Final = "erp.show_open_orders"
+"""Action type of the employee card's button; payload `{"employee_id": "E1001"}`."""
+
+_STATUS: Final[dict[EmployeeStatus, tuple[str, str]]] = {
+    "active": ("Active", "success"),
+    "on_leave": ("On leave", "warning"),
+    "terminated": ("Terminated", "danger"),
+}
+
+EMPLOYEE_CARD: Final = WidgetTemplate(
+    {
+        "version": "1.0",
+        "name": "employee_card",
+        "template": """{
+  "type": "Card",
+  "size": "sm",
+  "children": [
+    {"type": "Row", "children": [
+      {"type": "Title", "value": {{ name | tojson }}, "size": "sm"},
+      {"type": "Spacer"},
+      {"type": "Badge", "label": {{ status_label | tojson }}, "color": {{ status_color | tojson }}}
+    ]},
+    {"type": "Text", "value": {{ subtitle | tojson }}, "color": "secondary"},
+    {"type": "Caption", "value": {{ email | tojson }}},
+    {"type": "Button", "label": "Show open orders", "style": "primary",
+     "onClickAction": {{ action | tojson }}}
+  ]
+}""",
+        "jsonSchema": {
+            "type": "object",
+            "required": ["name", "status_label", "status_color", "subtitle", "email", "action"],
+        },
+    }
+)
+
+
+def employee_card(employee: Employee, *, thread_id: str) -> WidgetItem:
+    """A card with the employee's name, status badge, department and a "Show open orders" button."""
+    label, color = _STATUS[employee.status]
+    action = ActionConfig(type=SHOW_OPEN_ORDERS, payload={"employee_id": employee.id}, handler="server")
+    widget = EMPLOYEE_CARD.build(
+        {
+            "name": employee.name,
+            "status_label": label,
+            "status_color": color,
+            "subtitle": f"{employee.department} · {employee.id}",
+            "email": employee.email,
+            "action": action.model_dump(),
+        }
+    )
+    return WidgetItem(
+        id=new_id("msg"),
+        thread_id=thread_id,
+        created_at=datetime.now(UTC),
+        widget=widget,
+        copy_text=f"{employee.name} ({employee.id}), {employee.department}, {label.lower()}",
+    )

@@ -1,0 +1,371 @@
+"""The offline demo model: a deterministic Agents SDK `Model` that needs no network and no key.
+
+It is a DEMO, not a language model. It exists so that one command runs the whole stack on a laptop,
+in CI and in tests, while still exercising the real agent machinery: the router's handoff, the ERP
+tools, the streamed answer and cancellation all go through the Agents SDK exactly as with a real
+provider. Its policy, per model call:
+
+1. **Router** (handoffs offered, no tools): classify the newest user message by keywords
+   (`billing`, `tech`, otherwise `general`) and call that specialist's handoff tool. It never speaks.
+2. **Specialist** (tools offered):
+   - if the newest user message clearly belongs to a *peer* specialist whose handoff is offered,
+     hand off to it;
+   - if it mentions an employee id (`E1001`) or an order id (`SO-1001`) and the matching lookup tool
+     is offered, call it once (one tool round per user message); when the tool output is back,
+     answer with that output;
+3. **Otherwise** answer in text, streamed word by word with a cancellable delay between deltas:
+   - "what is my name" after "my name is X" earlier in the history → "Your name is X.";
+   - else a canned answer per specialist that quotes the question, names the tenant read from the
+     system instructions (proof that the caller context reached them) and counts the earlier user
+     messages it saw (proof that history reached it).
+
+The specialist, tenant, user, role and locale are read from the system instructions written by
+`services.agent_service.agents.team` (`You are the Billing specialist…`, `tenant=acme; …`). The
+model degrades gracefully when they are missing.
+
+`LocalTitleModel` answers the title agent: the first ~6 words of the first user message.
+
+Both models emit the full-fidelity Responses event stream (see `responses.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from agents import (
+    AgentOutputSchemaBase,
+    Handoff,
+    Model,
+    ModelResponse,
+    ModelSettings,
+    ModelTracing,
+    Tool,
+    Usage,
+)
+from agents.items import TResponseInputItem, TResponseOutputItem, TResponseStreamEvent
+from openai.types.responses.response_prompt_param import ResponsePromptParam
+
+from services.agent_service.models.responses import (
+    ResponseStream,
+    function_call,
+    new_message_id,
+    output_message,
+)
+
+EMPLOYEE_ID: Final = re.compile(r"\b(e\d{4})\b", re.IGNORECASE)
+ORDER_ID: Final = re.compile(r"\b(so-\d{4})\b", re.IGNORECASE)
+
+_KEYWORDS: Final[dict[str, frozenset[str]]] = {
+    "billing": frozenset(
+        (
+            *("invoice", "invoices", "bill", "bills", "billing", "refund", "refunds", "payment"),
+            *("payments", "pay", "paid", "charge", "charged", "charges", "price", "prices", "pricing"),
+            *("order", "orders", "subscription", "receipt"),
+        )
+    ),
+    "tech": frozenset(
+        (
+            *("error", "errors", "bug", "bugs", "crash", "crashes", "crashed", "login", "logon"),
+            *("password", "install", "installing", "api", "broken", "slow", "timeout", "outage", "reset"),
+        )
+    ),
+}
+
+# User-role messages that ChatKit's ThreadItemConverter writes for context (hidden context, widgets,
+# workflows, quoted text, tags…). They are not what the user typed.
+_CONTEXT_PREFIXES: Final = (
+    "Hidden context for the agent",
+    "A message was displayed to the user",
+    "The following graphical UI widget",
+    "The user is referring to this in particular",
+    "# User-provided context",
+    "The following image was generated",
+    "A structured input request was displayed",
+)
+
+_NAME_STATEMENT: Final = re.compile(r"(?i:\bmy name is)\s+([A-Za-z][\w'-]*(?:\s+[A-Z][\w'-]*)?)")
+_NAME_QUESTION: Final = re.compile(r"\b(what(?:'s| is) my name|who am i)\b", re.IGNORECASE)
+_SPECIALIST: Final = re.compile(r"You are the (\w+) specialist")
+_CALLER_FIELD: Final = re.compile(r"\b(tenant|user|role|locale)=([^;\s.]+)")
+
+
+def classify(text: str) -> str | None:
+    """The specialist a message clearly belongs to (`billing`, `tech`), or None."""
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    scores = {domain: sum(word in keywords for word in words) for domain, keywords in _KEYWORDS.items()}
+    if ORDER_ID.search(text):
+        scores["billing"] += 1
+    best = max(scores, key=lambda domain: scores[domain])  # ties keep dict order: billing first
+    return best if scores[best] > 0 else None
+
+
+def _as_mapping(item: object) -> Mapping[str, Any]:
+    if isinstance(item, Mapping):
+        return item
+    dump = getattr(item, "model_dump", None)
+    return dump(exclude_unset=True) if callable(dump) else {}
+
+
+def _content_text(content: object, *, first_part_only: bool = False) -> str:
+    if isinstance(content, str):
+        return content
+    texts: list[str] = []
+    if isinstance(content, Sequence):
+        for part in content:
+            text = _as_mapping(part).get("text")
+            if isinstance(text, str):
+                texts.append(text)
+    return texts[0] if first_part_only and texts else " ".join(texts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Transcript:
+    """What the demo policy needs from the model input."""
+
+    user_texts: list[str]
+    """What the user typed, oldest first (context messages left out)."""
+    tool_outputs: dict[str, str]
+    """Tool (or handoff) name → output, for calls made after the newest user message."""
+
+    @property
+    def newest(self) -> str:
+        return self.user_texts[-1] if self.user_texts else ""
+
+    @classmethod
+    def parse(cls, model_input: str | list[TResponseInputItem]) -> _Transcript:
+        if isinstance(model_input, str):
+            return cls(user_texts=[model_input], tool_outputs={})
+        user_texts: list[str] = []
+        call_names: dict[str, str] = {}
+        outputs: dict[str, str] = {}
+        for raw in model_input:
+            item = _as_mapping(raw)
+            kind = item.get("type", "message")
+            if kind == "message" and item.get("role") == "user":
+                text = _content_text(item.get("content"), first_part_only=True)
+                if not text.startswith(_CONTEXT_PREFIXES):
+                    user_texts.append(text)
+                    call_names.clear()
+                    outputs.clear()
+            elif kind == "function_call":
+                call_names[str(item.get("call_id"))] = str(item.get("name"))
+            elif kind == "function_call_output":
+                name = call_names.get(str(item.get("call_id")))
+                if name is not None:
+                    output = item.get("output")
+                    outputs[name] = output if isinstance(output, str) else _content_text(output)
+        return cls(user_texts=user_texts, tool_outputs=outputs)
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Say:
+    text: str
+
+
+_Reply = _Call | _Say
+
+
+def _caller(instructions: str | None) -> dict[str, str]:
+    return dict(_CALLER_FIELD.findall(instructions or ""))
+
+
+def _find_handoff(handoffs: list[Handoff], specialist: str) -> Handoff | None:
+    return next((h for h in handoffs if specialist in h.agent_name.lower()), None)
+
+
+def _find_tool(tools: list[Tool], word: str) -> Tool | None:
+    return next((t for t in tools if word in t.name), None)
+
+
+def _arguments(tool: Tool, field: str, value: str) -> dict[str, Any]:
+    """`{field: value}`, nested under the object parameter that declares `field` if there is one.
+
+    Tools often take one pydantic model (`query: EmployeeQuery`); the demo model reads the tool's
+    JSON schema (resolving local `$ref`s) to put the id where the tool expects it.
+    """
+    schema: dict[str, Any] = getattr(tool, "params_json_schema", None) or {}
+    definitions: dict[str, Any] = schema.get("$defs", {})
+
+    def resolve(node: dict[str, Any]) -> dict[str, Any]:
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/$defs/"):
+            return resolve(definitions.get(ref.removeprefix("#/$defs/"), {}))
+        return node
+
+    properties: dict[str, Any] = schema.get("properties", {})
+    if field not in properties:
+        for name, node in properties.items():
+            if field in resolve(node).get("properties", {}):
+                return {name: {field: value}}
+    return {field: value}
+
+
+def _decide(
+    instructions: str | None, transcript: _Transcript, tools: list[Tool], handoffs: list[Handoff]
+) -> _Reply:
+    """The demo policy (see the module docstring)."""
+    newest = transcript.newest
+    domain = classify(newest)
+    if handoffs and not tools:
+        target = _find_handoff(handoffs, domain or "general") or handoffs[0]
+        return _Call(target.tool_name, {})
+    tool_names = {tool.name for tool in tools}
+    outputs = [output for name, output in transcript.tool_outputs.items() if name in tool_names]
+    if outputs:  # one tool round per user message: answer from what the tool returned
+        return _Say(" ".join(outputs))
+    if domain is not None and (peer := _find_handoff(handoffs, domain)) is not None:
+        return _Call(peer.tool_name, {})
+    if (match := EMPLOYEE_ID.search(newest)) and (tool := _find_tool(tools, "employee")):
+        return _Call(tool.name, _arguments(tool, "employee_id", match.group(1).upper()))
+    if (match := ORDER_ID.search(newest)) and (tool := _find_tool(tools, "order")):
+        return _Call(tool.name, _arguments(tool, "order_id", match.group(1).upper()))
+    return _Say(_answer(instructions, transcript))
+
+
+def _answer(instructions: str | None, transcript: _Transcript) -> str:
+    newest = transcript.newest
+    if _NAME_QUESTION.search(newest):
+        for text in reversed(transcript.user_texts[:-1]):
+            if match := _NAME_STATEMENT.search(text):
+                name = " ".join(word[:1].upper() + word[1:] for word in match.group(1).split())
+                return f"Your name is {name}."
+        return "You have not told me your name yet. Tell me and I will remember it for this conversation."
+    caller = _caller(instructions)
+    tenant = f" (tenant {caller['tenant']})" if "tenant" in caller else ""
+    words = newest.split()
+    question = " ".join(words[:12]) + ("…" if len(words) > 12 else "")
+    earlier = len(transcript.user_texts) - 1
+    seen = (
+        "This is your first message here."
+        if earlier == 0
+        else f"I have seen {earlier} earlier message{'s' if earlier != 1 else ''} from you."
+    )
+    identity = _SPECIALIST.search(instructions or "")
+    match identity.group(1).lower() if identity else "general":
+        case "billing":
+            body = "I can check orders such as SO-1001 and employees such as E1001: give me an id."
+            return f'Billing here{tenant}. You asked: "{question}". {body} {seen}'
+        case "tech":
+            body = "Please sign out and in again; if it persists, send me the exact error text."
+            return f'Tech support here{tenant}. You asked: "{question}". {body} {seen}'
+        case _:
+            body = "I can answer general questions and look up employees like E1001 or orders like SO-1001."
+            return f'Happy to help{tenant}. You asked: "{question}". {body} {seen}'
+
+
+def _title_for(transcript: _Transcript, max_words: int = 6) -> str:
+    """First `max_words` words of the first user message, capitalised, no trailing punctuation."""
+    first = transcript.user_texts[0] if transcript.user_texts else ""
+    title = " ".join(first.split()[:max_words]).rstrip(" .,;:!?…-")
+    return title[:1].upper() + title[1:] if title else "New conversation"
+
+
+class _ScriptedReplyModel(Model):
+    """Turns a `_Reply` into a non-streamed `ModelResponse` or a streamed Responses event sequence."""
+
+    def __init__(self, token_delay_s: float = 0.0) -> None:
+        self.token_delay_s = token_delay_s
+        self.deltas_emitted = 0
+        """Text deltas produced so far, across calls (tests use it to prove a run was stopped)."""
+
+    def _reply(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        tools: list[Tool],
+        handoffs: list[Handoff],
+    ) -> _Reply:
+        raise NotImplementedError
+
+    async def get_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[Tool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None,
+        conversation_id: str | None,
+        prompt: ResponsePromptParam | None,
+    ) -> ModelResponse:
+        output: TResponseOutputItem
+        match self._reply(system_instructions, input, tools, handoffs):
+            case _Call(name=name, arguments=arguments):
+                output = function_call(name, json.dumps(arguments))
+            case _Say(text=text):
+                output = output_message(text, new_message_id())
+        return ModelResponse(
+            output=[output], usage=Usage(requests=1), response_id=ResponseStream().response_id
+        )
+
+    async def stream_response(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        model_settings: ModelSettings,
+        tools: list[Tool],
+        output_schema: AgentOutputSchemaBase | None,
+        handoffs: list[Handoff],
+        tracing: ModelTracing,
+        *,
+        previous_response_id: str | None,
+        conversation_id: str | None,
+        prompt: ResponsePromptParam | None,
+    ) -> AsyncIterator[TResponseStreamEvent]:
+        stream = ResponseStream()
+        for event in stream.opening():
+            yield event
+        match self._reply(system_instructions, input, tools, handoffs):
+            case _Call(name=name, arguments=arguments):
+                for event in stream.function_call_events(function_call(name, json.dumps(arguments))):
+                    yield event
+            case _Say(text=text):
+                message = output_message(text, new_message_id())
+                for event in stream.message_start(message.id):
+                    yield event
+                for index, word in enumerate(text.split(" ")):
+                    await asyncio.sleep(self.token_delay_s)  # yields to the loop even at 0: cancellable
+                    self.deltas_emitted += 1
+                    yield stream.text_delta(message.id, word if index == 0 else f" {word}")
+                for event in stream.message_end(message, text):
+                    yield event
+
+
+class LocalDemoModel(_ScriptedReplyModel):
+    """The deterministic demo model for the router and the specialists (module docstring)."""
+
+    def _reply(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        tools: list[Tool],
+        handoffs: list[Handoff],
+    ) -> _Reply:
+        return _decide(system_instructions, _Transcript.parse(input), tools, handoffs)
+
+
+class LocalTitleModel(_ScriptedReplyModel):
+    """Answers the title agent with the first ~6 words of the first user message."""
+
+    def _reply(
+        self,
+        system_instructions: str | None,
+        input: str | list[TResponseInputItem],
+        tools: list[Tool],
+        handoffs: list[Handoff],
+    ) -> _Reply:
+        return _Say(_title_for(_Transcript.parse(input)))
