@@ -80,6 +80,19 @@ def _wait_ready(url: str, timeout_s: float) -> bool:
     return False
 
 
+def _wait_listening(host: str, port: int, child: subprocess.Popen[bytes], timeout_s: float = 60) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and child.poll() is None:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+
+
 def _run_dev(args: argparse.Namespace) -> int:
     """Start the agent service and the edge as child processes on embedded defaults."""
     settings = load_settings()
@@ -100,10 +113,11 @@ def _run_dev(args: argparse.Namespace) -> int:
     env.setdefault("SWITCHBOARD_DEMO_TOKEN", token)
     env.setdefault("SWITCHBOARD_AGENT_ADDRESS", settings.agent_listen)
     python = sys.executable
-    children = [
-        _spawn([python, "-m", "services.cli", "agent"], env),
-        _spawn([python, "-m", "services.cli", "edge"], env),
-    ]
+    children = [_spawn([python, "-m", "services.cli", "agent"], env)]
+    # Start the edge once the agent listens, so its readiness probe is not polled into the log.
+    host, _, port = settings.agent_listen.rpartition(":")
+    _wait_listening(host if host not in ("", "0.0.0.0", "[::]") else "127.0.0.1", int(port), children[0])
+    children.append(_spawn([python, "-m", "services.cli", "edge"], env))
     base = f"http://{settings.edge_host}:{settings.edge_port}"
 
     def stop(*_: object) -> None:
