@@ -46,6 +46,16 @@ def _run_agent(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_upload(args: argparse.Namespace) -> int:
+    overrides = {"upload_listen": args.listen} if args.listen else {}
+    settings = load_settings().model_copy(update=overrides)
+    _configure_logging(settings)
+    from services.upload_service.server import serve
+
+    asyncio.run(serve(settings))
+    return 0
+
+
 def _run_edge(args: argparse.Namespace) -> int:
     overrides: dict[str, object] = {}
     if args.host:
@@ -214,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     agent = commands.add_parser("agent", help="run the agent service (gRPC)")
     agent.add_argument("--listen", help="host:port to listen on (SWITCHBOARD_AGENT_LISTEN)")
     agent.set_defaults(func=_run_agent)
+
+    upload = commands.add_parser("upload", help="run the upload service (gRPC, attachments in MinIO)")
+    upload.add_argument("--listen", help="host:port to listen on (SWITCHBOARD_UPLOAD_LISTEN)")
+    upload.set_defaults(func=_run_upload)
 
     edge = commands.add_parser("edge", help="run the ChatKit HTTP/SSE edge")
     edge.add_argument("--host", help="interface to bind (SWITCHBOARD_EDGE_HOST)")

@@ -58,6 +58,37 @@ class Settings(BaseSettings):
         15.0, ge=0, le=10_000, validation_alias=_env("SWITCHBOARD_LOCAL_TOKEN_DELAY_MS")
     )
 
+    # Upload service and object storage
+    upload_listen: str = Field("127.0.0.1:50052", validation_alias=_env("SWITCHBOARD_UPLOAD_LISTEN"))
+    upload_address: str = Field("127.0.0.1:50052", validation_alias=_env("SWITCHBOARD_UPLOAD_ADDRESS"))
+    upload_max_bytes: int = Field(
+        100 * 1024 * 1024, ge=1, validation_alias=_env("SWITCHBOARD_UPLOAD_MAX_BYTES")
+    )
+    upload_allowed_types: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "image/png",
+            "image/jpeg",
+            "image/gif",
+            "image/webp",
+            "application/pdf",
+            "text/plain",
+            "text/markdown",
+            "text/csv",
+            "application/json",
+        ],
+        validation_alias=_env("SWITCHBOARD_UPLOAD_ALLOWED_TYPES"),
+    )
+    presign_ttl_s: int = Field(300, ge=10, le=7 * 86_400, validation_alias=_env("SWITCHBOARD_PRESIGN_TTL_S"))
+    minio_endpoint: str | None = Field(None, validation_alias=_env("MINIO_ENDPOINT"))
+    """host:port of the S3 API; unset in `switchboard dev` means: start a local S3 server."""
+    minio_public_endpoint: str | None = Field(None, validation_alias=_env("MINIO_PUBLIC_ENDPOINT"))
+    """host:port browsers use for presigned URLs, when it differs from MINIO_ENDPOINT."""
+    minio_access_key: str = Field("switchboard", validation_alias=_env("MINIO_ACCESS_KEY"))
+    minio_secret_key: str = Field("switchboard-secret", validation_alias=_env("MINIO_SECRET_KEY"))
+    minio_bucket: str = Field("switchboard-attachments", validation_alias=_env("MINIO_BUCKET"))
+    minio_secure: bool = Field(False, validation_alias=_env("MINIO_SECURE"))
+    minio_region: str = Field("us-east-1", validation_alias=_env("MINIO_REGION"))
+
     # Edge
     edge_host: str = Field("127.0.0.1", validation_alias=_env("SWITCHBOARD_EDGE_HOST"))
     edge_port: int = Field(8080, ge=0, le=65535, validation_alias=_env("SWITCHBOARD_EDGE_PORT"))
@@ -72,7 +103,7 @@ class Settings(BaseSettings):
     demo_token: str | None = Field(None, validation_alias=_env("SWITCHBOARD_DEMO_TOKEN"))
     """When set (the dev stack sets it), `GET /` serves the ChatKit demo page with this token."""
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "upload_allowed_types", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
