@@ -57,7 +57,8 @@ from services.edge.chatkit import (
     route,
 )
 from services.edge.sse import encode_event, encode_stream_error
-from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2
+from services.edge.uploads import UploadRefused, stream_upload
+from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, upload_pb2_grpc
 
 log = logging.getLogger("switchboard.edge")
 access_log = logging.getLogger("switchboard.edge.access")
@@ -115,6 +116,8 @@ _PRIVATE_DETAILS: Final = {
     grpc.StatusCode.DATA_LOSS: "internal error in the agent service",
 }
 _MAX_DETAILS_CHARS: Final = 500
+# RPCs served by the upload service: their failures name it, and "too large" is HTTP 413 there.
+UPLOAD_RPCS: Final = frozenset({"Upload", "CreateAttachment", "DeleteAttachment"})
 
 # What an HTTP status means as a gRPC status name, for errors aiohttp raises itself.
 _CODE_FOR_HTTP: Final = {
@@ -176,6 +179,10 @@ def rpc_error_response(error: aio.AioRpcError, request_id: str, rpc: str) -> web
     details = (error.details() or "").strip()
     log.warning("[%s] %s failed: %s %s", request_id, rpc, code.name, details)
     message = _PRIVATE_DETAILS.get(code) or details[:_MAX_DETAILS_CHARS] or code.name.lower()
+    if rpc in UPLOAD_RPCS:
+        message = message.replace("the agent service", "the upload service")
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return json_error(code, message, status=413)
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return _unauthenticated(message, invalid=True)
     return json_error(code, message)
@@ -311,6 +318,7 @@ class Edge:
                 domain_key=settings.chatkit_domain_key,
             )
         self._stub: chat_pb2_grpc.ChatServiceAsyncStub | None = None
+        self._uploads: upload_pb2_grpc.UploadServiceAsyncStub | None = None
         self._health_check: (
             aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse] | None
         ) = None
@@ -319,9 +327,11 @@ class Edge:
     # ----------------------------------------------------------------- lifecycle
 
     async def channel_context(self, app: web.Application) -> AsyncIterator[None]:
-        """aiohttp cleanup context: open the channel on startup, close it on cleanup."""
+        """aiohttp cleanup context: open the channels on startup, close them on cleanup."""
         channel = aio.insecure_channel(self.settings.agent_address, options=CHANNEL_OPTIONS)
+        upload_channel = aio.insecure_channel(self.settings.upload_address, options=CHANNEL_OPTIONS)
         self._stub = chat_pb2_grpc.ChatServiceStub(channel)
+        self._uploads = upload_pb2_grpc.UploadServiceStub(upload_channel)
         self._health_check = channel.unary_unary(
             _HEALTH_CHECK,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
@@ -331,8 +341,10 @@ class Edge:
             yield
         finally:
             self._stub = None
+            self._uploads = None
             self._health_check = None
             await channel.close()
+            await upload_channel.close()
 
     async def on_shutdown(self, app: web.Application) -> None:
         """From now on /readyz answers 503, so load balancers stop sending new work while streams drain."""
@@ -417,7 +429,7 @@ class Edge:
         body = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
 
         try:
-            operation = route(parse_request(body), self._require_stub())
+            operation = route(parse_request(body), self._require_stub(), self._uploads)
         except BadRequest as error:
             return json_error(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         request[OPERATION] = operation.type
@@ -440,6 +452,35 @@ class Edge:
                 return web.Response(body=payload, content_type="application/json")
             case UnsupportedOperation():
                 return json_error(grpc.StatusCode.UNIMPLEMENTED, operation.message)
+
+    async def upload(self, request: web.Request) -> web.Response:
+        """`POST /chatkit/api/upload`: a direct upload (multipart field `file`), see uploads.py."""
+        request_id = request[REQUEST_ID]
+        authorization = request.headers.get(hdrs.AUTHORIZATION)
+        try:
+            self.verifier.verify_header(authorization)
+        except AuthError as error:
+            return _unauthenticated(str(error), invalid=bool(authorization))
+        assert authorization is not None
+        request[OPERATION] = "upload"
+        if self._uploads is None:
+            return json_error(grpc.StatusCode.UNAVAILABLE, "the edge is not connected to the upload service")
+        try:
+            body = await stream_upload(
+                request,
+                self._uploads,
+                tuple(self._metadata(request, authorization)),
+                max_bytes=self.settings.upload_max_bytes,
+                timeout_s=self.settings.stream_timeout_s,
+            )
+        except UploadRefused as refused:
+            return json_error(refused.code, refused.message, status=refused.status)
+        except aio.AioRpcError as error:
+            return rpc_error_response(error, request_id, "Upload")
+        except (codec.CodecError, ValidationError):
+            log.exception("[%s] the upload service sent an invalid attachment", request_id)
+            return json_error(grpc.StatusCode.INTERNAL, "the upload service sent an invalid reply")
+        return web.Response(body=body, content_type="application/json")
 
     def _require_stub(self) -> chat_pb2_grpc.ChatServiceAsyncStub:
         if self._stub is None:
@@ -546,6 +587,7 @@ def create_app(settings: Settings) -> web.Application:
 
     routes = [
         app.router.add_post(CHATKIT_PATH, edge.chatkit),
+        app.router.add_post(UPLOAD_PATH, edge.upload),
         app.router.add_get("/healthz", edge.healthz),
         app.router.add_get("/readyz", edge.readyz),
     ]

@@ -50,7 +50,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from services.common import codec
 from services.edge.sse import encode_model
-from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
+from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2, upload_pb2, upload_pb2_grpc
 
 Metadata = Sequence[tuple[str, str]]
 """gRPC metadata as (lowercase key, value) pairs."""
@@ -187,6 +187,10 @@ def _render_sync_action(reply: chat_pb2.SyncCustomActionResponse) -> bytes:
     )
 
 
+def _render_attachment(reply: upload_pb2.CreateAttachmentResponse) -> bytes:
+    return encode_model(_decode(lambda message: codec.attachment_from_proto(message.attachment), reply))
+
+
 def _render_empty(_reply: Message) -> bytes:
     return _EMPTY_JSON
 
@@ -238,8 +242,14 @@ def _unary(
     return UnaryOperation(type=kind, rpc=rpc, start=start, render=render)
 
 
-def route(request: ChatKitReq, stub: chat_pb2_grpc.ChatServiceAsyncStub) -> Operation:
+def route(
+    request: ChatKitReq,
+    stub: chat_pb2_grpc.ChatServiceAsyncStub,
+    uploads: upload_pb2_grpc.UploadServiceAsyncStub | None = None,
+) -> Operation:
     """The one RPC that serves a ChatKit request (nothing is sent yet).
+
+    `attachments.*` go to the upload service; without an upload stub they are unsupported (501).
 
     Raises `BadRequest` when the params do not fit the proto request.
     """
@@ -329,11 +339,28 @@ def route(request: ChatKitReq, stub: chat_pb2_grpc.ChatServiceAsyncStub) -> Oper
                 _proto(params, chat_pb2.AddFeedbackRequest()),
                 _render_empty,
             )
-        # Not offered (yet).
-        case AttachmentsCreateReq() | AttachmentsDeleteReq():
+        # Attachments: the upload service.
+        case AttachmentsCreateReq() | AttachmentsDeleteReq() if uploads is None:
             return UnsupportedOperation(
-                type=kind,
-                message=f"file uploads are not enabled on this server yet ({kind} is unavailable)",
+                type=kind, message=f"file uploads are not enabled ({kind} is unavailable)"
+            )
+        case AttachmentsCreateReq(params=params):
+            assert uploads is not None
+            return _unary(
+                kind,
+                uploads.CreateAttachment,
+                "CreateAttachment",
+                _proto(params, upload_pb2.CreateAttachmentRequest()),
+                _render_attachment,
+            )
+        case AttachmentsDeleteReq(params=params):
+            assert uploads is not None
+            return _unary(
+                kind,
+                uploads.DeleteAttachment,
+                "DeleteAttachment",
+                _proto(params, upload_pb2.DeleteAttachmentRequest()),
+                _render_empty,
             )
         case InputTranscribeReq():
             return UnsupportedOperation(

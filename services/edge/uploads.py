@@ -1,0 +1,118 @@
+"""`POST /chatkit/api/upload`: ChatKit's direct upload strategy, streamed into the upload service.
+
+The multipart field `file` is read chunk by chunk and each chunk becomes one message of the
+client-streaming `UploadService.Upload` call, whose writes wait for HTTP/2 flow control: a slow
+object store slows the browser down instead of filling memory. Neither the edge nor the upload
+service ever holds the whole file. The answer is the ChatKit Attachment JSON the UI expects.
+
+The size limit is enforced while streaming (and up front from Content-Length), so an oversized upload
+is cut off as soon as it crosses the limit: 413, and the upload service leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import mimetypes
+from typing import Final
+
+import grpc
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+from grpc import aio
+
+from services.common import codec
+from services.edge.sse import encode_model
+from switchboard.v1 import upload_pb2, upload_pb2_grpc
+
+log = logging.getLogger("switchboard.edge")
+
+FILE_FIELD: Final = "file"
+CHUNK_BYTES: Final = 1024 * 1024
+# Multipart framing and other small fields around the file.
+_ENVELOPE_BYTES: Final = 64 * 1024
+_MAX_NAME_CHARS: Final = 1024
+
+
+class UploadRefused(Exception):
+    """The request cannot become an upload; carries the gRPC code and message for the JSON error."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+def _too_large(limit: int) -> UploadRefused:
+    return UploadRefused(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, f"the file exceeds the limit of {limit} bytes", 413
+    )
+
+
+async def _file_part(request: web.Request) -> BodyPartReader:
+    """The `file` part of a multipart/form-data body; other small fields are skipped."""
+    if not request.content_type.startswith("multipart/form-data"):
+        raise UploadRefused(
+            grpc.StatusCode.INVALID_ARGUMENT, "send the file as multipart/form-data (field 'file')"
+        )
+    try:
+        reader: MultipartReader = await request.multipart()
+        while True:
+            part = await reader.next()
+            if part is None:
+                break
+            if not isinstance(part, BodyPartReader):
+                raise UploadRefused(
+                    grpc.StatusCode.INVALID_ARGUMENT, "nested multipart bodies are not supported"
+                )
+            if part.name == FILE_FIELD:
+                return part
+            await part.release()
+    except (ValueError, AssertionError) as error:
+        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, f"malformed multipart body: {error}") from None
+    raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the multipart body has no 'file' field")
+
+
+def _declared_type(part: BodyPartReader, name: str) -> str:
+    declared = (part.headers.get(hdrs.CONTENT_TYPE) or "").split(";")[0].strip().lower()
+    if declared and declared != "application/octet-stream":
+        return declared
+    guessed, _ = mimetypes.guess_type(name)
+    return guessed or declared or "application/octet-stream"
+
+
+async def stream_upload(
+    request: web.Request,
+    stub: upload_pb2_grpc.UploadServiceAsyncStub,
+    metadata: tuple[tuple[str, str], ...],
+    *,
+    max_bytes: int,
+    timeout_s: float,
+) -> bytes:
+    """Stream the request's file into `UploadService.Upload`; return the Attachment JSON.
+
+    Raises `UploadRefused` for a request that is not an acceptable upload and
+    `grpc.aio.AioRpcError` when the upload service refuses or fails.
+    """
+    if request.content_length is not None and request.content_length > max_bytes + _ENVELOPE_BYTES:
+        raise _too_large(max_bytes)
+    part = await _file_part(request)
+    name = (part.filename or "").strip()[:_MAX_NAME_CHARS]
+    if not name:
+        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the 'file' field has no file name")
+    info = upload_pb2.UploadFileInfo(name=name, mime_type=_declared_type(part, name))
+    call: aio.StreamUnaryCall[upload_pb2.UploadRequest, upload_pb2.UploadResponse] = stub.Upload(
+        metadata=metadata, timeout=timeout_s
+    )
+    try:
+        await call.write(upload_pb2.UploadRequest(info=info))
+        received = 0
+        while chunk := await part.read_chunk(CHUNK_BYTES):
+            received += len(chunk)
+            if received > max_bytes:
+                raise _too_large(max_bytes)
+            await call.write(upload_pb2.UploadRequest(chunk=chunk))
+        await call.done_writing()
+        reply = await call
+    finally:
+        call.cancel()  # a no-op after success; otherwise the upload service aborts and cleans up
+    return encode_model(codec.attachment_from_proto(reply.attachment))
