@@ -351,6 +351,94 @@ async def test_each_operation_gets_its_own_deadline(edge: EdgeUnderTest, agent: 
 @pytest.mark.parametrize(
     ("body", "hint"),
     [
+        (b"{not json", "malformed JSON"),
+        (b"[]", "object"),
+        (b'{"type":"threads.nope","params":{}}', "unknown request type 'threads.nope'"),
+        (b'{"params":{}}', "missing request 'type'"),
+        (b'{"type":"threads.get_by_id","params":{"thread_id":5}}', "params.thread_id"),
+        (b'{"type":"threads.create","params":{}}', "params.input: Field required"),
+        (b'{"type":"threads.list","params":{"order":"sideways"}}', "params.order"),
+        (b'{"type":"threads.list","params":{"limit":99999999999}}', "out of range"),
+    ],
+    ids=["malformed", "array", "unknown-type", "no-type", "wrong-type", "missing", "bad-literal", "int32"],
+)
+async def test_bad_requests_are_400_and_reach_no_rpc(
+    edge: EdgeUnderTest, agent: FakeAgent, body: bytes, hint: str
+) -> None:
+    reply = await edge.post(body)
+    assert reply.status == 400
+    code, message = reply.error()
+    assert code == "INVALID_ARGUMENT"
+    assert hint in message
+    assert len(message) < 300
+    assert agent.servicer.received == []
+
+
+def _expired() -> str:
+    return mint_token(SECRET, tenant="acme", user="alice", ttl_s=-60)
+
+
+def _wrong_secret() -> str:
+    return mint_token("another-secret-" + "z" * 32, tenant="acme", user="alice")
+
+
+@pytest.mark.parametrize(
+    ("authorization", "challenge"),
+    [
+        (None, "Bearer"),
+        ("Bearer garbage", 'Bearer error="invalid_token"'),
+        ("Basic YWxpY2U6cHc=", 'Bearer error="invalid_token"'),
+        ("expired", 'Bearer error="invalid_token"'),
+        ("wrong-secret", 'Bearer error="invalid_token"'),
+    ],
+    ids=["missing", "garbage", "basic", "expired", "wrong-secret"],
+)
+async def test_bad_credentials_are_401_and_reach_no_rpc(
+    edge: EdgeUnderTest, agent: FakeAgent, authorization: str | None, challenge: str
+) -> None:
+    tokens = {"expired": _expired, "wrong-secret": _wrong_secret}
+    headers = {"Content-Type": "application/json"}
+    if authorization in tokens:
+        headers["Authorization"] = f"Bearer {tokens[authorization]()}"
+    elif authorization is not None:
+        headers["Authorization"] = authorization
+    reply = await edge.post(CREATE, headers)
+    assert reply.status == 401
+    assert reply.headers["WWW-Authenticate"] == challenge
+    assert reply.error()[0] == "UNAUTHENTICATED"
+    assert re.fullmatch(r"[0-9a-f]{32}", reply.headers["X-Request-Id"])
+    assert agent.servicer.received == []
+
+
+async def test_an_oversized_body_is_413_and_reaches_no_rpc(agent: FakeAgent) -> None:
+    async with running_edge(make_settings(agent.address, max_body_bytes=1024)) as edge:
+        body = {**CREATE, "metadata": {"padding": "x" * 2000}}
+        reply = await edge.post(body)
+        assert reply.status == 413
+        code, message = reply.error()
+        assert code == "RESOURCE_EXHAUSTED"
+        assert "1024" in message
+
+        async def chunks() -> Any:  # no Content-Length: the limit is enforced while reading
+            yield b'{"type":"threads.create","metadata":{"padding":"'
+            for _ in range(4):
+                yield b"y" * 512
+            yield b'"}}'
+
+        async with edge.session.post(
+            edge.url + "/chatkit/api", data=chunks(), headers=edge.auth()
+        ) as response:
+            assert response.status == 413
+            assert (await response.json())["error"]["code"] == "RESOURCE_EXHAUSTED"
+
+        small = await edge.post(CREATE)
+        assert small.status == 200
+    assert [r.rpc for r in agent.servicer.received] == ["CreateThread"]
+
+
+@pytest.mark.parametrize(
+    ("body", "hint"),
+    [
         (
             {"type": "input.transcribe", "params": {"audio_base64": "AAAA", "mime_type": "audio/webm"}},
             "dictation (input.transcribe) is not supported by this server",
