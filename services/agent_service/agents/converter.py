@@ -9,6 +9,24 @@ items become user-role messages) and fill in the parts it leaves to the applicat
 - **tags** (@-mentions) are rendered with their text, id and group.
 - **hidden context with structured content** is serialised as JSON instead of raising.
 
+**Client tool calls** keep chatkit's default: a pending call is left out (the model cannot see a
+call without its output), a completed one becomes `function_call` + `function_call_output`
+(`json.dumps(output)`) with the SDK's call id. The Agents SDK's Chat Completions converter turns
+that pair into an assistant message with `tool_calls` and a `tool` message, so the continuation
+works with every provider.
+
+We extend **structured inputs**: chatkit renders each question as `question: answer`; we add the
+question id, the offered options and the description, and write the answers as a JSON list, one
+line per question, so the model knows what was asked and each answer survives commas and line
+breaks. The opening sentence and the user role are chatkit's (the local demo model recognises
+both):
+
+    A structured input request was displayed to the user with the following status: answered
+    <StructuredInput>
+    - [priority] How urgent is it? (choose one of: Low, Normal, High) — answer: ["High"]
+    - [details] Anything else we should know? (Ticket: app crashes) — answer: skipped
+    </StructuredInput>
+
 And we replace one default: **assistant messages** become plain-string content. The default emits
 `output_text` parts inside an easy input message, which the Agents SDK's Chat Completions converter
 rejects ("Unknown content") — so with every non-Responses provider the second turn of any
@@ -19,11 +37,43 @@ conversion too).
 from __future__ import annotations
 
 import json
+from typing import Final
 
 from agents import TResponseInputItem
 from chatkit.agents import ThreadItemConverter
-from chatkit.types import AssistantMessageItem, Attachment, HiddenContextItem, UserMessageTagContent
+from chatkit.types import (
+    AssistantMessageItem,
+    Attachment,
+    HiddenContextItem,
+    StructuredInput,
+    StructuredInputFreeform,
+    StructuredInputItem,
+    UserMessageTagContent,
+)
 from openai.types.responses import EasyInputMessageParam, ResponseInputContentParam, ResponseInputTextParam
+from openai.types.responses.response_input_item_param import Message
+
+STRUCTURED_INPUT_OPENING: Final = (
+    "A structured input request was displayed to the user with the following status"
+)
+"""chatkit's opening sentence for a structured input (kept so every consumer recognises it)."""
+
+
+def structured_input_line(question: StructuredInput) -> str:
+    """One question of a structured input as a line of model input (see the module docstring)."""
+    if isinstance(question, StructuredInputFreeform):
+        note = f" ({question.description})" if question.description else ""
+    else:
+        choice = "any" if question.multiple else "one"
+        note = f" (choose {choice} of: {', '.join(option.value for option in question.options)})"
+    answer = question.answer
+    if answer is None:
+        rendered = "unanswered"
+    elif answer.skipped:
+        rendered = "skipped"
+    else:
+        rendered = json.dumps(answer.values, ensure_ascii=False)
+    return f"- [{question.id}] {question.question}{note} — answer: {rendered}"
 
 
 class SwitchboardConverter(ThreadItemConverter):
@@ -50,3 +100,12 @@ class SwitchboardConverter(ThreadItemConverter):
             return await super().hidden_context_to_input(item)
         rendered = item.model_copy(update={"content": json.dumps(item.content, default=str)})
         return await super().hidden_context_to_input(rendered)
+
+    async def structured_input_to_input(
+        self, item: StructuredInputItem
+    ) -> TResponseInputItem | list[TResponseInputItem] | None:
+        lines = "\n".join(structured_input_line(question) for question in item.inputs)
+        text = f"{STRUCTURED_INPUT_OPENING}: {item.status}\n<StructuredInput>\n{lines}\n</StructuredInput>"
+        return Message(
+            type="message", role="user", content=[ResponseInputTextParam(type="input_text", text=text)]
+        )

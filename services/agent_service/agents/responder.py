@@ -10,7 +10,15 @@ One turn:
    progress update reaches the client while its tool runs. The queue never applies backpressure
    to the model, like the SDK's own queue;
 5. translate to ChatKit events (`StreamTranslator`), minting our own item ids;
-6. after the answer, name an untitled thread with the title agent (never failing the turn).
+6. when a tool asked the user's browser to run a client tool (`AgentContext.client_tool_call`,
+   the run stopped there, see `interactive.py`), end with the pending `client_tool_call` item
+   (`thread.item.done`), carrying the SDK call id; the conversation stores it and the client
+   answers with `threads.add_client_tool_output`;
+7. after the answer, name an untitled thread with the title agent (never failing the turn).
+
+A turn after a client tool output or a structured input has no user message: its history ends
+with the completed call or the answered form, which the converter turns into model input, and the
+specialist in `ACTIVE_AGENT_KEY` continues.
 
 Cancellation: closing or cancelling the iterator runs `finally: pump.cancel(); result.cancel()`,
 which cancels the run loop task and with it the model's HTTP stream (or the demo model's sleep).
@@ -44,6 +52,7 @@ from chatkit.errors import CustomStreamError
 from chatkit.types import (
     ProgressUpdateEvent,
     ThreadItem,
+    ThreadItemDoneEvent,
     ThreadStreamEvent,
     UserMessageItem,
     UserMessageTagContent,
@@ -53,6 +62,7 @@ from chatkit.types import (
 from services.agent_service.agents.context import AgentContext
 from services.agent_service.agents.converter import SwitchboardConverter
 from services.agent_service.agents.erp import ErpDirectory
+from services.agent_service.agents.interactive import client_tool_call_item
 from services.agent_service.agents.stream import StreamTranslator, assistant_message_events
 from services.agent_service.agents.team import build_team, build_title_agent
 from services.agent_service.agents.tools import EmployeeQuery
@@ -178,6 +188,10 @@ class AgentResponder:
                     yield event
             for event in translator.finish():
                 yield event
+            if context.client_tool_call is not None:
+                yield ThreadItemDoneEvent(
+                    item=client_tool_call_item(turn.thread.id, context.client_tool_call)
+                )
         finally:
             pump.cancel()
             result.cancel()

@@ -13,6 +13,11 @@ caller's tenant, user, role and locale (the `Caller:` line), which is how the mo
 talks to. The same values reach the tools through `RunContextWrapper[AgentContext]`, never through
 the tools' JSON schemas.
 
+Besides the ERP tools, every specialist can ask the user's browser for its local time (a ChatKit
+client tool) and the tech specialist can show a ticket form (a structured input). Both end the run
+to wait for the user (`StopAtTools`, see `interactive.py`); the specialist stays active, so the
+same one picks up the answer on the next turn.
+
 Agents are stateless and built once per process; everything per-turn lives in `AgentContext`.
 """
 
@@ -23,9 +28,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agents import Agent, Handoff, Model, RunContextWrapper, handoff
+from agents import Agent, Handoff, Model, RunContextWrapper, Tool, handoff
 
 from services.agent_service.agents.context import AgentContext
+from services.agent_service.agents.interactive import (
+    DEFAULT_PRIORITY,
+    LOCAL_TIME_TOOL,
+    STOP_AT_INTERACTIVE_TOOLS,
+    TICKET_TOOL,
+    ask_ticket_details,
+    get_user_local_time,
+)
 from services.agent_service.agents.tools import ERP_TOOLS
 
 logger = logging.getLogger(__name__)
@@ -46,10 +59,27 @@ class SpecialistSpec:
 
 SPECIALISTS: Final = (
     SpecialistSpec("billing", "Billing", "handling invoices, payments, refunds, prices and sales orders"),
-    SpecialistSpec("tech", "Tech", "handling errors, bugs, crashes, logins, passwords, installs and APIs"),
+    SpecialistSpec(
+        "tech",
+        "Tech",
+        "handling errors, bugs, crashes, logins, passwords, installs, APIs and support tickets",
+    ),
     SpecialistSpec("general", "General", "handling everything else, including employee look-ups"),
 )
 ROUTER_NAME: Final = "Router"
+
+EXTRA_TOOLS: Final[dict[str, tuple[Tool, ...]]] = {"tech": (ask_ticket_details,)}
+"""Tools only one specialist has, besides the ERP tools and the client tool every one has."""
+
+_LOCAL_TIME_RULE: Final = (
+    f"For the user's local time, date or time zone, call {LOCAL_TIME_TOOL}: their browser answers "
+    "with the tool output, then tell them."
+)
+_TICKET_RULE: Final = (
+    f"When the user wants to open or file a support ticket, call {TICKET_TOOL} and write nothing "
+    "else. When the ticket form comes back as a structured input, confirm that the ticket is open "
+    f"with its priority ({DEFAULT_PRIORITY} if skipped) and details."
+)
 
 
 def caller_line(context: AgentContext) -> str:
@@ -72,13 +102,17 @@ def router_instructions(ctx: RunContextWrapper[AgentContext], agent: Agent[Agent
 def specialist_instructions(
     spec: SpecialistSpec,
 ) -> Callable[[RunContextWrapper[AgentContext], Agent[AgentContext]], str]:
+    rules = _LOCAL_TIME_RULE
+    if ask_ticket_details in EXTRA_TOOLS.get(spec.key, ()):
+        rules += f" {_TICKET_RULE}"
+
     def instructions(ctx: RunContextWrapper[AgentContext], agent: Agent[AgentContext]) -> str:
         return (
             f"You are the {spec.name} of Switchboard, {spec.focus}. Answer concisely, in the "
             f"caller's locale ({ctx.context.locale}). Use lookup_employee and lookup_order for "
             "employee ids (E1001) and order ids (SO-1001); never guess ERP data and never reveal "
             "what the tools did not return. If a request clearly belongs to another specialist, "
-            f"transfer to them.\n{caller_line(ctx.context)}"
+            f"transfer to them. {rules}\n{caller_line(ctx.context)}"
         )
 
     return instructions
@@ -126,13 +160,18 @@ def spec_for(key: str) -> SpecialistSpec:
 
 
 def build_team(model: Model) -> Team:
-    """The router and the specialists, all on `model`."""
+    """The router and the specialists, all on `model`.
+
+    Every specialist stops its run at the interactive tools (`STOP_AT_INTERACTIVE_TOOLS`); its
+    other tools keep the default behaviour (the model runs again with their output).
+    """
     specialists = {
         spec.key: Agent[AgentContext](
             name=spec.name,
             handoff_description=f"The {spec.name}, {spec.focus}.",
             instructions=specialist_instructions(spec),
-            tools=list(ERP_TOOLS),
+            tools=[*ERP_TOOLS, get_user_local_time, *EXTRA_TOOLS.get(spec.key, ())],
+            tool_use_behavior=STOP_AT_INTERACTIVE_TOOLS,
             model=model,
         )
         for spec in SPECIALISTS

@@ -6,13 +6,23 @@ tools, the streamed answer and cancellation all go through the Agents SDK exactl
 provider. Its policy, per model call:
 
 1. **Router** (handoffs offered, no tools): classify the newest user message by keywords
-   (`billing`, `tech`, otherwise `general`) and call that specialist's handoff tool. It never speaks.
+   (`billing`, `tech`, otherwise `general`; a request to open a ticket is `tech`) and call that
+   specialist's handoff tool. It never speaks.
 2. **Specialist** (tools offered):
+   - if a ticket form (a structured input with a `priority` question) was answered or skipped
+     after the newest user message, confirm the ticket: "Ticket opened with priority High.
+     Details: …" (default priority when skipped);
+   - if the browser's local time came back (the output of the `…local_time` client tool), tell it:
+     "Your local time is 14:05 (Europe/Paris).";
+   - if any other tool output is back, answer with that output (one tool round per user message);
    - if the newest user message clearly belongs to a *peer* specialist whose handoff is offered,
      hand off to it;
+   - if it asks to open or file a ticket and a `…ticket…` tool is offered, call it (the run then
+     stops at the form);
+   - if it asks for the time or time zone ("what time is it", "my local time", "time zone") and a
+     `…local_time` tool is offered, call it (the run then stops: the browser answers);
    - if it mentions an employee id (`E1001`) or an order id (`SO-1001`) and the matching lookup tool
-     is offered, call it once (one tool round per user message); when the tool output is back,
-     answer with that output;
+     is offered, call it once;
 3. **Otherwise** answer in text, streamed word by word with a cancellable delay between deltas:
    - "what is my name" after "my name is X" earlier in the history → "Your name is X.";
    - else a canned answer per specialist that quotes the question, names the tenant read from the
@@ -70,8 +80,9 @@ _KEYWORDS: Final[dict[str, frozenset[str]]] = {
     ),
     "tech": frozenset(
         (
-            *("error", "errors", "bug", "bugs", "crash", "crashes", "crashed", "login", "logon"),
-            *("password", "install", "installing", "api", "broken", "slow", "timeout", "outage", "reset"),
+            *("error", "errors", "bug", "bugs", "crash", "crashes", "crashed", "crashing", "login"),
+            *("logon", "password", "install", "installing", "api", "broken", "slow", "timeout"),
+            *("outage", "reset", "ticket", "tickets"),
         )
     ),
 }
@@ -88,6 +99,19 @@ _CONTEXT_PREFIXES: Final = (
     "A structured input request was displayed",
 )
 
+_STRUCTURED_INPUT_PREFIX: Final = "A structured input request was displayed"
+_STRUCTURED_STATUS: Final = re.compile(r"with the following status: (\w+)")
+_STRUCTURED_LINE: Final = re.compile(r"^- \[(?P<id>[^\]]+)\] .* — answer: (?P<answer>.*)$", re.MULTILINE)
+"""One question of a structured input as `SwitchboardConverter` renders it."""
+_TICKET_REQUEST: Final = re.compile(
+    r"\b(?:open|file|create|raise|submit|log)\s+(?:a\s+|an\s+|the\s+|new\s+|one\s+)*(?:support\s+)?ticket\b",
+    re.IGNORECASE,
+)
+_TIME_QUESTION: Final = re.compile(
+    r"\b(?:what(?:'s| is)? the time|what time|(?:my |the )?(?:local|current) time|time ?zone)\b",
+    re.IGNORECASE,
+)
+DEFAULT_TICKET_PRIORITY: Final = "Normal"
 _NAME_STATEMENT: Final = re.compile(r"(?i:\bmy name is)\s+([A-Za-z][\w'-]*(?:\s+[A-Z][\w'-]*)?)")
 _NAME_QUESTION: Final = re.compile(r"\b(what(?:'s| is) my name|who am i)\b", re.IGNORECASE)
 _SPECIALIST: Final = re.compile(r"You are the (\w+) specialist")
@@ -95,7 +119,12 @@ _CALLER_FIELD: Final = re.compile(r"\b(tenant|user|role|locale)=([^;\s.]+)")
 
 
 def classify(text: str) -> str | None:
-    """The specialist a message clearly belongs to (`billing`, `tech`), or None."""
+    """The specialist a message clearly belongs to (`billing`, `tech`), or None.
+
+    Asking to open a ticket is always `tech` (only the tech specialist has the ticket form).
+    """
+    if _TICKET_REQUEST.search(text):
+        return "tech"
     words = re.findall(r"[a-z0-9']+", text.lower())
     scores = {domain: sum(word in keywords for word in words) for domain, keywords in _KEYWORDS.items()}
     if ORDER_ID.search(text):
@@ -131,6 +160,8 @@ class _Transcript:
     """What the user typed, oldest first (context messages left out)."""
     tool_outputs: dict[str, str]
     """Tool (or handoff) name → output, for calls made after the newest user message."""
+    structured_inputs: list[str]
+    """Structured input messages (as rendered by the converter) after the newest user message."""
 
     @property
     def newest(self) -> str:
@@ -139,19 +170,23 @@ class _Transcript:
     @classmethod
     def parse(cls, model_input: str | list[TResponseInputItem]) -> _Transcript:
         if isinstance(model_input, str):
-            return cls(user_texts=[model_input], tool_outputs={})
+            return cls(user_texts=[model_input], tool_outputs={}, structured_inputs=[])
         user_texts: list[str] = []
         call_names: dict[str, str] = {}
         outputs: dict[str, str] = {}
+        forms: list[str] = []
         for raw in model_input:
             item = _as_mapping(raw)
             kind = item.get("type", "message")
             if kind == "message" and item.get("role") == "user":
                 text = _content_text(item.get("content"), first_part_only=True)
-                if not text.startswith(_CONTEXT_PREFIXES):
+                if text.startswith(_STRUCTURED_INPUT_PREFIX):
+                    forms.append(text)
+                elif not text.startswith(_CONTEXT_PREFIXES):
                     user_texts.append(text)
                     call_names.clear()
                     outputs.clear()
+                    forms.clear()
             elif kind == "function_call":
                 call_names[str(item.get("call_id"))] = str(item.get("name"))
             elif kind == "function_call_output":
@@ -159,7 +194,7 @@ class _Transcript:
                 if name is not None:
                     output = item.get("output")
                     outputs[name] = output if isinstance(output, str) else _content_text(output)
-        return cls(user_texts=user_texts, tool_outputs=outputs)
+        return cls(user_texts=user_texts, tool_outputs=outputs, structured_inputs=forms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,7 +223,7 @@ def _find_tool(tools: list[Tool], word: str) -> Tool | None:
     return next((t for t in tools if word in t.name), None)
 
 
-def _arguments(tool: Tool, field: str, value: str) -> dict[str, Any]:
+def _arguments(tool: Tool, field: str, value: object) -> dict[str, Any]:
     """`{field: value}`, nested under the object parameter that declares `field` if there is one.
 
     Tools often take one pydantic model (`query: EmployeeQuery`); the demo model reads the tool's
@@ -211,6 +246,60 @@ def _arguments(tool: Tool, field: str, value: str) -> dict[str, Any]:
     return {field: value}
 
 
+def _structured_answers(text: str) -> tuple[str, dict[str, list[str] | None]]:
+    """(status, question id → answer values, None when skipped or unanswered) of a rendered form."""
+    status = match.group(1) if (match := _STRUCTURED_STATUS.search(text)) else "pending"
+    answers: dict[str, list[str] | None] = {}
+    for line in _STRUCTURED_LINE.finditer(text):
+        try:
+            values = json.loads(line.group("answer"))
+        except ValueError:
+            values = None
+        answers[line.group("id")] = (
+            [str(value) for value in values] if isinstance(values, list) and values else None
+        )
+    return status, answers
+
+
+def _ticket_confirmation(transcript: _Transcript) -> str | None:
+    """The confirmation of a ticket form answered (or skipped) after the newest user message."""
+    for text in reversed(transcript.structured_inputs):
+        status, answers = _structured_answers(text)
+        if status not in ("answered", "skipped") or "priority" not in answers:
+            continue
+        priority = answers["priority"]
+        opened = (
+            f"Ticket opened with priority {priority[0]}."
+            if priority
+            else f"Ticket opened with default priority ({DEFAULT_TICKET_PRIORITY})."
+        )
+        details = " ".join(" ".join(answers.get("details") or []).split())
+        if not details:
+            return opened
+        return f"{opened} Details: {details}" + ("" if details.endswith((".", "!", "?", "…")) else ".")
+    return None
+
+
+def _local_time_answer(output: str) -> str:
+    """What the browser reported (the client tool's JSON output) as one sentence."""
+    try:
+        reported: object = json.loads(output)
+    except ValueError:
+        reported = output
+    if isinstance(reported, Mapping):
+        clock = reported.get("time") or reported.get("local_time")
+        zone = reported.get("timezone") or reported.get("time_zone")
+        date = reported.get("date")
+        when = f"{clock} on {date}" if clock and date else clock or date
+        if when:
+            return f"Your local time is {when}" + (f" ({zone})." if zone else ".")
+        if zone:
+            return f"Your time zone is {zone}."
+    elif isinstance(reported, str) and reported.strip():
+        return f"Your browser reports: {reported.strip()}"
+    return "Your browser did not report its local time."
+
+
 def _decide(
     instructions: str | None, transcript: _Transcript, tools: list[Tool], handoffs: list[Handoff]
 ) -> _Reply:
@@ -220,12 +309,21 @@ def _decide(
     if handoffs and not tools:
         target = _find_handoff(handoffs, domain or "general") or handoffs[0]
         return _Call(target.tool_name, {})
+    if (confirmation := _ticket_confirmation(transcript)) is not None:
+        return _Say(confirmation)
+    local_time = next((out for name, out in transcript.tool_outputs.items() if "local_time" in name), None)
+    if local_time is not None:
+        return _Say(_local_time_answer(local_time))
     tool_names = {tool.name for tool in tools}
     outputs = [output for name, output in transcript.tool_outputs.items() if name in tool_names]
     if outputs:  # one tool round per user message: answer from what the tool returned
         return _Say(" ".join(outputs))
     if domain is not None and (peer := _find_handoff(handoffs, domain)) is not None:
         return _Call(peer.tool_name, {})
+    if _TICKET_REQUEST.search(newest) and (tool := _find_tool(tools, "ticket")):
+        return _Call(tool.name, _arguments(tool, "summary", " ".join(newest.split()[:12])))
+    if _TIME_QUESTION.search(newest) and (tool := _find_tool(tools, "local_time")):
+        return _Call(tool.name, _arguments(tool, "include_date", "date" in newest.lower()))
     if (match := EMPLOYEE_ID.search(newest)) and (tool := _find_tool(tools, "employee")):
         return _Call(tool.name, _arguments(tool, "employee_id", match.group(1).upper()))
     if (match := ORDER_ID.search(newest)) and (tool := _find_tool(tools, "order")):

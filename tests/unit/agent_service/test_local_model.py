@@ -180,3 +180,73 @@ async def test_title_model_takes_the_first_words_of_the_first_user_message() -> 
     assert response.output[0].content[0].text == "Can you help me with my"
     short = await _respond(LocalTitleModel(), [_user("refund?!")])
     assert short.output[0].content[0].text == "Refund"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Please open a ticket, my app keeps crashing", "tech"),
+        ("Can you file a support ticket about my invoice?", "tech"),
+        ("What time is it for me?", None),
+    ],
+)
+def test_classify_sends_ticket_requests_to_tech(text: str, expected: str | None) -> None:
+    assert classify(text) == expected
+
+
+def _team_tools(key: str) -> list[Any]:
+    return list(build_team(LocalDemoModel()).specialists[key].tools)
+
+
+@pytest.mark.parametrize(
+    ("text", "include_date"),
+    [
+        ("What time is it for me?", False),
+        ("what's my local time and date?", True),
+        ("Which time zone am I in?", False),
+    ],
+)
+async def test_time_questions_call_the_client_tool(text: str, include_date: bool) -> None:
+    response = await _respond(LocalDemoModel(), [_user(text)], tools=_team_tools("general"))
+    [call] = response.output
+    assert isinstance(call, ResponseFunctionToolCall) and call.name == "get_user_local_time"
+    assert json.loads(call.arguments) == {"include_date": include_date}
+
+
+async def test_ticket_requests_call_the_form_tool_with_a_summary() -> None:
+    text = "Please open a ticket, my app keeps crashing"
+    response = await _respond(LocalDemoModel(), [_user(text)], tools=_team_tools("tech"))
+    [call] = response.output
+    assert isinstance(call, ResponseFunctionToolCall) and call.name == "ask_ticket_details"
+    assert json.loads(call.arguments) == {"summary": text}
+
+
+def _form(status: str, priority: str, details: str) -> dict[str, Any]:
+    return _user(
+        f"A structured input request was displayed to the user with the following status: {status}\n"
+        "<StructuredInput>\n"
+        f"- [priority] How urgent is it? (choose one of: Low, Normal, High) — answer: {priority}\n"
+        f"- [details] Anything else we should know? — answer: {details}\n"
+        "</StructuredInput>"
+    )
+
+
+async def test_an_answered_form_is_confirmed_until_the_user_writes_again() -> None:
+    tools = _team_tools("tech")
+    ask = "open a ticket please"
+    answered = [_user(ask), _form("answered", '["High"]', '["Crashes: always, on start"]')]
+    response = await _respond(LocalDemoModel(), answered, tools=tools)
+    expected = "Ticket opened with priority High. Details: Crashes: always, on start."
+    assert response.output[0].content[0].text == expected
+
+    skipped = [_user(ask), _form("skipped", "skipped", "skipped")]
+    response = await _respond(LocalDemoModel(), skipped, tools=tools)
+    assert response.output[0].content[0].text == "Ticket opened with default priority (Normal)."
+
+    later = [*answered, _user("thanks!")]
+    response = await _respond(LocalDemoModel(), later, tools=tools)
+    assert response.output[0].content[0].text.startswith("Billing here"), "only the newest turn counts"
+
+    pending = [_user("hello"), _form("pending", "unanswered", "unanswered")]
+    response = await _respond(LocalDemoModel(), pending, tools=tools)
+    assert "Ticket opened" not in response.output[0].content[0].text
