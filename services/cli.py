@@ -23,6 +23,7 @@ from services.common.config import Settings, load_settings
 DEV_TENANT: Final = "acme"
 DEV_USER: Final = "demo"
 DEV_ROLE: Final = "user"
+DEV_S3_PORT: Final = 9000
 
 
 def _configure_logging(settings: Settings) -> None:
@@ -104,7 +105,12 @@ def _wait_listening(host: str, port: int, child: subprocess.Popen[bytes], timeou
 
 
 def _run_dev(args: argparse.Namespace) -> int:
-    """Start the agent service and the edge as child processes on embedded defaults."""
+    """Start the whole stack as child processes on embedded defaults.
+
+    Without MINIO_ENDPOINT, a local S3 server (moto, from the dev extras) stands in for MinIO on
+    port 9000; then the upload service, the agent service and the edge, each once the one before
+    listens.
+    """
     settings = load_settings()
     _configure_logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -122,11 +128,19 @@ def _run_dev(args: argparse.Namespace) -> int:
     env.setdefault("SWITCHBOARD_CORS_ORIGINS", "*")
     env.setdefault("SWITCHBOARD_DEMO_TOKEN", token)
     env.setdefault("SWITCHBOARD_AGENT_ADDRESS", settings.agent_listen)
+    env.setdefault("SWITCHBOARD_UPLOAD_ADDRESS", settings.upload_listen)
     python = sys.executable
-    children = [_spawn([python, "-m", "services.cli", "agent"], env)]
-    # Start the edge once the agent listens, so its readiness probe is not polled into the log.
-    host, _, port = settings.agent_listen.rpartition(":")
-    _wait_listening(host if host not in ("", "0.0.0.0", "[::]") else "127.0.0.1", int(port), children[0])
+    children: list[subprocess.Popen[bytes]] = []
+    if not settings.minio_endpoint:
+        # Embedded object storage: moto's S3 server, in memory (files vanish when it stops).
+        children.append(_spawn([python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(DEV_S3_PORT)], env))
+        env["MINIO_ENDPOINT"] = f"127.0.0.1:{DEV_S3_PORT}"
+        _wait_listening("127.0.0.1", DEV_S3_PORT, children[-1])
+    # Start each service once the one before listens, so readiness probes are not polled into the log.
+    for command, listen in (("upload", settings.upload_listen), ("agent", settings.agent_listen)):
+        children.append(_spawn([python, "-m", "services.cli", command], env))
+        host, _, port = listen.rpartition(":")
+        _wait_listening(host if host not in ("", "0.0.0.0", "[::]") else "127.0.0.1", int(port), children[-1])
     children.append(_spawn([python, "-m", "services.cli", "edge"], env))
     base = f"http://{settings.edge_host}:{settings.edge_port}"
 
@@ -148,6 +162,7 @@ def _run_dev(args: argparse.Namespace) -> int:
             f"  edge:          {base}  (ChatKit endpoint {base}/chatkit/api)\n"
             f"  demo page:     {base}/  (the ChatKit UI loads from OpenAI's CDN: needs internet)\n"
             f"  agent (gRPC):  {settings.agent_listen}\n"
+            f"  upload (gRPC): {settings.upload_listen}, files in {env['MINIO_ENDPOINT']}\n"
             f"  dev token:     tenant={args.tenant} user={args.user} role={args.role}\n\n"
             "Try it:\n"
             f"  curl -N {base}/chatkit/api -H 'Authorization: Bearer {token}' "
@@ -157,7 +172,7 @@ def _run_dev(args: argparse.Namespace) -> int:
         )
         while all(child.poll() is None for child in children):
             try:
-                children[0].wait(timeout=0.5)
+                children[-1].wait(timeout=0.5)
             except Exception:
                 continue
     finally:

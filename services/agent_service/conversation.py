@@ -34,9 +34,11 @@ from chatkit.types import (
     AssistantMessageContentPartDone,
     AssistantMessageContentPartTextDelta,
     AssistantMessageItem,
+    Attachment,
     ClientToolCallItem,
     ErrorEvent,
     HiddenContextItem,
+    ImageAttachment,
     Page,
     SDKHiddenContextItem,
     StreamOptions,
@@ -60,7 +62,9 @@ from chatkit.types import (
     UserMessageItem,
     WidgetItem,
 )
+from pydantic import AnyUrl
 
+from services.agent_service.attachments import STORED_PREVIEW_URL, AttachmentClient
 from services.agent_service.store import Order, Store
 from services.agent_service.turn import ActionRequest, Responder, Turn
 from services.common.auth import Principal
@@ -72,6 +76,7 @@ log = logging.getLogger(__name__)
 CANCELLED_NOTE: Final = "The user cancelled the stream. Stop responding to the prior request."
 MAX_MESSAGE_CHARS: Final = 32_000
 MAX_CONTENT_PARTS: Final = 64
+MAX_ATTACHMENTS: Final = 20
 MAX_TITLE_CHARS: Final = 200
 MAX_PAGE: Final = 100
 DEFAULT_PAGE: Final = 20
@@ -117,9 +122,10 @@ def _validate_input(message: UserMessageInput) -> None:
     size = sum(len(part.text) for part in message.content) + len(message.quoted_text or "")
     if size > MAX_MESSAGE_CHARS:
         raise invalid(f"a message has at most {MAX_MESSAGE_CHARS} characters")
-    if message.attachments:
-        # Attachments arrive with the upload service; until then every id is unknown.
-        raise invalid(f"unknown attachment {message.attachments[0]!r}")
+    if len(message.attachments) > MAX_ATTACHMENTS:
+        raise invalid(f"a message has at most {MAX_ATTACHMENTS} attachments")
+    if len(set(message.attachments)) != len(message.attachments):
+        raise invalid("an attachment is listed twice")
 
 
 def _ensure_open(thread: ThreadMetadata) -> None:
@@ -181,11 +187,42 @@ class _PendingItems:
         return messages
 
 
+def _for_storage(item: UserMessageItem) -> UserMessageItem:
+    """The user message as stored: image preview URLs replaced by placeholders (minted on read)."""
+    if not any(isinstance(a, ImageAttachment) for a in item.attachments):
+        return item
+    stored = item.model_copy(deep=True)
+    for attachment in stored.attachments:
+        if isinstance(attachment, ImageAttachment):
+            attachment.preview_url = AnyUrl(STORED_PREVIEW_URL.format(id=attachment.id))
+    return stored
+
+
 class Conversation:
-    def __init__(self, store: Store, responder: Responder, *, history_items: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        responder: Responder,
+        *,
+        history_items: int,
+        attachments: AttachmentClient | None = None,
+    ) -> None:
         self._store = store
         self._responder = responder
         self._history_items = history_items
+        self._attachments = attachments
+
+    async def _attach(self, thread_id: str, message: UserMessageInput) -> list[Attachment]:
+        """Bind the message's attachments to the thread: all validated before anything is written."""
+        if not message.attachments:
+            return []
+        if self._attachments is None:
+            raise invalid("attachments are not enabled on this server")
+        return await self._attachments.attach(thread_id, message.attachments)
+
+    async def _fresh(self, items: list[ThreadItem]) -> None:
+        if self._attachments is not None:
+            await self._attachments.with_fresh_urls(items)
 
     # ------------------------------------------------------------------ streaming operations
 
@@ -194,9 +231,10 @@ class Conversation:
     ) -> AsyncIterator[ThreadStreamEvent]:
         _validate_input(message)
         thread = ThreadMetadata(id=new_id("thr"), created_at=_now())
+        attachments = await self._attach(thread.id, message)
         await self._store.create_thread(owner, thread)
         yield ThreadCreatedEvent(thread=thread_response(thread))
-        async for event in self._respond_to_user_message(owner, locale, thread, message):
+        async for event in self._respond_to_user_message(owner, locale, thread, message, attachments):
             yield event
 
     async def add_user_message(
@@ -205,7 +243,8 @@ class Conversation:
         _validate_input(message)
         thread = await self._store.load_thread(owner, thread_id)
         _ensure_open(thread)
-        async for event in self._respond_to_user_message(owner, locale, thread, message):
+        attachments = await self._attach(thread.id, message)
+        async for event in self._respond_to_user_message(owner, locale, thread, message, attachments):
             yield event
 
     async def add_client_tool_output(
@@ -300,6 +339,7 @@ class Conversation:
     async def get_thread(self, owner: Principal, thread_id: str) -> Thread:
         thread = await self._store.load_thread(owner, thread_id)
         items = await self._store.list_items(owner, thread_id, limit=DEFAULT_PAGE, after=None, order="asc")
+        await self._fresh(items.data)
         return thread_response(thread, items)
 
     async def list_threads(
@@ -319,6 +359,10 @@ class Conversation:
         return thread_response(thread)
 
     async def delete_thread(self, owner: Principal, thread_id: str) -> None:
+        """Delete the thread's attachments first: if the upload service cannot, nothing is deleted."""
+        await self._store.load_thread(owner, thread_id)
+        if self._attachments is not None:
+            await self._attachments.delete_thread(thread_id)
         await self._store.delete_thread(owner, thread_id)
 
     async def list_items(
@@ -328,6 +372,7 @@ class Conversation:
         page = await self._store.list_items(owner, thread_id, limit=size, after=after, order=direction)
         # Filtered after paging, as ChatKitServer does: a page may be shorter than the limit.
         page.data = [item for item in page.data if not isinstance(item, _HIDDEN)]
+        await self._fresh(page.data)
         return page
 
     async def add_feedback(self, owner: Principal, thread_id: str, item_ids: list[str], kind: str) -> None:
@@ -342,18 +387,23 @@ class Conversation:
     # ------------------------------------------------------------------ the turn
 
     async def _respond_to_user_message(
-        self, owner: Principal, locale: str, thread: ThreadMetadata, message: UserMessageInput
+        self,
+        owner: Principal,
+        locale: str,
+        thread: ThreadMetadata,
+        message: UserMessageInput,
+        attachments: list[Attachment],
     ) -> AsyncIterator[ThreadStreamEvent]:
         item = UserMessageItem(
             id=new_id("msg"),
             thread_id=thread.id,
             created_at=_now(),
             content=message.content,
-            attachments=[],
+            attachments=attachments,
             quoted_text=message.quoted_text,
             inference_options=message.inference_options,
         )
-        await self._store.add_item(owner, thread.id, item)
+        await self._store.add_item(owner, thread.id, _for_storage(item))
         yield ThreadItemDoneEvent(item=item)
         async for event in self._run(owner, locale, thread, item):
             yield event

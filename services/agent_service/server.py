@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from pydantic import BaseModel, ValidationError
 
+from services.agent_service.attachments import AttachmentClient
 from services.agent_service.conversation import Conversation
 from services.agent_service.store import SqliteStore, Store
 from services.agent_service.turn import Responder
@@ -285,14 +286,21 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
 
 
 async def build_server(
-    settings: Settings, store: Store, responder: Responder, *, listen: str | None = None
+    settings: Settings,
+    store: Store,
+    responder: Responder,
+    *,
+    attachments: AttachmentClient | None = None,
+    listen: str | None = None,
 ) -> tuple[aio.Server, health.aio.HealthServicer, int]:
     """A started gRPC server with every service registered; returns it, its health servicer and port."""
     verifier = TokenVerifier(
         settings.resolve_jwt_secret(), issuer=settings.jwt_issuer, audience=settings.jwt_audience
     )
     server = aio.server(interceptors=[AuthInterceptor(verifier)], options=SERVER_OPTIONS)
-    conversation = Conversation(store, responder, history_items=settings.history_items)
+    conversation = Conversation(
+        store, responder, history_items=settings.history_items, attachments=attachments
+    )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatService(conversation), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -313,7 +321,8 @@ async def serve(settings: Settings) -> None:
     store = SqliteStore(settings.store_path)
     await store.open()
     responder = await create_responder(settings)
-    server, health_servicer, port = await build_server(settings, store, responder)
+    attachments = AttachmentClient(settings.upload_address)
+    server, health_servicer, port = await build_server(settings, store, responder, attachments=attachments)
     log.info(
         "agent service listening on %s (port %d), store %s", settings.agent_listen, port, settings.store_path
     )
@@ -332,6 +341,7 @@ async def serve(settings: Settings) -> None:
     waiter.cancel()
     stopper.cancel()
     await responder.aclose()
+    await attachments.aclose()
     await store.close()
     log.info("agent service stopped")
 

@@ -21,6 +21,12 @@ ACTIVE_AGENT_KEY = "active_agent"
 """Key in `ThreadMetadata.metadata` that names the specialist who answers the next turn."""
 
 
+class AttachmentReader(Protocol):
+    async def read(self, attachment_id: str, max_bytes: int) -> bytes:
+        """At most `max_bytes` of an attachment the caller owns."""
+        ...
+
+
 @dataclass(slots=True)
 class Turn:
     """One request for the assistant to respond.
@@ -38,6 +44,8 @@ class Turn:
     locale: str
     input_user_message: UserMessageItem | None
     """The user message this turn answers; None after a client tool output or structured input."""
+    attachments: AttachmentReader | None = None
+    """Reads attachment bytes for the model input, on the caller's behalf (None: no upload service)."""
 
 
 @dataclass(slots=True)

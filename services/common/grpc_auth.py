@@ -27,6 +27,8 @@ else:  # grpc's RpcMethodHandler is generic only in its type stubs
 current_principal: ContextVar[Principal] = ContextVar("current_principal")
 current_request_id: ContextVar[str] = ContextVar("current_request_id", default="-")
 current_locale: ContextVar[str] = ContextVar("current_locale", default="en")
+current_authorization: ContextVar[str] = ContextVar("current_authorization", default="")
+"""The caller's `authorization` header, for calls made on the caller's behalf (agent -> upload)."""
 
 
 def _metadata_value(details: grpc.HandlerCallDetails, key: str) -> str | None:
@@ -73,9 +75,11 @@ class AuthInterceptor(aio.ServerInterceptor):
         locale = _metadata_value(handler_call_details, "accept-language")
         if locale:
             current_locale.set(locale.split(",")[0].split(";")[0].strip()[:35] or "en")
+        authorization = _metadata_value(handler_call_details, "authorization")
         try:
-            principal = self._verifier.verify_header(_metadata_value(handler_call_details, "authorization"))
+            principal = self._verifier.verify_header(authorization)
         except AuthError as error:
             return _aborting_handler(handler, str(error))
         current_principal.set(principal)
+        current_authorization.set(authorization or "")
         return handler

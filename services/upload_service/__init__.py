@@ -1,1 +1,8 @@
-"""The upload service: attachments in MinIO (arrives with the uploads issue)."""
+"""The upload service: ChatKit attachments, bytes and records, in S3-compatible object storage.
+
+Modules: `server` (gRPC wiring, `build_server`, `serve`), `attachments` (the operations, scoped by
+caller), `validation` (names, types, sizes, content sniffing), `records` (the bucket layout and the
+attachment records), `storage` (`ObjectStorage`, an asyncio facade over the synchronous minio SDK).
+The service keeps no state of its own: records live in the bucket next to the bytes, so replicas
+can be added freely.
+"""

@@ -10,11 +10,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.auth import mint_token
+from tests.support.s3 import running_s3
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-" + "x" * 40
@@ -50,6 +51,8 @@ class Service:
 class Stack:
     data_dir: Path
     agent_address: str
+    upload_address: str
+    s3_endpoint: str
     edge_url: str
     env: dict[str, str]
     services: dict[str, Service] = field(default_factory=dict)
@@ -65,16 +68,23 @@ class Stack:
         return self.data_dir / "switchboard.sqlite3"
 
 
-def service_env(data_dir: Path, agent_port: int, edge_port: int, **extra: str) -> dict[str, str]:
+def service_env(
+    data_dir: Path, agent_port: int, edge_port: int, upload_port: int, s3_endpoint: str, **extra: str
+) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("SWITCHBOARD_", "LLM_"))}
-    for key in ("OPENAI_API_KEY", "GEMINI_API_KEY", "OPENAI_BASE_URL", "GEMINI_BASE_URL"):
-        env.pop(key, None)
+    for key in [*env]:
+        if key.startswith(("OPENAI_", "GEMINI_", "MINIO_")):
+            env.pop(key)
     env.update(
         {
             "SWITCHBOARD_DATA_DIR": str(data_dir),
             "SWITCHBOARD_JWT_SECRET": SECRET,
             "SWITCHBOARD_AGENT_LISTEN": f"127.0.0.1:{agent_port}",
             "SWITCHBOARD_AGENT_ADDRESS": f"127.0.0.1:{agent_port}",
+            "SWITCHBOARD_UPLOAD_LISTEN": f"127.0.0.1:{upload_port}",
+            "SWITCHBOARD_UPLOAD_ADDRESS": f"127.0.0.1:{upload_port}",
+            "MINIO_ENDPOINT": s3_endpoint,
+            "MINIO_BUCKET": "switchboard-test",
             "SWITCHBOARD_EDGE_HOST": "127.0.0.1",
             "SWITCHBOARD_EDGE_PORT": str(edge_port),
             "SWITCHBOARD_LOCAL_TOKEN_DELAY_MS": "2",
@@ -130,21 +140,36 @@ def wait_port(port: int, service: Service, timeout: float = 30) -> None:
 
 
 @contextmanager
-def running_stack(data_dir: Path, *, agent: bool = True, **extra_env: str) -> Iterator[Stack]:
-    """The agent service and the edge as real processes; stopped (SIGTERM) afterwards."""
+def running_stack(
+    data_dir: Path, *, agent: bool = True, uploads: bool = True, s3: str | None = None, **extra_env: str
+) -> Iterator[Stack]:
+    """The upload service, the agent service and the edge as real processes, on a real S3 server
+    (moto, started here unless `s3` names an endpoint); all stopped (SIGTERM) afterwards."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    agent_port, edge_port = free_port(), free_port()
-    env = service_env(data_dir, agent_port, edge_port, **extra_env)
-    stack = Stack(data_dir, f"127.0.0.1:{agent_port}", f"http://127.0.0.1:{edge_port}", env)
-    try:
-        if agent:
-            stack.services["agent"] = start("agent", env, data_dir)
-            wait_port(agent_port, stack.services["agent"])
-        stack.services["edge"] = start("edge", env, data_dir)
-        wait_http(f"{stack.edge_url}/healthz", stack.services["edge"])
-        if agent:
-            wait_http(f"{stack.edge_url}/readyz", stack.services["edge"])
-        yield stack
-    finally:
-        for service in reversed(list(stack.services.values())):
-            service.stop()
+    with ExitStack() as resources:
+        s3_endpoint = s3 or resources.enter_context(running_s3())
+        agent_port, edge_port, upload_port = free_port(), free_port(), free_port()
+        env = service_env(data_dir, agent_port, edge_port, upload_port, s3_endpoint, **extra_env)
+        stack = Stack(
+            data_dir,
+            f"127.0.0.1:{agent_port}",
+            f"127.0.0.1:{upload_port}",
+            s3_endpoint,
+            f"http://127.0.0.1:{edge_port}",
+            env,
+        )
+        try:
+            if uploads:
+                stack.services["upload"] = start("upload", env, data_dir)
+                wait_port(upload_port, stack.services["upload"])
+            if agent:
+                stack.services["agent"] = start("agent", env, data_dir)
+                wait_port(agent_port, stack.services["agent"])
+            stack.services["edge"] = start("edge", env, data_dir)
+            wait_http(f"{stack.edge_url}/healthz", stack.services["edge"])
+            if agent:
+                wait_http(f"{stack.edge_url}/readyz", stack.services["edge"])
+            yield stack
+        finally:
+            for service in reversed(list(stack.services.values())):
+                service.stop()

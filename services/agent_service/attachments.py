@@ -1,0 +1,154 @@
+"""The agent service's client of the upload service: attachments used by messages and read by agents.
+
+Every call acts for the caller: it forwards the caller's bearer token (and request id), so the upload
+service checks ownership itself and a thread can only use its owner's attachments. Failures become
+ServiceErrors the conversation can report before it writes anything:
+
+- an attachment that does not exist (or is someone else's) is INVALID_ARGUMENT: the message refers to
+  something unknown, while the thread itself was found;
+- an attachment that is not uploaded completely, or whose bytes do not match its type, stays
+  FAILED_PRECONDITION;
+- an unreachable upload service is UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+import grpc
+from chatkit.types import Attachment, ImageAttachment, ThreadItem, UserMessageItem
+from grpc import aio
+
+from services.common import codec
+from services.common.errors import ServiceError
+from services.common.grpc_auth import current_authorization, current_request_id
+from switchboard.v1 import upload_pb2, upload_pb2_grpc
+
+STORED_PREVIEW_URL: Final = "https://attachments.invalid/{id}"
+"""What the store keeps instead of a preview URL: URLs are minted when items are read, never stored
+(`.invalid` is reserved, RFC 2606, so a stored value can never leak a working link)."""
+SIZE_KEY: Final = "size"
+"""Key in `Attachment.metadata` (kept in the store, never sent to clients) holding the byte size."""
+_TIMEOUT_S: Final = 10.0
+_CHANNEL_OPTIONS: Final = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+def _metadata() -> tuple[tuple[str, str], ...]:
+    return (("authorization", current_authorization.get()), ("x-request-id", current_request_id.get()))
+
+
+def _service_error(error: aio.AioRpcError, subject: str) -> ServiceError:
+    code = error.code()
+    details = error.details() or code.name
+    if code == grpc.StatusCode.NOT_FOUND:
+        return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown {subject}: {details}")
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return ServiceError(grpc.StatusCode.UNAVAILABLE, "the upload service is unavailable; try again later")
+    return ServiceError(code, details)
+
+
+@dataclass(slots=True)
+class AttachmentClient:
+    """gRPC calls to the upload service on the current caller's behalf."""
+
+    address: str
+    _channel: aio.Channel | None = None
+    _stub: upload_pb2_grpc.UploadServiceAsyncStub | None = None
+
+    @property
+    def stub(self) -> upload_pb2_grpc.UploadServiceAsyncStub:
+        if self._stub is None:
+            self._channel = aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            self._stub = upload_pb2_grpc.UploadServiceStub(self._channel)
+        return self._stub
+
+    async def aclose(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel, self._stub = None, None
+
+    async def attach(self, thread_id: str, attachment_ids: Sequence[str]) -> list[Attachment]:
+        """Bind the attachments to the thread (all or none); each carries its size in metadata."""
+        if not attachment_ids:
+            return []
+        request = upload_pb2.AttachToThreadRequest(thread_id=thread_id, attachment_ids=list(attachment_ids))
+        try:
+            reply = await self.stub.AttachToThread(request, metadata=_metadata(), timeout=_TIMEOUT_S)
+        except aio.AioRpcError as error:
+            raise _service_error(error, "attachment") from error
+        attachments = []
+        for message, size in zip(reply.attachments, reply.sizes, strict=True):
+            attachment = codec.attachment_from_proto(message)
+            attachment.metadata = {SIZE_KEY: int(size)}
+            attachments.append(attachment)
+        return attachments
+
+    async def fresh(self, attachment_ids: Sequence[str]) -> dict[str, Attachment]:
+        """The attachments with newly minted preview URLs, by id (missing ones left out)."""
+        if not attachment_ids:
+            return {}
+        ids = list(dict.fromkeys(attachment_ids))
+        try:
+            reply = await self.stub.GetAttachments(
+                upload_pb2.GetAttachmentsRequest(attachment_ids=ids), metadata=_metadata(), timeout=_TIMEOUT_S
+            )
+        except aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND or len(ids) == 1:
+                if error.code() == grpc.StatusCode.NOT_FOUND:
+                    return {}
+                raise _service_error(error, "attachment") from error
+            # One of them is gone (deleted): ask for each, so the others still get fresh URLs.
+            found: dict[str, Attachment] = {}
+            for attachment_id in ids:
+                found.update(await self.fresh([attachment_id]))
+            return found
+        return {message.id: codec.attachment_from_proto(message) for message in reply.attachments}
+
+    async def with_fresh_urls(self, items: Sequence[ThreadItem]) -> None:
+        """Give image attachments of user messages fresh preview URLs, in place (one batch call).
+
+        When the upload service cannot answer, the items keep their placeholders: reading a thread
+        must not fail because previews are unavailable.
+        """
+        images = [
+            attachment
+            for item in items
+            if isinstance(item, UserMessageItem)
+            for attachment in item.attachments
+            if isinstance(attachment, ImageAttachment)
+        ]
+        if not images:
+            return
+        try:
+            fresh = await self.fresh([image.id for image in images])
+        except ServiceError:
+            return
+        for image in images:
+            minted = fresh.get(image.id)
+            if isinstance(minted, ImageAttachment):
+                image.preview_url = minted.preview_url
+
+    async def read(self, attachment_id: str, max_bytes: int) -> bytes:
+        """At most `max_bytes` of the attachment's content."""
+        request = upload_pb2.ReadAttachmentRequest(attachment_id=attachment_id, max_bytes=max_bytes)
+        chunks: list[bytes] = []
+        try:
+            async for reply in self.stub.ReadAttachment(request, metadata=_metadata(), timeout=_TIMEOUT_S):
+                chunks.append(reply.chunk)
+        except aio.AioRpcError as error:
+            raise _service_error(error, "attachment") from error
+        return b"".join(chunks)[:max_bytes]
+
+    async def delete_thread(self, thread_id: str) -> int:
+        request = upload_pb2.DeleteThreadAttachmentsRequest(thread_id=thread_id)
+        try:
+            reply = await self.stub.DeleteThreadAttachments(request, metadata=_metadata(), timeout=_TIMEOUT_S)
+        except aio.AioRpcError as error:
+            raise _service_error(error, "thread") from error
+        return int(reply.deleted)

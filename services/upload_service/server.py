@@ -1,0 +1,284 @@
+"""The upload service's gRPC wiring: UploadService handlers, auth, health, reflection, shutdown.
+
+Handlers read the caller from the auth interceptor's ContextVar, call `Attachments` and turn records
+into ChatKit-shaped `switchboard.v1.Attachment` messages: `image` (with a fresh presigned preview
+URL) for image/* types, `file` otherwise, and `upload_descriptor` (a presigned PUT with the
+Content-Type header to send) only while a two-phase upload is pending.
+
+Status codes: INVALID_ARGUMENT for bad input (names, types, empty files, declared size or content
+mismatches), RESOURCE_EXHAUSTED with "too large" in the message for files over the limit (the edge
+answers 413), NOT_FOUND for unknown or foreign attachments, FAILED_PRECONDITION for attachments that
+cannot be attached or read yet, UNAVAILABLE when object storage cannot be reached, INTERNAL for
+anything unexpected (logged with its traceback, never sent to the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, Final, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services.common.auth import Principal, TokenVerifier
+from services.common.config import Settings
+from services.common.errors import ServiceError, invalid
+from services.common.grpc_auth import AuthInterceptor, current_principal, current_request_id
+from services.upload_service.attachments import Attachments, Presented
+from services.upload_service.records import AttachmentRecord
+from services.upload_service.storage import ObjectStorage
+from services.upload_service.validation import UploadPolicy
+from switchboard.v1 import thread_pb2, upload_pb2, upload_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME: Final = upload_pb2.DESCRIPTOR.services_by_name["UploadService"].full_name
+_MB: Final = 1024 * 1024
+SERVER_OPTIONS: Final = [
+    # Upload chunks are at most 4 MiB (upload.proto); leave room for framing.
+    ("grpc.max_receive_message_length", 8 * _MB),
+    ("grpc.max_send_message_length", 8 * _MB),
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_connection_age_ms", 30 * 60_000),
+    ("grpc.max_connection_age_grace_ms", 10 * 60_000),
+]
+# How long `serve` waits for object storage to answer before giving up at start.
+STARTUP_TIMEOUT_S: Final = 60.0
+
+_Reply = TypeVar("_Reply", bound=Message)
+Context = aio.ServicerContext[Any, Any]
+
+
+async def _abort(context: Context, error: ServiceError) -> None:
+    log.info("request %s refused: %s %s", current_request_id.get(), error.code.name, error.message)
+    await context.abort(error.code, error.message)
+
+
+def to_proto(presented: Presented) -> thread_pb2.Attachment:
+    """The ChatKit Attachment for a record and its fresh URLs."""
+    record = presented.record
+    message = thread_pb2.Attachment(id=record.id, name=record.name, mime_type=record.mime_type)
+    if record.thread_id is not None:
+        message.thread_id = record.thread_id
+    if presented.preview_url is not None:
+        message.image.preview_url = presented.preview_url
+    else:
+        message.file.SetInParent()
+    if presented.upload_url is not None:
+        message.upload_descriptor.url = presented.upload_url
+        message.upload_descriptor.method = "PUT"
+        message.upload_descriptor.headers["Content-Type"] = record.mime_type
+    return message
+
+
+async def _chunks(messages: AsyncIterator[upload_pb2.UploadRequest]) -> AsyncIterator[bytes]:
+    async for message in messages:
+        if message.WhichOneof("kind") != "chunk":
+            raise invalid("only the first message may carry `info`; the others carry `chunk`")
+        yield message.chunk
+
+
+class UploadService(upload_pb2_grpc.UploadServiceServicer):
+    def __init__(self, attachments: Attachments) -> None:
+        self._attachments = attachments
+
+    async def _unary(self, context: Context, call: Callable[[], Awaitable[_Reply]]) -> _Reply:
+        try:
+            return await call()
+        except ServiceError as error:
+            await _abort(context, error)
+        except Exception:
+            log.exception("request %s failed", current_request_id.get())
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the upload service")
+        raise AssertionError("unreachable")  # context.abort raises
+
+    async def _present(self, records: list[AttachmentRecord]) -> list[thread_pb2.Attachment]:
+        presented = await asyncio.gather(*(self._attachments.present(record) for record in records))
+        return [to_proto(item) for item in presented]
+
+    async def Upload(
+        self, request_iterator: AsyncIterator[upload_pb2.UploadRequest], context: Context
+    ) -> upload_pb2.UploadResponse:
+        owner = current_principal.get()
+
+        async def call() -> upload_pb2.UploadResponse:
+            messages = aiter(request_iterator)
+            first = await anext(messages, None)
+            if first is None or first.WhichOneof("kind") != "info":
+                raise invalid("the first message must carry `info` (the file's name and type)")
+            record = await self._attachments.upload(
+                owner,
+                name=first.info.name,
+                mime_type=first.info.mime_type,
+                size=first.info.size,
+                chunks=_chunks(messages),
+            )
+            (attachment,) = await self._present([record])
+            return upload_pb2.UploadResponse(
+                attachment=attachment, size=record.size, sha256=record.sha256 or ""
+            )
+
+        return await self._unary(context, call)
+
+    async def CreateAttachment(
+        self, request: upload_pb2.CreateAttachmentRequest, context: Context
+    ) -> upload_pb2.CreateAttachmentResponse:
+        owner = current_principal.get()
+
+        async def call() -> upload_pb2.CreateAttachmentResponse:
+            record = await self._attachments.create(
+                owner, name=request.name, mime_type=request.mime_type, size=request.size
+            )
+            (attachment,) = await self._present([record])
+            return upload_pb2.CreateAttachmentResponse(attachment=attachment)
+
+        return await self._unary(context, call)
+
+    async def GetAttachments(
+        self, request: upload_pb2.GetAttachmentsRequest, context: Context
+    ) -> upload_pb2.GetAttachmentsResponse:
+        owner = current_principal.get()
+
+        async def call() -> upload_pb2.GetAttachmentsResponse:
+            records = await self._attachments.get(owner, request.attachment_ids)
+            return upload_pb2.GetAttachmentsResponse(attachments=await self._present(records))
+
+        return await self._unary(context, call)
+
+    async def AttachToThread(
+        self, request: upload_pb2.AttachToThreadRequest, context: Context
+    ) -> upload_pb2.AttachToThreadResponse:
+        owner = current_principal.get()
+
+        async def call() -> upload_pb2.AttachToThreadResponse:
+            records = await self._attachments.attach(owner, request.thread_id, request.attachment_ids)
+            return upload_pb2.AttachToThreadResponse(
+                attachments=await self._present(records), sizes=[record.size for record in records]
+            )
+
+        return await self._unary(context, call)
+
+    # grpc.aio's writer API (context.write), so that a refusal before the first chunk is a status.
+    async def ReadAttachment(  # type: ignore[override]
+        self, request: upload_pb2.ReadAttachmentRequest, context: Context
+    ) -> None:
+        owner: Principal = current_principal.get()
+        try:
+            chunks = await self._attachments.read(owner, request.attachment_id, request.max_bytes)
+            async with aclosing(chunks):
+                async for chunk in chunks:
+                    await context.write(upload_pb2.ReadAttachmentResponse(chunk=chunk))
+        except ServiceError as error:
+            await _abort(context, error)
+        except Exception:
+            log.exception("request %s failed", current_request_id.get())
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error in the upload service")
+
+    async def DeleteAttachment(
+        self, request: upload_pb2.DeleteAttachmentRequest, context: Context
+    ) -> upload_pb2.DeleteAttachmentResponse:
+        owner = current_principal.get()
+
+        async def call() -> upload_pb2.DeleteAttachmentResponse:
+            await self._attachments.delete(owner, request.attachment_id)
+            return upload_pb2.DeleteAttachmentResponse()
+
+        return await self._unary(context, call)
+
+    async def DeleteThreadAttachments(
+        self, request: upload_pb2.DeleteThreadAttachmentsRequest, context: Context
+    ) -> upload_pb2.DeleteThreadAttachmentsResponse:
+        owner = current_principal.get()
+
+        async def call() -> upload_pb2.DeleteThreadAttachmentsResponse:
+            deleted = await self._attachments.delete_thread(owner, request.thread_id)
+            return upload_pb2.DeleteThreadAttachmentsResponse(deleted=deleted)
+
+        return await self._unary(context, call)
+
+
+async def build_server(
+    settings: Settings, storage: ObjectStorage, *, listen: str | None = None
+) -> tuple[aio.Server, health.aio.HealthServicer, int]:
+    """A started gRPC server with every service registered; returns it, its health servicer and port.
+
+    The bucket must exist (`storage.ensure_bucket()`); `serve` does that first.
+    """
+    verifier = TokenVerifier(
+        settings.resolve_jwt_secret(), issuer=settings.jwt_issuer, audience=settings.jwt_audience
+    )
+    server = aio.server(interceptors=[AuthInterceptor(verifier)], options=SERVER_OPTIONS)
+    attachments = Attachments(
+        storage, UploadPolicy.from_settings(settings), presign_ttl_s=settings.presign_ttl_s
+    )
+    upload_pb2_grpc.add_UploadServiceServicer_to_server(UploadService(attachments), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
+    port = server.add_insecure_port(listen or settings.upload_listen)
+    if port == 0:
+        raise OSError(f"cannot listen on {listen or settings.upload_listen}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer, port
+
+
+async def _ensure_bucket(storage: ObjectStorage) -> None:
+    """Create the bucket, waiting for object storage to come up (it may start after us)."""
+    deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT_S
+    delay = 0.5
+    while True:
+        try:
+            await storage.ensure_bucket()
+            return
+        except ServiceError as error:
+            if error.code != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("object storage at %s is not reachable yet; retrying", storage.endpoint)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def serve(settings: Settings) -> None:
+    """Run the upload service until SIGTERM/SIGINT, then drain in-flight calls within the grace."""
+    storage = ObjectStorage.from_settings(settings)
+    try:
+        await _ensure_bucket(storage)
+        server, health_servicer, port = await build_server(settings, storage)
+        log.info(
+            "upload service listening on %s (port %d), bucket %s at %s",
+            settings.upload_listen,
+            port,
+            storage.bucket,
+            storage.endpoint,
+        )
+        stopping = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stopping.set)
+        waiter = asyncio.create_task(server.wait_for_termination())
+        stopper = asyncio.create_task(stopping.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            log.info("shutting down: draining in-flight calls for up to %.0f s", settings.shutdown_grace_s)
+            await health_servicer.enter_graceful_shutdown()
+            await server.stop(settings.shutdown_grace_s)
+        waiter.cancel()
+        stopper.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    finally:
+        await storage.close()
+    log.info("upload service stopped")
+
+
+__all__ = ["SERVICE_NAME", "UploadService", "build_server", "serve", "to_proto"]
