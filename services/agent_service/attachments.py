@@ -4,8 +4,7 @@ Every call acts for the caller: it forwards the caller's bearer token (and reque
 service checks ownership itself and a thread can only use its owner's attachments. Failures become
 ServiceErrors the conversation can report before it writes anything:
 
-- an attachment that does not exist (or is someone else's) is INVALID_ARGUMENT: the message refers to
-  something unknown, while the thread itself was found;
+- an attachment that does not exist (or is someone else's) is NOT_FOUND, like any unknown id;
 - an attachment that is not uploaded completely, or whose bytes do not match its type, stays
   FAILED_PRECONDITION;
 - an unreachable upload service is UNAVAILABLE.
@@ -47,7 +46,7 @@ def _service_error(error: aio.AioRpcError, subject: str) -> ServiceError:
     code = error.code()
     details = error.details() or code.name
     if code == grpc.StatusCode.NOT_FOUND:
-        return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"unknown {subject}: {details}")
+        return ServiceError(code, f"unknown {subject}: {details}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return ServiceError(grpc.StatusCode.UNAVAILABLE, "the upload service is unavailable; try again later")
     return ServiceError(code, details)

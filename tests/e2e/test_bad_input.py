@@ -67,12 +67,20 @@ async def test_semantic_validation_in_the_agent_service_is_400(
     cases: list[dict[str, Any]] = [
         request("threads.create", input={"content": [], "attachments": [], "inference_options": {}}),
         request("threads.create", input=user_input("x" * 40_000)),
-        request("threads.create", input={**user_input("hi"), "attachments": ["atc_unknown"]}),
         request("threads.list", limit=1000),
     ]
     for body in cases:
         payload = await call(http, stack.edge_url, body, stack.headers(), status=400)
         assert error_of(payload)[0] == "INVALID_ARGUMENT"
+    assert _counts(stack) == before
+
+
+async def test_unknown_attachments_are_404_and_write_nothing(http: aiohttp.ClientSession, stack: Stack) -> None:
+    before = _counts(stack)
+    for attachment_id in ("atc_unknown", "atc_" + "0" * 32):
+        body = request("threads.create", input={**user_input("hi"), "attachments": [attachment_id]})
+        payload = await call(http, stack.edge_url, body, stack.headers(), status=404)
+        assert error_of(payload)[0] == "NOT_FOUND"
     assert _counts(stack) == before
 
 

@@ -4,8 +4,14 @@ We reuse `chatkit.agents.ThreadItemConverter` (it already renders assistant mess
 workflows, tasks, client tool calls and hidden context the way ChatKit's own server does: context
 items become user-role messages) and fill in the parts it leaves to the application:
 
-- **attachments** are described by name and MIME type as text. The model does not see the bytes
-  yet; passing images or files needs the upload service's download URLs (a later step).
+- **attachments** become content (`attachment_input.py`): images as `input_image` parts with a
+  `data:` URL, text files as their (bounded) text, other files as a description, each named by an
+  `<attachment name=".." type=".." size="N bytes">` envelope. The bytes are read through the turn's
+  `AttachmentReader`, which is why a converter belongs to ONE turn: build
+  `SwitchboardConverter(turn.attachments)` per turn, never share one between requests (it holds the
+  caller's reader, the turn's read budget and what it read). `to_agent_input` reads every
+  attachment of the history first, concurrently, newest message first (the budget favours them);
+  chatkit's per-attachment hook `attachment_to_message_content` then only looks the result up.
 - **tags** (@-mentions) are rendered with their text, id and group.
 - **hidden context with structured content** is serialised as JSON instead of raising.
 
@@ -37,7 +43,8 @@ conversion too).
 from __future__ import annotations
 
 import json
-from typing import Final
+from collections.abc import Sequence
+from typing import Final, cast
 
 from agents import TResponseInputItem
 from chatkit.agents import ThreadItemConverter
@@ -48,10 +55,15 @@ from chatkit.types import (
     StructuredInput,
     StructuredInputFreeform,
     StructuredInputItem,
+    ThreadItem,
+    UserMessageItem,
     UserMessageTagContent,
 )
 from openai.types.responses import EasyInputMessageParam, ResponseInputContentParam, ResponseInputTextParam
 from openai.types.responses.response_input_item_param import Message
+
+from services.agent_service.agents.attachment_input import AttachmentInputs, AttachmentLimits
+from services.agent_service.turn import AttachmentReader
 
 STRUCTURED_INPUT_OPENING: Final = (
     "A structured input request was displayed to the user with the following status"
@@ -77,11 +89,54 @@ def structured_input_line(question: StructuredInput) -> str:
 
 
 class SwitchboardConverter(ThreadItemConverter):
-    async def attachment_to_message_content(self, attachment: Attachment) -> ResponseInputContentParam:
-        return ResponseInputTextParam(
-            type="input_text",
-            text=f"[Attachment ({attachment.type}): {attachment.name}, {attachment.mime_type}]",
+    """chatkit's converter with Switchboard's renderings (module docstring). One instance per turn."""
+
+    def __init__(
+        self, attachments: AttachmentReader | None = None, *, limits: AttachmentLimits | None = None
+    ) -> None:
+        self.attachments = AttachmentInputs(attachments, limits)
+
+    async def to_agent_input(
+        self, thread_items: Sequence[ThreadItem] | ThreadItem
+    ) -> list[TResponseInputItem]:
+        items = list(thread_items) if isinstance(thread_items, Sequence) else [thread_items]
+        await self.attachments.prefetch(
+            attachment
+            for item in reversed(items)
+            if isinstance(item, UserMessageItem)
+            for attachment in item.attachments
         )
+        return await super().to_agent_input(items)
+
+    async def attachment_to_message_content(self, attachment: Attachment) -> ResponseInputContentParam:
+        """chatkit's one part per attachment: the image itself, or the envelope with text or description.
+
+        An image's envelope (its name, type and size) is added in front of it by
+        `user_message_to_input`: `input_image` has no room for a name.
+        """
+        content = await self.attachments.content(attachment)
+        return content.image_part() or content.envelope_part()
+
+    async def user_message_to_input(
+        self, item: UserMessageItem, is_last_message: bool = True
+    ) -> TResponseInputItem | list[TResponseInputItem] | None:
+        """chatkit's conversion, with every attachment as envelope (+ image), after the typed text.
+
+        chatkit builds the user message as `[typed text, one part per attachment]`; we replace the
+        attachment parts with `AttachmentContent.parts()`. Should chatkit change that layout, its
+        message is kept as is (images then go without their envelope).
+        """
+        converted = await super().user_message_to_input(item, is_last_message)
+        if not item.attachments or not isinstance(converted, list) or not converted:
+            return converted
+        message = cast(Message, converted[0])
+        content = list(message["content"])
+        if message.get("role") != "user" or len(content) != 1 + len(item.attachments):
+            return converted
+        parts = [content[0]]
+        for attachment in item.attachments:
+            parts.extend((await self.attachments.content(attachment)).parts())
+        return [Message(type="message", role="user", content=parts), *converted[1:]]
 
     async def tag_to_message_content(self, tag: UserMessageTagContent) -> ResponseInputContentParam:
         group = f", group {tag.group}" if tag.group else ""

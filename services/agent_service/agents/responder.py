@@ -3,7 +3,10 @@
 One turn:
 1. pick the starting agent: the specialist named by `thread.metadata[ACTIVE_AGENT_KEY]`, else the
    router;
-2. convert the thread history to model input (`SwitchboardConverter`);
+2. convert the thread history to model input with a converter built for this turn
+   (`SwitchboardConverter(turn.attachments)`): it reads the attachments' content with the caller's
+   reader, so it is never shared between turns or concurrent requests. The content is read once
+   per turn and goes to every model call of the run (router included);
 3. `Runner.run_streamed(...)` with an `AgentContext` (tenant, user, role, locale, thread, ERP);
 4. merge two live sources into one ordered stream: the SDK's events (moved by a small pump task)
    and the ChatKit events tools emit while they run. Both land on one unbounded queue, so a
@@ -59,6 +62,7 @@ from chatkit.types import (
     UserMessageTextContent,
 )
 
+from services.agent_service.agents.attachment_input import AttachmentLimits
 from services.agent_service.agents.context import AgentContext
 from services.agent_service.agents.converter import SwitchboardConverter
 from services.agent_service.agents.erp import ErpDirectory
@@ -147,7 +151,8 @@ class AgentResponder:
         self._erp = erp
         self.team = build_team(model.model)
         self._title_agent = build_title_agent(model.title_model)
-        self._converter = SwitchboardConverter()
+        self.attachment_limits = AttachmentLimits()
+        """What one turn may put into the model input from attachments (`attachment_input.py`)."""
 
     async def aclose(self) -> None:
         """Close the ERP database and the model's HTTP client."""
@@ -166,7 +171,8 @@ class AgentResponder:
             sink=outbox.put_nowait,
         )
         agent = self.team.starting_agent(turn.thread.metadata.get(ACTIVE_AGENT_KEY))
-        model_input = await self._converter.to_agent_input(turn.history)
+        converter = SwitchboardConverter(turn.attachments, limits=self.attachment_limits)
+        model_input = await converter.to_agent_input(turn.history)
         result = Runner.run_streamed(
             agent, model_input, context=context, max_turns=self._settings.max_turns, run_config=_RUN_CONFIG
         )

@@ -29,6 +29,20 @@ provider. Its policy, per model call:
      system instructions (proof that the caller context reached them) and counts the earlier user
      messages it saw (proof that history reached it).
 
+**Attachments.** Every text answer of a specialist to a user message with attachments opens with an
+acknowledgement of what the model input carried, so the whole path (upload → store → reader →
+converter → model) is visible offline:
+
+    I received 2 attachments: notes.txt (text/plain, 1,234 bytes) — it starts with: "first
+    words…"; photo.png (image/png, 5,678 bytes, an image).
+
+It is read from the model input only: the `<attachment name=".." type=".." size="N bytes">`
+envelopes that `SwitchboardConverter` writes after the typed text (see
+`services.agent_service.agents.attachment_input`), the text inside them (first ~80 characters
+quoted), the reason in parentheses for a file described only, and "an image" when an `input_image`
+part with a `data:` URL follows the envelope. Routing and tools use the typed text alone, so a
+question with attachments is routed as without them.
+
 The specialist, tenant, user, role and locale are read from the system instructions written by
 `services.agent_service.agents.team` (`You are the Billing specialist…`, `tenant=acme; …`). The
 model degrades gracefully when they are missing.
@@ -41,10 +55,11 @@ Both models emit the full-fidelity Responses event stream (see `responses.py`).
 from __future__ import annotations
 
 import asyncio
+import html
 import json
 import re
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from agents import (
@@ -115,6 +130,16 @@ DEFAULT_TICKET_PRIORITY: Final = "Normal"
 _NAME_STATEMENT: Final = re.compile(r"(?i:\bmy name is)\s+([A-Za-z][\w'-]*(?:\s+[A-Z][\w'-]*)?)")
 _NAME_QUESTION: Final = re.compile(r"\b(what(?:'s| is) my name|who am i)\b", re.IGNORECASE)
 _SPECIALIST: Final = re.compile(r"You are the (\w+) specialist")
+_ENVELOPE: Final = re.compile(
+    r'\A<attachment name="(?P<name>[^"]*)" type="(?P<type>[^"]*)"(?: size="(?P<size>\d+) bytes")?>'
+    r"(?P<body>.*)</attachment>\Z",
+    re.DOTALL,
+)
+"""One attachment as `SwitchboardConverter` renders it (`attachment_input.py`)."""
+_TRUNCATED_LINE: Final = re.compile(r"\(truncated: [^\n]*\)\n\Z")
+_IMAGE_SHOWN_NEXT: Final = "image, shown next"
+"""The envelope note of an image whose `input_image` part follows."""
+_EXCERPT_CHARS: Final = 80
 _CALLER_FIELD: Final = re.compile(r"\b(tenant|user|role|locale)=([^;\s.]+)")
 
 
@@ -153,6 +178,77 @@ def _content_text(content: object, *, first_part_only: bool = False) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class _Received:
+    """One attachment of the newest user message, as the model input presents it."""
+
+    name: str
+    mime_type: str
+    size: int | None
+    text: str | None = None
+    """A text file's content (as included: possibly cut)."""
+    truncated: bool = False
+    note: str | None = None
+    """The parenthesised description of a file whose content is not included."""
+    image: bool = False
+    """An `input_image` with a `data:` URL followed the envelope."""
+
+    def describe(self) -> str:
+        facts = [self.mime_type] + ([f"{self.size:,} bytes"] if self.size is not None else [])
+        if self.image:
+            facts.append("an image")
+        elif self.note is not None:
+            facts.append(self.note)
+        head = f"{self.name} ({', '.join(facts)})"
+        if self.text is None:
+            return head
+        excerpt = " ".join(self.text.split())
+        if not excerpt:
+            return f"{head} — it is empty"
+        cut = len(excerpt) > _EXCERPT_CHARS or self.truncated
+        return f'{head} — it starts with: "{excerpt[:_EXCERPT_CHARS].rstrip()}{"…" if cut else ""}"'
+
+
+def _received(content: object) -> list[_Received]:
+    """The attachments after the typed text of a user message (envelopes, each maybe + image)."""
+    if isinstance(content, str) or not isinstance(content, Sequence):
+        return []
+    received: list[_Received] = []
+    for part in list(content)[1:]:
+        fields = _as_mapping(part)
+        if fields.get("type") == "input_image":
+            url = fields.get("image_url")
+            if received and received[-1].note == _IMAGE_SHOWN_NEXT and str(url).startswith("data:"):
+                received[-1] = _Received(
+                    received[-1].name, received[-1].mime_type, received[-1].size, image=True
+                )
+            continue
+        match = _ENVELOPE.match(str(fields.get("text", "")))
+        if match is None:
+            continue
+        name, mime_type = html.unescape(match.group("name")), html.unescape(match.group("type"))
+        size = int(match.group("size")) if match.group("size") else None
+        body = match.group("body")
+        if body.startswith("\n"):  # a text file: "\n<text>\n" and maybe a "(truncated: …)" line
+            text = body[1:]
+            cut = _TRUNCATED_LINE.search(text)
+            if cut is not None:
+                text = text[: cut.start()]
+            received.append(
+                _Received(name, mime_type, size, text=text.removesuffix("\n"), truncated=bool(cut))
+            )
+        else:
+            received.append(
+                _Received(name, mime_type, size, note=body.strip().removeprefix("(").removesuffix(")"))
+            )
+    return received
+
+
+def _acknowledgement(received: list[_Received]) -> str:
+    plural = "s" if len(received) != 1 else ""
+    return f"I received {len(received)} attachment{plural}: {'; '.join(r.describe() for r in received)}."
+
+
+@dataclass(frozen=True, slots=True)
 class _Transcript:
     """What the demo policy needs from the model input."""
 
@@ -162,6 +258,8 @@ class _Transcript:
     """Tool (or handoff) name → output, for calls made after the newest user message."""
     structured_inputs: list[str]
     """Structured input messages (as rendered by the converter) after the newest user message."""
+    attachments: list[_Received] = field(default_factory=list)
+    """The attachments of the newest user message."""
 
     @property
     def newest(self) -> str:
@@ -175,6 +273,7 @@ class _Transcript:
         call_names: dict[str, str] = {}
         outputs: dict[str, str] = {}
         forms: list[str] = []
+        attachments: list[_Received] = []
         for raw in model_input:
             item = _as_mapping(raw)
             kind = item.get("type", "message")
@@ -184,6 +283,7 @@ class _Transcript:
                     forms.append(text)
                 elif not text.startswith(_CONTEXT_PREFIXES):
                     user_texts.append(text)
+                    attachments = _received(item.get("content"))
                     call_names.clear()
                     outputs.clear()
                     forms.clear()
@@ -194,7 +294,9 @@ class _Transcript:
                 if name is not None:
                     output = item.get("output")
                     outputs[name] = output if isinstance(output, str) else _content_text(output)
-        return cls(user_texts=user_texts, tool_outputs=outputs, structured_inputs=forms)
+        return cls(
+            user_texts=user_texts, tool_outputs=outputs, structured_inputs=forms, attachments=attachments
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +405,16 @@ def _local_time_answer(output: str) -> str:
 def _decide(
     instructions: str | None, transcript: _Transcript, tools: list[Tool], handoffs: list[Handoff]
 ) -> _Reply:
+    """The demo policy, its text answers opened by the attachments' acknowledgement (docstring)."""
+    reply = _policy(instructions, transcript, tools, handoffs)
+    if isinstance(reply, _Say) and transcript.attachments:
+        return _Say(f"{_acknowledgement(transcript.attachments)} {reply.text}")
+    return reply
+
+
+def _policy(
+    instructions: str | None, transcript: _Transcript, tools: list[Tool], handoffs: list[Handoff]
+) -> _Reply:
     """The demo policy (see the module docstring)."""
     newest = transcript.newest
     domain = classify(newest)
@@ -343,6 +455,7 @@ def _answer(instructions: str | None, transcript: _Transcript) -> str:
     tenant = f" (tenant {caller['tenant']})" if "tenant" in caller else ""
     words = newest.split()
     question = " ".join(words[:12]) + ("…" if len(words) > 12 else "")
+    asked = f' You asked: "{question}".' if question else ""
     earlier = len(transcript.user_texts) - 1
     seen = (
         "This is your first message here."
@@ -353,13 +466,13 @@ def _answer(instructions: str | None, transcript: _Transcript) -> str:
     match identity.group(1).lower() if identity else "general":
         case "billing":
             body = "I can check orders such as SO-1001 and employees such as E1001: give me an id."
-            return f'Billing here{tenant}. You asked: "{question}". {body} {seen}'
+            return f"Billing here{tenant}.{asked} {body} {seen}"
         case "tech":
             body = "Please sign out and in again; if it persists, send me the exact error text."
-            return f'Tech support here{tenant}. You asked: "{question}". {body} {seen}'
+            return f"Tech support here{tenant}.{asked} {body} {seen}"
         case _:
             body = "I can answer general questions and look up employees like E1001 or orders like SO-1001."
-            return f'Happy to help{tenant}. You asked: "{question}". {body} {seen}'
+            return f"Happy to help{tenant}.{asked} {body} {seen}"
 
 
 def _title_for(transcript: _Transcript, max_words: int = 6) -> str:

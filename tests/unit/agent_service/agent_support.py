@@ -25,7 +25,7 @@ from chatkit.types import (
 )
 from pydantic import TypeAdapter
 
-from services.agent_service.turn import Turn
+from services.agent_service.turn import AttachmentReader, Turn
 from services.common.auth import Principal
 from services.common.config import Settings
 
@@ -75,6 +75,7 @@ def turn(
     locale: str = "en-US",
     active: str | None = None,
     title: str | None = None,
+    attachments: AttachmentReader | None = None,
 ) -> Turn:
     """A turn answering the last item; plain strings alternate user / assistant, starting with user."""
     items: list[ThreadItem] = []
@@ -96,6 +97,7 @@ def turn(
         principal=Principal(tenant=tenant, user=user_id, role=role),
         locale=locale,
         input_user_message=last if isinstance(last, UserMessageItem) else None,
+        attachments=attachments,
     )
 
 

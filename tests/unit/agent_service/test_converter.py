@@ -43,7 +43,11 @@ async def test_attachments_and_tags_are_described_as_text() -> None:
         inference_options=InferenceOptions(),
     )
     text_item, tags_item = await SwitchboardConverter().to_agent_input([message])
-    assert _texts(text_item) == ["Please check @Ada", "[Attachment (file): invoice.pdf, application/pdf]"]
+    assert _texts(text_item) == [
+        "Please check @Ada",
+        '<attachment name="invoice.pdf" type="application/pdf">'
+        "(binary file, content not included)</attachment>",
+    ]
     assert _texts(tags_item)[-1] == "@Ada (tag id E1001, group Employees)"
 
 
