@@ -413,7 +413,12 @@ class Conversation:
     ) -> Turn:
         history = await self._store.recent_items(owner, thread.id, self._history_items)
         return Turn(
-            thread=thread, history=history, principal=owner, locale=locale, input_user_message=message
+            thread=thread,
+            history=history,
+            principal=owner,
+            locale=locale,
+            input_user_message=message,
+            attachments=self._attachments,
         )
 
     async def _run(

@@ -75,7 +75,9 @@ async def test_semantic_validation_in_the_agent_service_is_400(
     assert _counts(stack) == before
 
 
-async def test_unknown_attachments_are_404_and_write_nothing(http: aiohttp.ClientSession, stack: Stack) -> None:
+async def test_unknown_attachments_are_404_and_write_nothing(
+    http: aiohttp.ClientSession, stack: Stack
+) -> None:
     before = _counts(stack)
     for attachment_id in ("atc_unknown", "atc_" + "0" * 32):
         body = request("threads.create", input={**user_input("hi"), "attachments": [attachment_id]})
