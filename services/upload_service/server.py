@@ -51,7 +51,6 @@ SERVER_OPTIONS: Final = [
     ("grpc.max_connection_age_grace_ms", 10 * 60_000),
 ]
 # How long `serve` waits for object storage to answer before giving up at start.
-STARTUP_TIMEOUT_S: Final = 60.0
 
 _Reply = TypeVar("_Reply", bound=Message)
 Context = aio.ServicerContext[Any, Any]
@@ -206,11 +205,12 @@ class UploadService(upload_pb2_grpc.UploadServiceServicer):
 
 
 async def build_server(
-    settings: Settings, storage: ObjectStorage, *, listen: str | None = None
+    settings: Settings, storage: ObjectStorage, *, listen: str | None = None, serving: bool = True
 ) -> tuple[aio.Server, health.aio.HealthServicer, int]:
     """A started gRPC server with every service registered; returns it, its health servicer and port.
 
-    The bucket must exist (`storage.ensure_bucket()`); `serve` does that first.
+    With `serving=False` the health status starts NOT_SERVING (`serve` flips it once the bucket
+    exists); calls are answered either way, and fail with UNAVAILABLE while storage is down.
     """
     verifier = TokenVerifier(
         settings.resolve_jwt_secret(), issuer=settings.jwt_issuer, audience=settings.jwt_audience
@@ -227,33 +227,43 @@ async def build_server(
     if port == 0:
         raise OSError(f"cannot listen on {listen or settings.upload_listen}")
     await server.start()
+    status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
     for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(name, status)
     return server, health_servicer, port
 
 
-async def _ensure_bucket(storage: ObjectStorage) -> None:
-    """Create the bucket, waiting for object storage to come up (it may start after us)."""
-    deadline = asyncio.get_running_loop().time() + STARTUP_TIMEOUT_S
+async def _ensure_bucket(storage: ObjectStorage, health_servicer: health.aio.HealthServicer) -> None:
+    """Create the bucket, waiting for object storage to come up (it may start after us), then
+    report SERVING. Runs beside the server, so a storage outage at start-up is an outage of uploads
+    (UNAVAILABLE, not ready), not a service that never listens."""
     delay = 0.5
     while True:
         try:
             await storage.ensure_bucket()
-            return
+            break
         except ServiceError as error:
-            if error.code != grpc.StatusCode.UNAVAILABLE or asyncio.get_running_loop().time() > deadline:
-                raise
-            log.warning("object storage at %s is not reachable yet; retrying", storage.endpoint)
+            level = logging.WARNING if error.code == grpc.StatusCode.UNAVAILABLE else logging.ERROR
+            log.log(
+                level,
+                "cannot prepare bucket %s at %s (%s); retrying",
+                storage.bucket,
+                storage.endpoint,
+                error,
+            )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("bucket %s ready at %s", storage.bucket, storage.endpoint)
 
 
 async def serve(settings: Settings) -> None:
     """Run the upload service until SIGTERM/SIGINT, then drain in-flight calls within the grace."""
     storage = ObjectStorage.from_settings(settings)
     try:
-        await _ensure_bucket(storage)
-        server, health_servicer, port = await build_server(settings, storage)
+        server, health_servicer, port = await build_server(settings, storage, serving=False)
+        bucket_task = asyncio.create_task(_ensure_bucket(storage, health_servicer))
         log.info(
             "upload service listening on %s (port %d), bucket %s at %s",
             settings.upload_listen,
@@ -274,6 +284,7 @@ async def serve(settings: Settings) -> None:
             await server.stop(settings.shutdown_grace_s)
         waiter.cancel()
         stopper.cancel()
+        bucket_task.cancel()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     finally:
