@@ -7,7 +7,8 @@ process, such as DNS lookups; a few slow S3 calls would then stall unrelated wor
 has as many connections as the executor has threads.
 
 Streaming uploads. `put_stream` turns an async iterator of chunks into an S3 multipart upload with
-constant memory: chunks are collected until one part (8 MiB by default) is complete, that part is
+constant memory: chunks are collected until one part (5 MiB by default, the S3 minimum) is complete,
+that part is
 uploaded in a worker thread while the next one is collected, and the part before it is always
 finished before a new one starts. So at most two parts (plus the chunk being received) are held, the
 caller's iterator is not advanced while a part waits for its predecessor (backpressure reaches the
@@ -63,7 +64,7 @@ from services.common.errors import ServiceError
 log = logging.getLogger(__name__)
 
 MiB: Final = 1024 * 1024
-DEFAULT_PART_BYTES: Final = 8 * MiB
+DEFAULT_PART_BYTES: Final = 5 * MiB
 # S3 refuses parts below 5 MiB, except the last one.
 MIN_PART_BYTES: Final = 5 * MiB
 READ_CHUNK_BYTES: Final = 1 * MiB

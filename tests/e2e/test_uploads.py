@@ -1,7 +1,7 @@
 """Attachments end to end: both ChatKit upload strategies through the edge, S3 over HTTP, the model.
 
-The stack runs on a real S3 server (moto) with an upload limit of 60 MiB, so the 50 MiB direct upload
-fits and a slightly larger one is refused while streaming.
+The stack runs on a real S3 server (moto) with the default upload limit of 100 MiB: an 80 MiB direct
+upload fits, and a larger one is refused while streaming.
 """
 
 from __future__ import annotations
@@ -32,13 +32,13 @@ from tests.unit.upload_service.conftest import PDF, png_bytes
 ATTACHMENT = TypeAdapter[Attachment](Attachment)
 MiB = 1024 * 1024
 BUCKET = "switchboard-test"
+LIMIT = 100 * MiB
+BIG = 80  # MiB: more than the memory bound below, so a whole-file buffer cannot pass unnoticed
 
 
 @pytest.fixture(scope="module")
 def upload_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(
-        tmp_path_factory.mktemp("uploads"), SWITCHBOARD_UPLOAD_MAX_BYTES=str(60 * MiB)
-    ) as stack:
+    with running_stack(tmp_path_factory.mktemp("uploads"), SWITCHBOARD_UPLOAD_MAX_BYTES=str(LIMIT)) as stack:
         yield stack
 
 
@@ -105,16 +105,18 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def test_a_50_mib_direct_upload_streams_with_bounded_memory(
+async def test_an_80_mib_direct_upload_streams_with_bounded_memory(
     http: aiohttp.ClientSession, upload_stack: Stack, s3: Minio, tmp_path: Path
 ) -> None:
     path = tmp_path / "big.csv"
     digest = hashlib.sha256()
     with path.open("wb") as handle:
-        for i in range(50):
+        for i in range(BIG):
             block = (f"row {i}," * 150_000).encode()[:MiB]
             digest.update(block)
             handle.write(block)
+    # Warm up first (thread pools, connection pools, gRPC buffers), so the baseline is steady state.
+    await _upload(http, upload_stack, b"w" * (12 * MiB), name="warm-up.txt")
     samplers = [RssSampler(upload_stack.services[name].process.pid) for name in ("edge", "upload")]
     async with samplers[0], samplers[1]:
         started = time.monotonic()
@@ -134,11 +136,13 @@ async def test_a_50_mib_direct_upload_streams_with_bounded_memory(
         stored.release_conn()
     assert remote.hexdigest() == digest.hexdigest()
     print(
-        f"\n50 MiB direct upload: {50 / elapsed:.0f} MiB/s; peak RSS growth "
+        f"\n{BIG} MiB direct upload: {BIG / elapsed:.0f} MiB/s; peak RSS growth "
         f"edge {samplers[0].growth_mib:.1f} MiB, upload service {samplers[1].growth_mib:.1f} MiB"
     )
+    # Measured here: the upload service grows by 20-40 MiB whatever the file size (two 5 MiB parts,
+    # gRPC and HTTP buffers, allocator arenas); the edge by under 10 MiB.
     for sampler in samplers:
-        assert sampler.growth_mib < 40, "a process buffered a large part of the file"
+        assert sampler.growth_mib < 48, "a process buffered a large part of the file"
 
 
 async def test_two_phase_upload_then_the_model_sees_the_file(
@@ -287,7 +291,7 @@ async def test_too_large_is_413_while_streaming_and_leaves_nothing(
 
     async def body() -> AsyncIterator[bytes]:  # no Content-Length: the limit is enforced while streaming
         yield b"x" * MiB
-        for _ in range(61):
+        for _ in range(LIMIT // MiB):
             yield b"y" * MiB
 
     form = aiohttp.FormData()
