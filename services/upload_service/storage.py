@@ -8,8 +8,7 @@ has as many connections as the executor has threads.
 
 Streaming uploads. `put_stream` turns an async iterator of chunks into an S3 multipart upload with
 constant memory: chunks are collected until one part (5 MiB by default, the S3 minimum) is complete,
-that part is
-uploaded in a worker thread while the next one is collected, and the part before it is always
+that part is uploaded in a worker thread while the next one is collected, and the part before it is always
 finished before a new one starts. So at most two parts (plus the chunk being received) are held, the
 caller's iterator is not advanced while a part waits for its predecessor (backpressure reaches the
 gRPC stream through its flow control), and a file smaller than one part is a single PUT. The SHA-256
