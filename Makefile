@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test lint format protos clean
+.PHONY: run test bench lint format protos clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: $(STAMP)
 ## test: the full test suite (real processes on free loopback ports)
 test: $(STAMP)
 	$(BIN)/pytest
+
+## bench: every benchmark system side by side in one run (table, JSON and chart in benchmarks/results)
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks
 
 ## lint: ruff, mypy --strict and buf lint
 lint: $(STAMP)

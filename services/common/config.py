@@ -54,6 +54,10 @@ class Settings(BaseSettings):
         "https://generativelanguage.googleapis.com/v1beta/openai/",
         validation_alias=_env("GEMINI_BASE_URL"),
     )
+    local_reply_tokens: int | None = Field(
+        None, ge=1, le=100_000, validation_alias=_env("SWITCHBOARD_LOCAL_REPLY_TOKENS")
+    )
+    """Benchmark mode of the local model: answer every message with exactly N short text deltas."""
     local_token_delay_ms: float = Field(
         15.0, ge=0, le=10_000, validation_alias=_env("SWITCHBOARD_LOCAL_TOKEN_DELAY_MS")
     )
