@@ -1,4 +1,5 @@
-"""`switchboard`: run the services, run the whole stack for development, mint tokens, chat over gRPC.
+"""`switchboard`: run the services, migrate the database, run the whole stack for development, mint
+tokens, chat over gRPC.
 
 Every setting comes from the environment (see the README's configuration table); the few flags here
 override the matching variables for one run.
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 from typing import Final
 
 from services.common.auth import mint_token
-from services.common.config import Settings, load_settings
+from services.common.config import Settings, grpc_target, load_settings
 
 DEV_TENANT: Final = "acme"
 DEV_USER: Final = "demo"
@@ -32,6 +33,9 @@ def _configure_logging(settings: Settings) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if settings.log_level.upper() != "DEBUG":
+        # Alembic narrates its plugins and contexts at INFO; the store logs what a migration changed.
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 # --------------------------------------------------------------------------- services
@@ -73,6 +77,49 @@ def _run_edge(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- database
+
+
+async def _migrate_database(settings: Settings, *, check: bool, revision: str) -> int:
+    """`switchboard migrate`: 0 done (or current with --check), 1 database unreachable (or a
+    migration due with --check), 2 the schema or the URL is not usable by this version."""
+    from sqlalchemy.exc import DBAPIError
+
+    from services.agent_service.store import SchemaError, create_store
+    from services.agent_service.store.migrate import head_revision
+
+    try:
+        store = create_store(settings)
+    except ValueError as error:
+        print(f"switchboard migrate: {error}", file=sys.stderr)
+        return 2
+    try:
+        if check:
+            current, head = await store.schema_revision(), head_revision()
+            print(f"{store.url}: schema revision {current or 'none'} (this version needs {head})")
+            return 0 if current == head else 1
+        before, after = await store.migrate(revision)
+    except SchemaError as error:
+        print(f"switchboard migrate: {error}", file=sys.stderr)
+        return 2
+    except (OSError, TimeoutError, DBAPIError) as error:
+        reason = error.orig if isinstance(error, DBAPIError) and error.orig else error
+        print(f"switchboard migrate: cannot migrate {store.url}: {reason}", file=sys.stderr)
+        return 1
+    if before == after:
+        print(f"{store.url}: schema already at revision {after}")
+    else:
+        print(f"{store.url}: schema upgraded from {before or 'nothing'} to revision {after}")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Apply the schema migrations (Alembic) to the configured database."""
+    settings = load_settings()
+    _configure_logging(settings)
+    return asyncio.run(_migrate_database(settings, check=args.check, revision=args.revision))
+
+
 # --------------------------------------------------------------------------- dev stack
 
 
@@ -107,13 +154,17 @@ def _wait_listening(host: str, port: int, child: subprocess.Popen[bytes], timeou
 def _run_dev(args: argparse.Namespace) -> int:
     """Start the whole stack as child processes on embedded defaults.
 
-    Without MINIO_ENDPOINT, a local S3 server (moto, from the dev extras) stands in for MinIO on
-    port 9000; then the upload service, the agent service and the edge, each once the one before
-    listens.
+    The database is migrated first (the embedded SQLite file, or the PostgreSQL database of
+    SWITCHBOARD_DATABASE_URL). Without MINIO_ENDPOINT, a local S3 server (moto, from the dev extras)
+    stands in for MinIO on port 9000; then the upload service, the agent service and the edge, each
+    once the one before listens.
     """
     settings = load_settings()
     _configure_logging(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    migrated = asyncio.run(_migrate_database(settings, check=False, revision="head"))
+    if migrated != 0:
+        return migrated
     secret = settings.resolve_jwt_secret()
     token = mint_token(
         secret,
@@ -222,7 +273,9 @@ def _chat(args: argparse.Namespace) -> int:
     )
     address = args.agent_address or settings.agent_address
     message = " ".join(args.message) if args.message else None
-    return asyncio.run(chat(address, token, thread_id=args.thread, message=message, locale=args.locale))
+    return asyncio.run(
+        chat(grpc_target(address), token, thread_id=args.thread, message=message, locale=args.locale)
+    )
 
 
 # --------------------------------------------------------------------------- parser
@@ -243,6 +296,20 @@ def build_parser() -> argparse.ArgumentParser:
     upload = commands.add_parser("upload", help="run the upload service (gRPC, attachments in MinIO)")
     upload.add_argument("--listen", help="host:port to listen on (SWITCHBOARD_UPLOAD_LISTEN)")
     upload.set_defaults(func=_run_upload)
+
+    migrate = commands.add_parser(
+        "migrate",
+        help="apply the database schema migrations (run before starting services on PostgreSQL)",
+        description="Upgrade the schema of the configured database (SWITCHBOARD_DATABASE_URL, else the "
+        "SQLite file) to the newest revision. Safe to run again and from several places at once.",
+    )
+    migrate.add_argument(
+        "--check",
+        action="store_true",
+        help="change nothing: exit 0 when the schema is current, 1 when it needs `switchboard migrate`",
+    )
+    migrate.add_argument("--revision", default="head", help="upgrade to this revision (default: head)")
+    migrate.set_defaults(func=_migrate)
 
     edge = commands.add_parser("edge", help="run the ChatKit HTTP/SSE edge")
     edge.add_argument("--host", help="interface to bind (SWITCHBOARD_EDGE_HOST)")

@@ -12,6 +12,7 @@ ServiceErrors the conversation can report before it writes anything:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -21,6 +22,7 @@ from chatkit.types import Attachment, ImageAttachment, ThreadItem, UserMessageIt
 from grpc import aio
 
 from services.common import codec
+from services.common.config import grpc_target
 from services.common.errors import ServiceError
 from services.common.grpc_auth import current_authorization, current_request_id
 from switchboard.v1 import upload_pb2, upload_pb2_grpc
@@ -35,6 +37,9 @@ _CHANNEL_OPTIONS: Final = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    # Several upload replicas behind one DNS name (a headless Service): spread calls over all.
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    ("grpc.dns_min_time_between_resolutions_ms", 5_000),
 ]
 
 
@@ -63,7 +68,7 @@ class AttachmentClient:
     @property
     def stub(self) -> upload_pb2_grpc.UploadServiceAsyncStub:
         if self._stub is None:
-            self._channel = aio.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            self._channel = aio.insecure_channel(grpc_target(self.address), options=_CHANNEL_OPTIONS)
             self._stub = upload_pb2_grpc.UploadServiceStub(self._channel)
         return self._stub
 

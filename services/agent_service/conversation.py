@@ -11,6 +11,15 @@ whether it is served by the official SDK or by Switchboard:
   partial assistant text and a hidden "the user cancelled" note are stored;
 - an exception from the agents becomes a ChatKit `error` event and the stream ends normally.
 
+Scale-out: nothing about a thread lives in this process between requests (the active specialist is
+in the thread metadata, pending client tool calls and forms are items), so any replica can serve
+any request. Every streaming operation holds the thread's run lease (`store/lease.py`) from before
+its first write until after its last: a second run on a busy thread, on any replica, is refused with
+ABORTED (HTTP 409) before it changes anything. Changes that belong together are one transaction
+(`Store.write`): an item and the thread state that came with it (a handoff's active specialist with
+its "routed" item), a completed client tool call with the removal of dangling ones, a cancelled
+turn's partial answer with its note.
+
 Where ChatKitServer is silent or lenient, Switchboard is strict, and it checks everything before it
 writes anything: a retry of an unknown item is NOT_FOUND (the SDK streams nothing), a client tool
 output without a pending call or an input to a locked thread is FAILED_PRECONDITION, and unknown
@@ -20,6 +29,7 @@ attachment ids are INVALID_ARGUMENT.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -65,7 +75,7 @@ from chatkit.types import (
 from pydantic import AnyUrl
 
 from services.agent_service.attachments import STORED_PREVIEW_URL, AttachmentClient
-from services.agent_service.store import Order, Store
+from services.agent_service.store import LeaseLost, Order, RunLease, Store
 from services.agent_service.turn import ActionRequest, Responder, Turn
 from services.common.auth import Principal
 from services.common.errors import ServiceError, invalid
@@ -81,6 +91,16 @@ MAX_TITLE_CHARS: Final = 200
 MAX_PAGE: Final = 100
 DEFAULT_PAGE: Final = 20
 _HIDDEN: Final = (HiddenContextItem, SDKHiddenContextItem)
+# Store failures mid-stream that a retry may fix (the database was briefly away or too slow).
+_RETRYABLE: Final = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+)
+_ThreadState = tuple[str | None, Any, dict[str, Any]]
+
+
+def _state(thread: ThreadMetadata) -> _ThreadState:
+    """What the store keeps of a thread besides its id: title, status and metadata (a copy)."""
+    return (thread.title, thread.status, dict(thread.metadata))
 
 
 def _now() -> datetime:
@@ -206,11 +226,18 @@ class Conversation:
         *,
         history_items: int,
         attachments: AttachmentClient | None = None,
+        lease_ttl_s: float = 15.0,
+        lease_wait_s: float = 0.0,
     ) -> None:
         self._store = store
         self._responder = responder
         self._history_items = history_items
         self._attachments = attachments
+        self._lease_ttl_s = lease_ttl_s
+        self._lease_wait_s = lease_wait_s
+
+    def _lease(self, thread_id: str) -> RunLease:
+        return RunLease(self._store, thread_id, ttl_s=self._lease_ttl_s, wait_s=self._lease_wait_s)
 
     async def _attach(self, thread_id: str, message: UserMessageInput) -> list[Attachment]:
         """Bind the message's attachments to the thread: all validated before anything is written."""
@@ -231,44 +258,67 @@ class Conversation:
     ) -> AsyncIterator[ThreadStreamEvent]:
         _validate_input(message)
         thread = ThreadMetadata(id=new_id("thr"), created_at=_now())
-        attachments = await self._attach(thread.id, message)
-        await self._store.create_thread(owner, thread)
-        yield ThreadCreatedEvent(thread=thread_response(thread))
-        async for event in self._respond_to_user_message(owner, locale, thread, message, attachments):
-            yield event
+        # Nobody else knows the id yet, but the client may post to the thread as soon as it sees
+        # `thread.created`: the lease covers this first turn like any other.
+        async with self._lease(thread.id).hold() as lease:
+            attachments = await self._attach(thread.id, message)
+            await self._store.create_thread(owner, thread)
+            yield ThreadCreatedEvent(thread=thread_response(thread))
+            async with _closing(
+                self._respond_to_user_message(owner, locale, thread, message, attachments, lease)
+            ) as events:
+                async for event in events:
+                    yield event
 
     async def add_user_message(
         self, owner: Principal, locale: str, thread_id: str, message: UserMessageInput
     ) -> AsyncIterator[ThreadStreamEvent]:
         _validate_input(message)
-        thread = await self._store.load_thread(owner, thread_id)
-        _ensure_open(thread)
-        attachments = await self._attach(thread.id, message)
-        async for event in self._respond_to_user_message(owner, locale, thread, message, attachments):
-            yield event
+        # Ownership before the lease: another user's thread is NOT_FOUND, never "busy".
+        await self._store.load_thread(owner, thread_id)
+        async with self._lease(thread_id).hold() as lease:
+            # Read again under the lease: the previous run may have changed it just before ending.
+            thread = await self._store.load_thread(owner, thread_id)
+            _ensure_open(thread)
+            attachments = await self._attach(thread.id, message)
+            async with _closing(
+                self._respond_to_user_message(owner, locale, thread, message, attachments, lease)
+            ) as events:
+                async for event in events:
+                    yield event
 
     async def add_client_tool_output(
         self, owner: Principal, locale: str, thread_id: str, result: Any
     ) -> AsyncIterator[ThreadStreamEvent]:
-        thread = await self._store.load_thread(owner, thread_id)
-        _ensure_open(thread)
-        newest = await self._store.list_items(owner, thread_id, limit=1, after=None, order="desc")
-        call = next(iter(newest.data), None)
-        if not isinstance(call, ClientToolCallItem) or call.status != "pending":
-            raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION, f"thread {thread_id!r} has no pending client tool call"
+        await self._store.load_thread(owner, thread_id)
+        async with self._lease(thread_id).hold() as lease:
+            thread = await self._store.load_thread(owner, thread_id)
+            _ensure_open(thread)
+            recent = await self._store.list_items(
+                owner, thread_id, limit=DEFAULT_PAGE, after=None, order="desc"
             )
-        call.output = result
-        call.status = "completed"
-        await self._store.add_item(owner, thread_id, call)
-        # As ChatKitServer does: drop other dangling pending calls so they never reach the model.
-        recent = await self._store.list_items(owner, thread_id, limit=DEFAULT_PAGE, after=None, order="desc")
-        for item in recent.data:
-            if isinstance(item, ClientToolCallItem) and item.status == "pending":
+            call = next(iter(recent.data), None)
+            if not isinstance(call, ClientToolCallItem) or call.status != "pending":
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"thread {thread_id!r} has no pending client tool call",
+                )
+            call.output = result
+            call.status = "completed"
+            # As ChatKitServer does: drop other dangling pending calls so they never reach the model.
+            dangling = [
+                item
+                for item in recent.data[1:]
+                if isinstance(item, ClientToolCallItem) and item.status == "pending"
+            ]
+            for item in dangling:
                 log.warning("dropping dangling client tool call %s", item.call_id)
-                await self._store.delete_item(owner, thread_id, item.id)
-        async for event in self._run(owner, locale, thread, None):
-            yield event
+            await self._store.write(
+                owner, thread_id, items=[call], deleted=[item.id for item in dangling], fence=lease.fence
+            )
+            async with _closing(self._run(owner, locale, thread, None, lease)) as events:
+                async for event in events:
+                    yield event
 
     async def add_structured_input(
         self,
@@ -278,47 +328,64 @@ class Conversation:
         item_id: str,
         submission: StructuredInputSubmission,
     ) -> AsyncIterator[ThreadStreamEvent]:
-        thread = await self._store.load_thread(owner, thread_id)
-        _ensure_open(thread)
-        item = await self._store.load_item(owner, thread_id, item_id)
-        if not isinstance(item, StructuredInputItem):
-            raise invalid(f"item {item_id!r} is not a structured input")
-        if item.status != "pending":
-            raise ServiceError(grpc.StatusCode.FAILED_PRECONDITION, f"item {item_id!r} was already answered")
-        answered = _apply_submission(item, submission)
+        await self._store.load_thread(owner, thread_id)
+        async with self._lease(thread_id).hold() as lease:
+            thread = await self._store.load_thread(owner, thread_id)
+            _ensure_open(thread)
+            item = await self._store.load_item(owner, thread_id, item_id)
+            if not isinstance(item, StructuredInputItem):
+                raise invalid(f"item {item_id!r} is not a structured input")
+            if item.status != "pending":
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION, f"item {item_id!r} was already answered"
+                )
+            answered = _apply_submission(item, submission)
 
-        async def replaced_then_respond() -> AsyncIterator[ThreadStreamEvent]:
-            yield ThreadItemReplacedEvent(item=answered)
-            async for event in self._responder.respond(await self._turn(owner, locale, thread, None)):
-                yield event
+            async def replaced_then_respond() -> AsyncIterator[ThreadStreamEvent]:
+                yield ThreadItemReplacedEvent(item=answered)
+                turn = await self._turn(owner, locale, thread, None)
+                async with _closing(self._responder.respond(turn)) as events:
+                    async for event in events:
+                        yield event
 
-        async for event in self._process(owner, thread, replaced_then_respond()):
-            yield event
+            async with _closing(self._process(owner, thread, replaced_then_respond(), lease)) as events:
+                async for event in events:
+                    yield event
 
     async def retry_after_item(
         self, owner: Principal, locale: str, thread_id: str, item_id: str
     ) -> AsyncIterator[ThreadStreamEvent]:
-        thread = await self._store.load_thread(owner, thread_id)
-        _ensure_open(thread)
-        item = await self._store.load_item(owner, thread_id, item_id)
-        if not isinstance(item, UserMessageItem):
-            raise invalid(f"item {item_id!r} is not a user message")
-        await self._store.delete_items_after(owner, thread_id, item_id)
-        async for event in self._run(owner, locale, thread, item):
-            yield event
+        await self._store.load_thread(owner, thread_id)
+        async with self._lease(thread_id).hold() as lease:
+            thread = await self._store.load_thread(owner, thread_id)
+            _ensure_open(thread)
+            item = await self._store.load_item(owner, thread_id, item_id)
+            if not isinstance(item, UserMessageItem):
+                raise invalid(f"item {item_id!r} is not a user message")
+            await self._store.delete_items_after(owner, thread_id, item_id)
+            async with _closing(self._run(owner, locale, thread, item, lease)) as events:
+                async for event in events:
+                    yield event
 
     async def custom_action(
         self, owner: Principal, locale: str, thread_id: str, item_id: str | None, action: Action[str, Any]
     ) -> AsyncIterator[ThreadStreamEvent]:
-        thread = await self._store.load_thread(owner, thread_id)
+        await self._store.load_thread(owner, thread_id)
         sender = await self._store.load_item(owner, thread_id, item_id) if item_id else None
         if sender is not None and not isinstance(sender, WidgetItem):
             # ChatKitServer answers a non-widget sender with a lone error event.
             yield ErrorEvent(code=ErrorCode.STREAM_ERROR, allow_retry=False)
             return
-        request = ActionRequest(thread=thread, action=action, sender=sender, principal=owner, locale=locale)
-        async for event in self._process(owner, thread, self._responder.action(request)):
-            yield event
+        async with self._lease(thread_id).hold() as lease:
+            thread = await self._store.load_thread(owner, thread_id)
+            request = ActionRequest(
+                thread=thread, action=action, sender=sender, principal=owner, locale=locale
+            )
+            async with _closing(
+                self._process(owner, thread, self._responder.action(request), lease)
+            ) as events:
+                async for event in events:
+                    yield event
 
     # ------------------------------------------------------------------ unary operations
 
@@ -393,6 +460,7 @@ class Conversation:
         thread: ThreadMetadata,
         message: UserMessageInput,
         attachments: list[Attachment],
+        lease: RunLease,
     ) -> AsyncIterator[ThreadStreamEvent]:
         item = UserMessageItem(
             id=new_id("msg"),
@@ -403,10 +471,11 @@ class Conversation:
             quoted_text=message.quoted_text,
             inference_options=message.inference_options,
         )
-        await self._store.add_item(owner, thread.id, _for_storage(item))
+        await self._store.write(owner, thread.id, items=[_for_storage(item)], fence=lease.fence)
         yield ThreadItemDoneEvent(item=item)
-        async for event in self._run(owner, locale, thread, item):
-            yield event
+        async with _closing(self._run(owner, locale, thread, item, lease)) as events:
+            async for event in events:
+                yield event
 
     async def _turn(
         self, owner: Principal, locale: str, thread: ThreadMetadata, message: UserMessageItem | None
@@ -422,82 +491,162 @@ class Conversation:
         )
 
     async def _run(
-        self, owner: Principal, locale: str, thread: ThreadMetadata, message: UserMessageItem | None
+        self,
+        owner: Principal,
+        locale: str,
+        thread: ThreadMetadata,
+        message: UserMessageItem | None,
+        lease: RunLease,
     ) -> AsyncIterator[ThreadStreamEvent]:
         turn = await self._turn(owner, locale, thread, message)
-        async for event in self._process(owner, thread, self._responder.respond(turn)):
-            yield event
+        async with _closing(self._process(owner, thread, self._responder.respond(turn), lease)) as events:
+            async for event in events:
+                yield event
 
     async def _process(
-        self, owner: Principal, thread: ThreadMetadata, source: AsyncIterator[ThreadStreamEvent]
+        self,
+        owner: Principal,
+        thread: ThreadMetadata,
+        source: AsyncIterator[ThreadStreamEvent],
+        lease: RunLease,
     ) -> AsyncIterator[ThreadStreamEvent]:
-        """Persist and forward what the responder streams, as ChatKitServer._process_events does."""
+        """Persist and forward what the responder streams, as ChatKitServer._process_events does.
+
+        `saved` is the thread state the store has, `announced` the title and status the client was
+        told. A done item that arrives with new thread state (a handoff sets the active specialist,
+        then emits its "routed" item) is written together with that state in one transaction.
+        The loop awaits the responder with `lease.interruptible` set, so a lost lease cancels the
+        wait at once; between steps `lease.check()` stops a run whose lease is gone.
+        """
         await asyncio.sleep(0)
         yield StreamOptionsEvent(stream_options=StreamOptions(allow_cancel=True))
+        lease.check()
         pending = _PendingItems()
-        seen = (thread.title, thread.status, dict(thread.metadata))
+        saved = _state(thread)
+        announced = saved[:2]
+        events = aiter(source)
         try:
             try:
-                async for event in source:
+                while True:
+                    lease.interruptible = True
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        break
+                    finally:
+                        lease.interruptible = False
+                    lease.check()
                     match event:
                         case ThreadItemAddedEvent(item=item):
                             pending.added(item)
                         case ThreadItemUpdatedEvent():
                             pending.updated(event)
                         case ThreadItemDoneEvent(item=item) | ThreadItemReplacedEvent(item=item):
-                            await self._store.add_item(owner, thread.id, item)
+                            state = _state(thread)
+                            changed = state != saved
+                            await self._store.write(
+                                owner,
+                                thread.id,
+                                items=[item],
+                                thread=thread if changed else None,
+                                fence=lease.fence,
+                            )
+                            saved = state
                             pending.finished(item.id)
                         case ThreadItemRemovedEvent(item_id=item_id):
-                            await self._store.delete_item(owner, thread.id, item_id)
+                            await self._store.write(owner, thread.id, deleted=[item_id], fence=lease.fence)
                             pending.finished(item_id)
                         case _:
                             pass
                     if not (isinstance(event, ThreadItemDoneEvent) and isinstance(event.item, _HIDDEN)):
                         yield event
-                    if (thread.title, thread.status) != seen[:2]:
-                        seen = await self._announce(owner, thread)
+                    if (thread.title, thread.status) != announced:
+                        saved = await self._save_if_changed(owner, thread, saved, lease)
+                        announced = (thread.title, thread.status)
                         yield ThreadUpdatedEvent(thread=thread_response(thread))
-            except (asyncio.CancelledError, GeneratorExit):
+            except (asyncio.CancelledError, GeneratorExit) as stop:
                 await _close(source)
-                await asyncio.shield(self._save_cancelled(owner, thread, pending))
+                if isinstance(stop, asyncio.CancelledError) and lease.absorb_cancel():
+                    # The heartbeat stopped the run: another replica may own the thread now.
+                    raise LeaseLost(thread.id) from None
+                if not lease.lost:
+                    await asyncio.shield(
+                        self._save_cancelled(owner, thread, pending, _state(thread) != saved, lease)
+                    )
                 raise
             except CustomStreamError as error:
                 yield ErrorEvent(code="custom", message=error.message, allow_retry=error.allow_retry)
             except StreamError as error:
                 yield ErrorEvent(code=error.code, allow_retry=error.allow_retry)
+            except LeaseLost:
+                lease.lost = True  # a fenced write found the lease taken over
+                raise
             except ServiceError as error:
-                yield ErrorEvent(code="custom", message=error.message, allow_retry=False)
+                retryable = error.code in _RETRYABLE
+                yield ErrorEvent(code="custom", message=error.message, allow_retry=retryable)
+                if retryable:
+                    return  # the database failed: saving the thread state now would fail as well
             except Exception:
                 log.exception("the agents failed in thread %s", thread.id)
                 yield ErrorEvent(code=ErrorCode.STREAM_ERROR, allow_retry=True)
-            if (thread.title, thread.status) != seen[:2]:
-                seen = await self._announce(owner, thread)
+            lease.check()
+            if (thread.title, thread.status) != announced:
+                saved = await self._save_if_changed(owner, thread, saved, lease)
                 yield ThreadUpdatedEvent(thread=thread_response(thread))
-            elif thread.metadata != seen[2]:
+            else:
                 # Server-side state (the active specialist) changed: save it, the client sees nothing.
-                seen = await self._announce(owner, thread)
+                saved = await self._save_if_changed(owner, thread, saved, lease)
         finally:
             await _close(source)
 
-    async def _announce(
-        self, owner: Principal, thread: ThreadMetadata
-    ) -> tuple[str | None, Any, dict[str, Any]]:
-        await self._store.save_thread(owner, thread)
-        return (thread.title, thread.status, dict(thread.metadata))
+    async def _save_if_changed(
+        self, owner: Principal, thread: ThreadMetadata, saved: _ThreadState, lease: RunLease
+    ) -> _ThreadState:
+        state = _state(thread)
+        if state != saved:
+            await self._store.write(owner, thread.id, thread=thread, fence=lease.fence)
+        return state
 
-    async def _save_cancelled(self, owner: Principal, thread: ThreadMetadata, pending: _PendingItems) -> None:
-        """What ChatKitServer.handle_stream_cancelled stores: partial answers and a hidden note."""
+    async def _save_cancelled(
+        self,
+        owner: Principal,
+        thread: ThreadMetadata,
+        pending: _PendingItems,
+        thread_changed: bool,
+        lease: RunLease,
+    ) -> None:
+        """What ChatKitServer.handle_stream_cancelled stores, in one transaction: the partial
+        answers, a hidden note, and the thread's state if the run changed it."""
         try:
-            for message in pending.partial_assistant_messages():
-                await self._store.add_item(owner, thread.id, message)
             note = SDKHiddenContextItem(
                 id=new_id("shcx"), thread_id=thread.id, created_at=_now(), content=CANCELLED_NOTE
             )
-            await self._store.add_item(owner, thread.id, note)
-            if thread.metadata:
-                await self._store.save_thread(owner, thread)
+            await self._store.write(
+                owner,
+                thread.id,
+                items=[*pending.partial_assistant_messages(), note],
+                thread=thread if thread_changed else None,
+                fence=lease.fence,
+            )
         except Exception:
             log.exception("could not save the cancelled turn of thread %s", thread.id)
+
+
+@contextlib.asynccontextmanager
+async def _closing(
+    events: AsyncIterator[ThreadStreamEvent],
+) -> AsyncIterator[AsyncIterator[ThreadStreamEvent]]:
+    """`async with _closing(inner) as events: async for event in events: yield event`.
+
+    `async for` alone does not close the inner generator when the outer one is closed (the caller
+    went away): the inner one would be finalised later by the garbage collector, in another task,
+    after the outer one released the run lease. Closing it on the way out runs its cleanup (stop the
+    agents, save the partial answer) in order, while the lease is still held.
+    """
+    try:
+        yield events
+    finally:
+        await _close(events)
 
 
 async def _close(source: AsyncIterator[ThreadStreamEvent]) -> None:

@@ -7,10 +7,11 @@ the whole stack on one machine.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -40,6 +41,43 @@ class Settings(BaseSettings):
     history_items: int = Field(40, ge=2, le=1000, validation_alias=_env("SWITCHBOARD_HISTORY_ITEMS"))
     max_turns: int = Field(8, ge=1, le=50, validation_alias=_env("SWITCHBOARD_MAX_TURNS"))
     shutdown_grace_s: float = Field(20.0, ge=0, validation_alias=_env("SWITCHBOARD_SHUTDOWN_GRACE_S"))
+    grpc_max_connection_age_s: float = Field(
+        300.0, ge=1, validation_alias=_env("SWITCHBOARD_GRPC_MAX_CONNECTION_AGE_S")
+    )
+    """Servers close client connections after this long (gracefully), so clients re-resolve and
+    spread their calls over new replicas."""
+
+    # Database (threads, items, run leases); see docs/scale-out.md
+    database_url: str | None = Field(None, validation_alias=_env("SWITCHBOARD_DATABASE_URL"))
+    """`postgresql://user:password@host:5432/db` for PostgreSQL; unset means the embedded SQLite
+    file at `database_path`."""
+    database_pool_size: int = Field(
+        10, ge=1, le=1000, validation_alias=_env("SWITCHBOARD_DATABASE_POOL_SIZE")
+    )
+    database_max_overflow: int = Field(
+        10, ge=0, le=1000, validation_alias=_env("SWITCHBOARD_DATABASE_MAX_OVERFLOW")
+    )
+    database_pool_timeout_s: float = Field(
+        5.0, gt=0, validation_alias=_env("SWITCHBOARD_DATABASE_POOL_TIMEOUT_S")
+    )
+    database_connect_timeout_s: float = Field(
+        5.0, gt=0, validation_alias=_env("SWITCHBOARD_DATABASE_CONNECT_TIMEOUT_S")
+    )
+    database_statement_timeout_ms: int = Field(
+        10_000, ge=0, validation_alias=_env("SWITCHBOARD_DATABASE_STATEMENT_TIMEOUT_MS")
+    )
+    database_pool_recycle_s: float = Field(
+        1800.0, gt=0, validation_alias=_env("SWITCHBOARD_DATABASE_POOL_RECYCLE_S")
+    )
+    database_pool_pre_ping: bool = Field(True, validation_alias=_env("SWITCHBOARD_DATABASE_POOL_PRE_PING"))
+    run_lease_ttl_s: float = Field(
+        15.0, ge=0.5, le=3600, validation_alias=_env("SWITCHBOARD_RUN_LEASE_TTL_S")
+    )
+    """How long a run's claim on its thread survives without a heartbeat (a crashed replica's runs
+    block their threads at most this long). Heartbeats renew it every third of it."""
+    run_lease_wait_s: float = Field(0.0, ge=0, le=600, validation_alias=_env("SWITCHBOARD_RUN_LEASE_WAIT_S"))
+    """How long a request for a busy thread waits for the running turn to end; 0 refuses at once
+    (ABORTED, HTTP 409)."""
 
     # Models
     llm_provider: Literal["openai", "gemini", "local"] | None = Field(
@@ -115,6 +153,16 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def agent_target(self) -> str:
+        """`agent_address` as a gRPC target (see `grpc_target`)."""
+        return grpc_target(self.agent_address)
+
+    @property
+    def upload_target(self) -> str:
+        """`upload_address` as a gRPC target (see `grpc_target`)."""
+        return grpc_target(self.upload_address)
+
+    @property
     def store_path(self) -> Path:
         return self.database_path or self.data_dir / "switchboard.sqlite3"
 
@@ -140,6 +188,53 @@ class Settings(BaseSettings):
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48))
         return path.read_text().strip()
+
+
+_TARGET_SCHEMES: Final = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")
+
+
+def grpc_target(address: str) -> str:
+    """Turn an address setting into a gRPC channel target that client-side load balancing can use.
+
+    - a target with a scheme is kept: `dns:///agent.switchboard.svc:50051` (a Kubernetes headless
+      service: the name resolves to every ready pod and `round_robin` spreads calls over them),
+      `ipv4:10.0.0.5:50051,10.0.0.6:50051`, `unix:/run/agent.sock`;
+    - one `host:port` is kept (gRPC resolves it with DNS);
+    - a comma-separated list of `host:port` (local runs with several replicas) becomes gRPC's static
+      list `ipv4:a:p,b:p` (or `ipv6:[a]:p,...`). `localhost` counts as 127.0.0.1. gRPC has no
+      target for a list of DNS names, so a list must use IP literals; give one DNS name that
+      resolves to every replica instead.
+
+    Raises ValueError with an explanation for a list that cannot be expressed.
+    """
+    address = address.strip()
+    if address.startswith(_TARGET_SCHEMES) or "," not in address:
+        return address
+    entries = [entry.strip() for entry in address.split(",") if entry.strip()]
+    v4: list[str] = []
+    v6: list[str] = []
+    for entry in entries:
+        host, sep, port = entry.rpartition(":")
+        if not sep or not port.isdigit():
+            raise ValueError(f"{entry!r} in {address!r} is not host:port")
+        if host == "localhost":
+            host = "127.0.0.1"
+        if host.startswith("[") and host.endswith("]"):
+            ipaddress.IPv6Address(host[1:-1])
+            v6.append(f"{host}:{port}")
+            continue
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                f"{address!r}: a list of addresses must use IP literals ({host!r} is a name); gRPC "
+                "cannot balance over several DNS names: use one name that resolves to every replica, "
+                "e.g. dns:///agent:50051 with a Kubernetes headless service"
+            ) from None
+        v4.append(f"{host}:{port}")
+    if v4 and v6:
+        raise ValueError(f"{address!r} mixes IPv4 and IPv6 addresses; gRPC needs one family per list")
+    return "ipv4:" + ",".join(v4) if v4 else "ipv6:" + ",".join(v6)
 
 
 def load_settings() -> Settings:

@@ -78,7 +78,34 @@ CHANNEL_OPTIONS: Final[list[tuple[str, Any]]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 16 * _MB),
     ("grpc.max_send_message_length", 16 * _MB),
+    # Scale-out (docs/scale-out.md): one subchannel per address the target resolves to (every pod of
+    # a headless service, every entry of an ipv4: list), calls spread over them with round_robin;
+    # transparent retries replay calls a replica refused without starting them; DNS is re-resolved
+    # at most every 5 s when connections drop, so replacement pods are found quickly (servers also
+    # recycle connections after SWITCHBOARD_GRPC_MAX_CONNECTION_AGE_S, which re-resolves too).
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    ("grpc.enable_retries", 1),
+    ("grpc.dns_min_time_between_resolutions_ms", 5_000),
+    # A replica that went away (restart, rollout) is tried again after 0.5 s, then at most every 5 s
+    # (gRPC's default backoff grows to 120 s, which would keep a returning replica idle).
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 5_000),
 ]
+AGENT_SERVICE_CONFIG: Final = json.dumps(
+    {
+        "loadBalancingConfig": [{"round_robin": {}}],
+        # Client-side health checking (grpc.health.v1 Watch on every replica): a replica that says
+        # NOT_SERVING (it got SIGTERM and is draining) gets no new calls at once, long before its
+        # server stops accepting them; its calls in flight are not affected.
+        "healthCheckConfig": {"serviceName": CHAT_SERVICE},
+    }
+)
+AGENT_CHANNEL_OPTIONS: Final[list[tuple[str, Any]]] = [
+    *[(name, value) for name, value in CHANNEL_OPTIONS if name != "grpc.service_config"],
+    ("grpc.service_config", AGENT_SERVICE_CONFIG),
+]
+"""The channel for ChatService calls: CHANNEL_OPTIONS plus client-side health checking. Readiness
+probes use a channel without it (they must reach a replica to ask it, healthy or not)."""
 
 SSE_HEADERS: Final = {
     hdrs.CONTENT_TYPE: "text/event-stream",
@@ -303,6 +330,13 @@ class Edge:
     The channel (with the ChatService stub and the health-check callable) exists between startup
     and cleanup; it multiplexes every request's RPC over HTTP/2, so there is nothing per request to
     pool. The edge keeps no other state.
+
+    With several agent replicas that channel holds a subchannel (HTTP/2 connection) per replica
+    and balances calls over the healthy ones (`round_robin` with client-side health checking, see
+    AGENT_CHANNEL_OPTIONS); readiness probes go through a second, unfiltered channel, so /readyz
+    still reports what a replica says about itself. `SWITCHBOARD_AGENT_ADDRESS` may be
+    `dns:///agent:50051` (a Kubernetes headless service) or a comma-separated list of `ip:port`
+    for local runs (see `services.common.config.grpc_target`).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -323,16 +357,20 @@ class Edge:
             aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse] | None
         ) = None
         self._draining = False
+        # Parsed here so that a bad address list stops the edge at startup with the reason.
+        self.agent_target = settings.agent_target
+        self.upload_target = settings.upload_target
 
     # ----------------------------------------------------------------- lifecycle
 
     async def channel_context(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: open the channels on startup, close them on cleanup."""
-        channel = aio.insecure_channel(self.settings.agent_address, options=CHANNEL_OPTIONS)
-        upload_channel = aio.insecure_channel(self.settings.upload_address, options=CHANNEL_OPTIONS)
+        channel = aio.insecure_channel(self.agent_target, options=AGENT_CHANNEL_OPTIONS)
+        probe_channel = aio.insecure_channel(self.agent_target, options=CHANNEL_OPTIONS)
+        upload_channel = aio.insecure_channel(self.upload_target, options=CHANNEL_OPTIONS)
         self._stub = chat_pb2_grpc.ChatServiceStub(channel)
         self._uploads = upload_pb2_grpc.UploadServiceStub(upload_channel)
-        self._health_check = channel.unary_unary(
+        self._health_check = probe_channel.unary_unary(
             _HEALTH_CHECK,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
             response_deserializer=health_pb2.HealthCheckResponse.FromString,
@@ -344,6 +382,7 @@ class Edge:
             self._uploads = None
             self._health_check = None
             await channel.close()
+            await probe_channel.close()
             await upload_channel.close()
 
     async def on_shutdown(self, app: web.Application) -> None:

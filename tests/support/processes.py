@@ -1,4 +1,17 @@
-"""Start Switchboard's real processes on free loopback ports, the way `switchboard dev` does."""
+"""Start Switchboard's real processes on free loopback ports, the way `switchboard dev` does.
+
+`running_stack` runs the upload service, the agent service and the edge on a real S3 server, with
+the embedded SQLite store by default. For the scale-out shape, give it a PostgreSQL database and
+several agent replicas; the edge then balances over all of them:
+
+    from tests.support.postgres import shared_postgres
+    url = shared_postgres().create_database("bench")
+    with running_stack(data_dir, database_url=url, agent_replicas=2) as stack:
+        ...   # stack.edge_url, stack.agent_addresses, stack.services["agent"], ["agent-2"]
+
+The stack migrates its database first with `switchboard migrate`, as a deployment's migration job
+would (the SQLite default migrates itself when the agent starts).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +32,19 @@ from tests.support.s3 import running_s3
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-" + "x" * 40
+
+
+def stop_all(services: Iterable[Service], timeout: float = 15) -> None:
+    """SIGTERM every service at once, then wait for each (they drain in parallel)."""
+    running = [service for service in services if service.process.poll() is None]
+    for service in running:
+        service.process.send_signal(signal.SIGTERM)
+    for service in running:
+        try:
+            service.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            service.process.kill()
+            service.process.wait()
 
 
 def free_port() -> int:
@@ -36,6 +62,10 @@ class Service:
     def logs(self) -> str:
         return self.log.read_text(errors="replace")[-8000:]
 
+    def log_text(self) -> str:
+        """The whole log (every start of this service, when it was restarted)."""
+        return self.log.read_text(errors="replace")
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)
@@ -51,11 +81,29 @@ class Service:
 class Stack:
     data_dir: Path
     agent_address: str
+    """The first agent replica's address (all of them: `agent_addresses`)."""
     upload_address: str
     s3_endpoint: str
     edge_url: str
     env: dict[str, str]
     services: dict[str, Service] = field(default_factory=dict)
+    agent_addresses: list[str] = field(default_factory=list)
+    """Replica name ("agent", "agent-2", ...) -> address, in `agent_envs` order."""
+    agent_envs: dict[str, dict[str, str]] = field(default_factory=dict)
+    database_url: str | None = None
+    """SWITCHBOARD_DATABASE_URL when the stack runs on PostgreSQL (None: SQLite in data_dir)."""
+
+    def agents(self) -> list[Service]:
+        """The agent replicas (running or not), in start order."""
+        return [self.services[name] for name in self.agent_envs if name in self.services]
+
+    def start_agent(self, name: str, timeout: float = 30) -> Service:
+        """(Re)start the agent replica `name` with its environment and wait until it listens."""
+        env = self.agent_envs[name]
+        service = start(name, env, self.data_dir, command="agent", append=True)
+        self.services[name] = service
+        wait_port(int(env["SWITCHBOARD_AGENT_LISTEN"].rsplit(":", 1)[1]), service, timeout)
+        return service
 
     def token(self, tenant: str = "acme", user: str = "alice", role: str = "user") -> str:
         return mint_token(SECRET, tenant=tenant, user=user, role=role)
@@ -97,11 +145,14 @@ def service_env(
     return env
 
 
-def start(name: str, env: dict[str, str], log_dir: Path) -> Service:
+def start(
+    name: str, env: dict[str, str], log_dir: Path, *, command: str | None = None, append: bool = False
+) -> Service:
+    """Run `switchboard <command>` (default: `name`) with its output in `<log_dir>/<name>.log`."""
     log = log_dir / f"{name}.log"
-    handle = log.open("wb")
+    handle = log.open("ab" if append else "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", name],
+        [sys.executable, "-m", "services.cli", command or name],
         env=env,
         cwd=ROOT,
         stdout=handle,
@@ -139,37 +190,85 @@ def wait_port(port: int, service: Service, timeout: float = 30) -> None:
     raise TimeoutError(f"{service.name} did not listen on {port}:\n{service.logs()}")
 
 
+def migrate(env: dict[str, str], timeout: float = 60) -> str:
+    """Run `switchboard migrate` with `env` (what a deployment's migration job does); its output."""
+    result = subprocess.run(
+        [sys.executable, "-m", "services.cli", "migrate"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"switchboard migrate failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+        )
+    return result.stdout
+
+
 @contextmanager
 def running_stack(
-    data_dir: Path, *, agent: bool = True, uploads: bool = True, s3: str | None = None, **extra_env: str
+    data_dir: Path,
+    *,
+    agent: bool = True,
+    uploads: bool = True,
+    s3: str | None = None,
+    agent_replicas: int = 1,
+    database_url: str | None = None,
+    **extra_env: str,
 ) -> Iterator[Stack]:
     """The upload service, the agent service and the edge as real processes, on a real S3 server
-    (moto, started here unless `s3` names an endpoint); all stopped (SIGTERM) afterwards."""
+    (moto, started here unless `s3` names an endpoint, or not at all without uploads); all stopped
+    (SIGTERM) afterwards.
+
+    `agent_replicas` agent services listen on ports of their own; the edge gets them all as
+    `SWITCHBOARD_AGENT_ADDRESS=127.0.0.1:p1,127.0.0.1:p2` and balances over them. `database_url`
+    (a PostgreSQL database, e.g. from `tests.support.postgres`) is migrated with `switchboard
+    migrate`, then shared by every replica; without it each stack has its SQLite file in `data_dir`.
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     with ExitStack() as resources:
-        s3_endpoint = s3 or resources.enter_context(running_s3())
-        agent_port, edge_port, upload_port = free_port(), free_port(), free_port()
-        env = service_env(data_dir, agent_port, edge_port, upload_port, s3_endpoint, **extra_env)
+        s3_endpoint = s3 or (resources.enter_context(running_s3()) if uploads else "127.0.0.1:9")
+        agent_ports = [free_port() for _ in range(max(agent_replicas, 1))]
+        edge_port, upload_port = free_port(), free_port()
+        if database_url is not None:
+            extra_env = {"SWITCHBOARD_DATABASE_URL": database_url, **extra_env}
+        env = service_env(data_dir, agent_ports[0], edge_port, upload_port, s3_endpoint, **extra_env)
+        addresses = [f"127.0.0.1:{port}" for port in agent_ports]
+        env["SWITCHBOARD_AGENT_ADDRESS"] = ",".join(addresses)
         stack = Stack(
             data_dir,
-            f"127.0.0.1:{agent_port}",
+            addresses[0],
             f"127.0.0.1:{upload_port}",
             s3_endpoint,
             f"http://127.0.0.1:{edge_port}",
             env,
+            agent_addresses=addresses,
+            database_url=database_url,
         )
+        for index, address in enumerate(addresses):
+            name = "agent" if index == 0 else f"agent-{index + 1}"
+            stack.agent_envs[name] = {**env, "SWITCHBOARD_AGENT_LISTEN": address}
         try:
+            if database_url is not None:
+                migrate(env)
             if uploads:
                 stack.services["upload"] = start("upload", env, data_dir)
                 wait_port(upload_port, stack.services["upload"])
             if agent:
-                stack.services["agent"] = start("agent", env, data_dir)
-                wait_port(agent_port, stack.services["agent"])
+                # The replicas and the edge start together (the edge connects lazily).
+                for name in stack.agent_envs:
+                    stack.services[name] = start(name, stack.agent_envs[name], data_dir, command="agent")
             stack.services["edge"] = start("edge", env, data_dir)
+            if agent:
+                for name in stack.agent_envs:
+                    port = int(stack.agent_envs[name]["SWITCHBOARD_AGENT_LISTEN"].rsplit(":", 1)[1])
+                    wait_port(port, stack.services[name])
             wait_http(f"{stack.edge_url}/healthz", stack.services["edge"])
             if agent:
                 wait_http(f"{stack.edge_url}/readyz", stack.services["edge"])
             yield stack
         finally:
-            for service in reversed(list(stack.services.values())):
-                service.stop()
+            stop_all(reversed(list(stack.services.values())))

@@ -12,12 +12,17 @@ One turn:
    and the ChatKit events tools emit while they run. Both land on one unbounded queue, so a
    progress update reaches the client while its tool runs. The queue never applies backpressure
    to the model, like the SDK's own queue;
-5. translate to ChatKit events (`StreamTranslator`), minting our own item ids;
+5. translate to ChatKit events (`StreamTranslator`), minting our own item ids. Each time the
+   consumer comes back for more, it takes everything already queued, and text deltas that queued
+   up back to back are one text run by then (`_Outbox`): one `text_delta` event (coalescing). A
+   stream that fell behind catches up in one event instead of one per token and holds a few bytes
+   per pending token; nothing ever waits for tokens that are not there;
 6. when a tool asked the user's browser to run a client tool (`AgentContext.client_tool_call`,
    the run stopped there, see `interactive.py`), end with the pending `client_tool_call` item
    (`thread.item.done`), carrying the SDK call id; the conversation stores it and the client
    answers with `threads.add_client_tool_output`;
-7. after the answer, name an untitled thread with the title agent (never failing the turn).
+7. after the answer, name an untitled thread with the title agent (never failing the turn;
+   skipped in the local model's benchmark mode, so a benchmark turn is one model call).
 
 A turn after a client tool output or a structured input has no user message: its history ends
 with the completed call or the answered form, which the converter turns into model input, and the
@@ -37,8 +42,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from agents import (
@@ -61,6 +67,7 @@ from chatkit.types import (
     UserMessageTagContent,
     UserMessageTextContent,
 )
+from openai.types.responses import ResponseRefusalDeltaEvent, ResponseTextDeltaEvent
 
 from services.agent_service.agents.attachment_input import AttachmentLimits
 from services.agent_service.agents.context import AgentContext
@@ -72,6 +79,7 @@ from services.agent_service.agents.team import build_team, build_title_agent
 from services.agent_service.agents.tools import EmployeeQuery
 from services.agent_service.agents.widgets import SHOW_OPEN_ORDERS
 from services.agent_service.models.factory import ModelChoice, build_model
+from services.agent_service.models.local import LocalDemoModel
 from services.agent_service.turn import ACTIVE_AGENT_KEY, ActionRequest, Turn
 from services.common.config import Settings
 
@@ -89,22 +97,72 @@ class _RunEnded:
     error: Exception | None = None
 
 
-_Envelope = StreamEvent | ThreadStreamEvent | _RunEnded
+@dataclass(slots=True)
+class _Text:
+    """Consecutive text deltas of the model that no one has taken yet, as plain strings."""
+
+    parts: list[str]
 
 
-async def _pump(result: RunResultStreaming, outbox: asyncio.Queue[_Envelope]) -> None:
+_Envelope = StreamEvent | ThreadStreamEvent | _RunEnded | _Text
+
+
+class _Outbox:
+    """The turn's one queue: SDK events and tool events in arrival order, unbounded.
+
+    Text deltas are not queued as SDK events: a delta that arrives while the previous entry is
+    untaken text is appended to it as a plain string. So whatever piled up while the consumer was
+    busy (writing to the network) comes out as ONE text run, which becomes one `text_delta`
+    event downstream (coalescing), and a stream that is behind holds a few bytes per token
+    instead of two pydantic objects. Nothing waits for tokens: `take` returns what is there.
+    """
+
+    def __init__(self) -> None:
+        self._items: deque[_Envelope] = deque()
+        self._ready = asyncio.Event()
+
+    def put(self, envelope: _Envelope) -> None:
+        if isinstance(envelope, RawResponsesStreamEvent) and isinstance(
+            envelope.data, ResponseTextDeltaEvent | ResponseRefusalDeltaEvent
+        ):
+            if not envelope.data.delta:
+                return
+            tail = self._items[-1] if self._items else None
+            if isinstance(tail, _Text):
+                tail.parts.append(envelope.data.delta)
+            else:
+                self._items.append(_Text([envelope.data.delta]))
+        else:
+            self._items.append(envelope)
+        self._ready.set()
+
+    def emit(self, event: ThreadStreamEvent) -> None:
+        """The sink tools emit into (`AgentContext.sink`)."""
+        self.put(event)
+
+    async def take(self) -> list[_Envelope]:
+        """Everything queued so far (waits only when nothing is)."""
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        items = list(self._items)
+        self._items.clear()
+        return items
+
+
+async def _pump(result: RunResultStreaming, outbox: _Outbox) -> None:
     """Move the SDK's events onto the shared queue, then mark the end of the run."""
     try:
         async for event in result.stream_events():
-            outbox.put_nowait(event)
+            outbox.put(event)
     except Exception as error:
-        outbox.put_nowait(_RunEnded(error))
+        outbox.put(_RunEnded(error))
     except BaseException:
         # Cancelled from outside the responder: unblock the consumer, then finish cancelling.
-        outbox.put_nowait(_RunEnded(RuntimeError("the agent run stopped unexpectedly")))
+        outbox.put(_RunEnded(RuntimeError("the agent run stopped unexpectedly")))
         raise
     else:
-        outbox.put_nowait(_RunEnded())
+        outbox.put(_RunEnded())
 
 
 def _user_text(item: UserMessageItem) -> str:
@@ -151,6 +209,8 @@ class AgentResponder:
         self._erp = erp
         self.team = build_team(model.model)
         self._title_agent = build_title_agent(model.title_model)
+        self._titles = not (isinstance(model.model, LocalDemoModel) and model.model.benchmark_mode)
+        """False in the local model's benchmark mode: no title agent run (nor `thread.updated`)."""
         self.attachment_limits = AttachmentLimits()
         """What one turn may put into the model input from attachments (`attachment_input.py`)."""
 
@@ -162,13 +222,13 @@ class AgentResponder:
     # ------------------------------------------------------------------------------------ respond
 
     async def respond(self, turn: Turn) -> AsyncIterator[ThreadStreamEvent]:
-        outbox: asyncio.Queue[_Envelope] = asyncio.Queue()
+        outbox = _Outbox()
         context = AgentContext(
             principal=turn.principal,
             locale=turn.locale,
             thread_id=turn.thread.id,
             erp=self._erp,
-            sink=outbox.put_nowait,
+            sink=outbox.emit,
         )
         agent = self.team.starting_agent(turn.thread.metadata.get(ACTIVE_AGENT_KEY))
         converter = SwitchboardConverter(turn.attachments, limits=self.attachment_limits)
@@ -179,19 +239,24 @@ class AgentResponder:
         pump = asyncio.create_task(_pump(result, outbox), name=f"agent-run-{turn.thread.id}")
         translator = StreamTranslator(turn.thread, self.team)
         try:
-            while True:
-                envelope = await outbox.get()
-                match envelope:
-                    case _RunEnded(error=None):
-                        break
-                    case _RunEnded(error=error):
-                        raise _stream_error(error)
-                    case RawResponsesStreamEvent() | RunItemStreamEvent() | AgentUpdatedStreamEvent():
-                        events = translator.on_sdk_event(envelope)
-                    case _:
-                        events = translator.on_tool_event(envelope)
+            ended: _RunEnded | None = None
+            while ended is None:
+                events: list[ThreadStreamEvent] = []
+                for envelope in await outbox.take():
+                    match envelope:
+                        case _RunEnded():
+                            ended = envelope
+                            break
+                        case _Text(parts=parts):
+                            events += translator.on_text("".join(parts))
+                        case RawResponsesStreamEvent() | RunItemStreamEvent() | AgentUpdatedStreamEvent():
+                            events += translator.on_sdk_event(envelope)
+                        case _:
+                            events += translator.on_tool_event(envelope)
                 for event in events:
                     yield event
+            if ended.error is not None:
+                raise _stream_error(ended.error)
             for event in translator.finish():
                 yield event
             if context.client_tool_call is not None:
@@ -201,7 +266,7 @@ class AgentResponder:
         finally:
             pump.cancel()
             result.cancel()
-        if turn.thread.title is None and turn.input_user_message is not None:
+        if self._titles and turn.thread.title is None and turn.input_user_message is not None:
             await self._set_title(turn)
 
     async def _set_title(self, turn: Turn) -> None:
@@ -265,9 +330,24 @@ class AgentResponder:
         ]
 
 
+def benchmark_choice(model: ModelChoice, reply_tokens: int | None) -> ModelChoice:
+    """The local model in benchmark mode when `SWITCHBOARD_LOCAL_REPLY_TOKENS` is set.
+
+    Remote providers are left alone: the setting only changes the offline demo model.
+    """
+    if reply_tokens is None or not model.is_local:
+        return model
+    logger.warning(
+        "Benchmark mode: the local model answers every message with %d text deltas (no tools, "
+        "no handoff, no title)",
+        reply_tokens,
+    )
+    return replace(model, model=LocalDemoModel(reply_tokens=reply_tokens))
+
+
 async def create_responder(settings: Settings) -> AgentResponder:
     """Open (and seed) the ERP directory at `settings.erp_path` and build the configured model."""
-    model = build_model(settings)
+    model = benchmark_choice(build_model(settings), settings.local_reply_tokens)
     try:
         erp = await ErpDirectory.open(settings.erp_path)
     except BaseException:

@@ -17,6 +17,11 @@ uses the model's output item ids as ChatKit item ids (with Chat Completions mode
 
 A message is closed exactly once and never without having been added. Empty deltas are dropped, so
 no empty assistant message is ever created.
+
+Coalescing: the responder merges text deltas that are ready together before they get here (see
+`responder.py`) and hands them over with `on_text`; one call is one `text_delta` event, whatever
+number of model deltas it carries. ChatKit concatenates deltas, so the deltas still add up to the
+final `content_part.done` text.
 """
 
 from __future__ import annotations
@@ -131,6 +136,10 @@ class StreamTranslator:
         self._thread = thread
         self._team = team
         self._message: AssistantMessageStream | None = None
+
+    def on_text(self, text: str) -> list[ThreadStreamEvent]:
+        """Text the model streamed (one or more of its deltas, already joined): one `text_delta`."""
+        return self._delta(text) if text else []
 
     def on_sdk_event(self, event: StreamEvent) -> list[ThreadStreamEvent]:
         match event:

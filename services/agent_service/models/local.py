@@ -49,6 +49,15 @@ model degrades gracefully when they are missing.
 
 `LocalTitleModel` answers the title agent: the first ~6 words of the first user message.
 
+**Benchmark mode** (`LocalDemoModel(reply_tokens=N)`, switched on by `SWITCHBOARD_LOCAL_REPLY_TOKENS=N`):
+every model call, whatever agent makes it and whatever tools or handoffs it offers, answers in text
+with exactly N deltas, one short word each (`benchmark_deltas(N)`: "lorem", " ipsum", " dolor"…),
+and no delay between them (each delta still yields to the event loop once, so a run stays
+cancellable and concurrent streams interleave as they would with a network model). No tool call, no
+handoff: the router answers directly. The numbers a load generator measures against a stack in this
+mode are therefore the backend's own cost, not model latency. The responder also skips the title
+agent in this mode (see `responder.py`).
+
 Both models emit the full-fidelity Responses event stream (see `responses.py`).
 """
 
@@ -141,6 +150,28 @@ _IMAGE_SHOWN_NEXT: Final = "image, shown next"
 """The envelope note of an image whose `input_image` part follows."""
 _EXCERPT_CHARS: Final = 80
 _CALLER_FIELD: Final = re.compile(r"\b(tenant|user|role|locale)=([^;\s.]+)")
+
+
+BENCHMARK_WORDS: Final = (
+    *("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do"),
+    *("eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua", "enim"),
+)
+"""The vocabulary of benchmark answers: short ASCII words, so every delta is a few bytes."""
+
+
+def benchmark_deltas(count: int) -> tuple[str, ...]:
+    """The `count` text deltas of a benchmark answer: the first word bare, then " word" each."""
+    if count < 1:
+        raise ValueError("a benchmark answer has at least one delta")
+    words = BENCHMARK_WORDS
+    return tuple(
+        words[index % len(words)] if index == 0 else f" {words[index % len(words)]}" for index in range(count)
+    )
+
+
+def benchmark_text(count: int) -> str:
+    """The full text of a benchmark answer of `count` deltas (what every stream must add up to)."""
+    return "".join(benchmark_deltas(count))
 
 
 def classify(text: str) -> str | None:
@@ -308,6 +339,8 @@ class _Call:
 @dataclass(frozen=True, slots=True)
 class _Say:
     text: str
+    deltas: tuple[str, ...] | None = None
+    """How to stream `text` (they concatenate to it); None: word by word."""
 
 
 _Reply = _Call | _Say
@@ -544,20 +577,43 @@ class _ScriptedReplyModel(Model):
             case _Call(name=name, arguments=arguments):
                 for event in stream.function_call_events(function_call(name, json.dumps(arguments))):
                     yield event
-            case _Say(text=text):
+            case _Say(text=text, deltas=deltas):
                 message = output_message(text, new_message_id())
                 for event in stream.message_start(message.id):
                     yield event
-                for index, word in enumerate(text.split(" ")):
+                if deltas is None:
+                    deltas = tuple(
+                        word if index == 0 else f" {word}" for index, word in enumerate(text.split(" "))
+                    )
+                for delta in deltas:
                     await asyncio.sleep(self.token_delay_s)  # yields to the loop even at 0: cancellable
                     self.deltas_emitted += 1
-                    yield stream.text_delta(message.id, word if index == 0 else f" {word}")
+                    yield stream.text_delta(message.id, delta)
                 for event in stream.message_end(message, text):
                     yield event
 
 
 class LocalDemoModel(_ScriptedReplyModel):
-    """The deterministic demo model for the router and the specialists (module docstring)."""
+    """The deterministic demo model for the router and the specialists (module docstring).
+
+    With `reply_tokens=N` it is in benchmark mode: every call answers with exactly N short text
+    deltas, no tool call, no handoff and no delay (`token_delay_s` is ignored).
+    """
+
+    def __init__(self, token_delay_s: float = 0.0, *, reply_tokens: int | None = None) -> None:
+        if reply_tokens is not None and reply_tokens < 1:
+            raise ValueError("reply_tokens must be at least 1")
+        super().__init__(0.0 if reply_tokens is not None else token_delay_s)
+        self.reply_tokens = reply_tokens
+        self._benchmark_reply = (
+            _Say(benchmark_text(reply_tokens), benchmark_deltas(reply_tokens))
+            if reply_tokens is not None
+            else None
+        )
+
+    @property
+    def benchmark_mode(self) -> bool:
+        return self._benchmark_reply is not None
 
     def _reply(
         self,
@@ -566,6 +622,8 @@ class LocalDemoModel(_ScriptedReplyModel):
         tools: list[Tool],
         handoffs: list[Handoff],
     ) -> _Reply:
+        if self._benchmark_reply is not None:
+            return self._benchmark_reply
         return _decide(system_instructions, _Transcript.parse(input), tools, handoffs)
 
 

@@ -7,24 +7,72 @@ replaces it in place (ChatKit's `add_thread_item` must tolerate re-adds).
 
 Cursors are item or thread ids, as in openai-chatkit's sample stores: `after` is the id of the last
 element of the previous page.
+
+Changes that belong together are written together: `write` applies item upserts, item deletions and
+the thread's own state (title, status, metadata such as the active specialist) in one transaction,
+so a reader (or the next turn, on any replica) never sees a handoff without the item that announced
+it. `delete_thread` and `delete_items_after` are single transactions too.
+
+Run leases (`acquire_lease`, `renew_lease`, `release_lease`) are the database half of the per-thread
+run lease (see `store/lease.py`): at most one holder per thread across every process that shares the
+database. They are not scoped by owner: the conversation checks ownership before it asks for one.
+A `write` made by a run carries its lease as a `Fence`: the transaction first checks (and on
+PostgreSQL locks) the lease row and refuses with `LeaseLost` unless the run still holds it, so a run
+that lost its lease can never write into a thread another replica has taken over.
+
+Infrastructure failures (database down, pool exhausted, statement timeout) surface as
+`ServiceError(UNAVAILABLE)` (or `DEADLINE_EXCEEDED`), which the edge maps to 503 (504).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
+import grpc
 from chatkit.types import FeedbackKind, Page, ThreadItem, ThreadMetadata
 
 from services.common.auth import Principal
+from services.common.errors import ServiceError
 
 Order = Literal["asc", "desc"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """A run's lease, checked by the writes it makes: `key` (the thread id) held by `holder`."""
+
+    key: str
+    holder: str
+
+
+class ThreadBusy(ServiceError):
+    """Another run holds the thread's lease (ABORTED: HTTP 409 at the edge)."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(
+            grpc.StatusCode.ABORTED,
+            f"thread {thread_id!r} is busy: another response is being generated; retry when it ends",
+        )
+
+
+class LeaseLost(ServiceError):
+    """The run's lease expired or was taken over; the run is stopped and writes nothing more."""
+
+    def __init__(self, thread_id: str) -> None:
+        super().__init__(
+            grpc.StatusCode.ABORTED,
+            f"the response in thread {thread_id!r} was interrupted (its run lease was lost); try again",
+        )
 
 
 class Store(ABC):
     @abstractmethod
     async def open(self) -> None:
-        """Create the schema if needed and get ready to serve."""
+        """Get ready to serve. Raises `SchemaError` when the database schema is not the one this code
+        needs and the store may not migrate it by itself (see `store/migrate.py`)."""
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -37,9 +85,9 @@ class Store(ABC):
     async def load_thread(self, owner: Principal, thread_id: str) -> ThreadMetadata:
         """The thread, or ServiceError(NOT_FOUND) when it is not the owner's."""
 
-    @abstractmethod
     async def save_thread(self, owner: Principal, thread: ThreadMetadata) -> None:
         """Update an existing thread's title, status and metadata."""
+        await self.write(owner, thread.id, thread=thread)
 
     @abstractmethod
     async def list_threads(
@@ -51,9 +99,27 @@ class Store(ABC):
         """Delete the thread and all its items at once."""
 
     # Items
-    @abstractmethod
     async def add_item(self, owner: Principal, thread_id: str, item: ThreadItem) -> None:
-        """Append the item, or replace it in place when its id exists in this thread."""
+        """Append the item, or replace it in place when its id exists in this thread.
+
+        An id that exists in another thread is INVALID_ARGUMENT: item ids never move."""
+        await self.write(owner, thread_id, items=[item])
+
+    @abstractmethod
+    async def write(
+        self,
+        owner: Principal,
+        thread_id: str,
+        *,
+        items: Sequence[ThreadItem] = (),
+        deleted: Sequence[str] = (),
+        thread: ThreadMetadata | None = None,
+        fence: Fence | None = None,
+    ) -> None:
+        """In ONE transaction: upsert `items` (in order, as `add_item`), delete the `deleted` item ids
+        (unknown ids are ignored), and save `thread`'s title, status and metadata when given.
+        All or nothing: any failure leaves the thread as it was. With a `fence`, nothing is written
+        unless `fence.holder` still holds the lease on `fence.key` (else `LeaseLost`)."""
 
     @abstractmethod
     async def load_item(self, owner: Principal, thread_id: str, item_id: str) -> ThreadItem: ...
@@ -67,8 +133,8 @@ class Store(ABC):
     async def recent_items(self, owner: Principal, thread_id: str, limit: int) -> list[ThreadItem]:
         """The newest `limit` items, oldest first: the model's bounded view of the conversation."""
 
-    @abstractmethod
-    async def delete_item(self, owner: Principal, thread_id: str, item_id: str) -> None: ...
+    async def delete_item(self, owner: Principal, thread_id: str, item_id: str) -> None:
+        await self.write(owner, thread_id, deleted=[item_id])
 
     @abstractmethod
     async def delete_items_after(self, owner: Principal, thread_id: str, item_id: str) -> int:
@@ -79,3 +145,22 @@ class Store(ABC):
         self, owner: Principal, thread_id: str, item_ids: list[str], kind: FeedbackKind
     ) -> None:
         """Record the owner's feedback on items of the thread (the latest kind per item wins)."""
+
+    # Run leases
+    @abstractmethod
+    async def acquire_lease(self, key: str, holder: str, ttl_s: float) -> bool:
+        """Take the lease on `key` for `holder` until now + `ttl_s` (database clock) unless another
+        holder has an unexpired one; True when `holder` has it now. Atomic across processes."""
+
+    @abstractmethod
+    async def renew_lease(self, key: str, holder: str, ttl_s: float) -> bool:
+        """Push the expiry to now + `ttl_s` if `holder` still holds the lease; False when it lost it
+        (it expired and someone else took it, or it was released)."""
+
+    @abstractmethod
+    async def release_lease(self, key: str, holder: str) -> None:
+        """Give the lease up if `holder` still holds it (a no-op otherwise)."""
+
+
+class SchemaError(RuntimeError):
+    """The database schema is not the one this code needs; the message says what to run."""

@@ -78,7 +78,9 @@ async def test_a_turn_with_a_streamed_tool_call_then_a_streamed_answer(
     [answer] = answers(events)
     assert answer.startswith("Tool said: Employee E1001 is Ada Lovelace, Engineering, active.")
     assert "Salary hidden for your role." in answer
-    assert len(text_deltas(events)) > 10 and "".join(text_deltas(events)) == answer
+    # The fake server writes every chunk at once, so the deltas arrive together and are coalesced
+    # into a few (stream.py); they still add up to the answer.
+    assert text_deltas(events) and "".join(text_deltas(events)) == answer
     assert_message_lifecycle(events)
 
     ids = [e.item.id for e in events if isinstance(e, ThreadItemDoneEvent | ThreadItemAddedEvent)]
