@@ -242,13 +242,16 @@ class LocalCluster:
             env[key] = value if key in ("PATH", "HOME") else self._image_path(container, value, mounts)
         for key, value in container.env.items():
             env[key] = self.rewrite(container, key, value)
-        command = list(container.spec.get("command") or self.image.entrypoint)
+        # Map the manifest's own paths first: this interpreter's path must never be rewritten
+        # (a checkout under /tmp would otherwise land in the pod's /tmp volume).
+        command = [
+            self._path(part, mounts) for part in container.spec.get("command") or self.image.entrypoint
+        ]
         args = [self.rewrite(container, "args", arg) for arg in container.spec.get("args") or []]
         if command[0] == "switchboard":
             command = [sys.executable, "-m", "services.cli", *command[1:]]
         elif command[0] in ("python", "python3"):
             command = [sys.executable, *command[1:]]
-        command = [self._path(part, mounts) for part in command]
         workdir = Path(self._image_path(container, self.image.workdir, mounts))
         name = f"{container.workload['metadata']['name']}.{container.spec['name']}{tag}"
         process = Process(container, [*command, *args], env, workdir, self.root / f"{name}.log")
