@@ -1,0 +1,13 @@
+"""Switchboard's benchmarks: one load generator against four systems on this machine.
+
+- `switchboard`: the product through its edge (edge + agent service, SQLite store), ChatKit SSE;
+- `grpc-direct`: the same agent service called over gRPC, as an internal service would;
+- `reference`: the comparison baseline, openai-chatkit's `ChatKitServer` as its docs teach it
+  (`reference_server.py`: in-memory store, `stream_agent_response`, aiohttp, one process);
+- `ceiling`: aiohttp streaming pre-encoded events of the same count and sizes, no model and no store
+  (`ceiling_server.py`): what the HTTP framework and the client cost on their own.
+
+Every system answers with the local demo model in benchmark mode (`SWITCHBOARD_LOCAL_REPLY_TOKENS`),
+so the figures are backend overhead, not model latency. `python -m benchmarks` (`make bench`) runs
+everything and writes `benchmarks/results/latest.json` and `latest.png`; see docs/performance.md.
+"""

@@ -1,0 +1,393 @@
+"""Results: the targets, the table, `latest.json` and the chart."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Final
+
+import psutil
+
+from benchmarks.systems import GRPC_DIRECT, LABELS, REFERENCE, SWITCHBOARD, SYSTEMS
+
+PACKAGES: Final = (
+    "aiohttp",
+    "grpcio",
+    "protobuf",
+    "openai-agents",
+    "openai-chatkit",
+    "openai",
+    "pydantic",
+    "pydantic-core",
+    "aiosqlite",
+    "sqlalchemy",
+    "minio",
+    "moto",
+    "psutil",
+    "matplotlib",
+)
+TARGET_CONCURRENCY: Final = 32
+HOLD_CONCURRENCY: Final = 1000
+THROUGHPUT_VS_REFERENCE: Final = 1.5
+THROUGHPUT_VS_GRPC: Final = 0.8
+RSS_PER_STREAM_KIB: Final = 100.0
+UPLOAD_RATIO: Final = 0.7
+UPLOAD_RSS_MIB: Final = 64.0
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> dict[str, Any]:
+    versions: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpus": os.cpu_count(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": sys.version.split()[0],
+        "event_loop": "asyncio (default)",
+        "packages": versions,
+    }
+
+
+# --------------------------------------------------------------------------- targets
+
+
+def find(
+    records: Iterable[dict[str, Any]], system: str, variant: str, concurrency: int
+) -> dict[str, Any] | None:
+    return next(
+        (
+            r
+            for r in records
+            if r["system"] == system and r["variant"] == variant and r["concurrency"] == concurrency
+        ),
+        None,
+    )
+
+
+def _conv_s(record: dict[str, Any]) -> str:
+    return f"{record['conversations_per_s']:.0f}"
+
+
+def _target(name: str, passed: bool | None, value: str, requirement: str) -> dict[str, Any]:
+    status = "n/a" if passed is None else "PASS" if passed else "MISS"
+    return {"target": name, "status": status, "value": value, "requirement": requirement}
+
+
+def evaluate_targets(
+    records: Sequence[dict[str, Any]], upload: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Every target of the issue, PASS / MISS (n/a when its cell was not run)."""
+    targets: list[dict[str, Any]] = []
+    variants = sorted({r["variant"] for r in records}, key=lambda v: (len(v), v))
+    for variant in variants:
+        edge = find(records, SWITCHBOARD, variant, TARGET_CONCURRENCY)
+        ref = find(records, REFERENCE, variant, TARGET_CONCURRENCY)
+        direct = find(records, GRPC_DIRECT, variant, TARGET_CONCURRENCY)
+        where = f"{TARGET_CONCURRENCY} concurrent, {variant}"
+        if edge and ref:
+            ratio = edge["conversations_per_s"] / ref["conversations_per_s"]
+            targets.append(
+                _target(
+                    f"throughput vs reference ({where})",
+                    ratio >= THROUGHPUT_VS_REFERENCE,
+                    f"{ratio:.2f}x ({_conv_s(edge)} vs {_conv_s(ref)} conv/s)",
+                    f">= {THROUGHPUT_VS_REFERENCE}x",
+                )
+            )
+            targets.append(
+                _target(
+                    f"p99 TTFT vs reference ({where})",
+                    edge["ttft_p99_ms"] <= ref["ttft_p99_ms"],
+                    f"{edge['ttft_p99_ms']:.1f} vs {ref['ttft_p99_ms']:.1f} ms",
+                    "<= reference",
+                )
+            )
+        if edge and direct:
+            ratio = edge["conversations_per_s"] / direct["conversations_per_s"]
+            targets.append(
+                _target(
+                    f"edge vs gRPC direct ({where})",
+                    ratio >= THROUGHPUT_VS_GRPC,
+                    f"{ratio:.2f}x ({_conv_s(edge)} vs {_conv_s(direct)} conv/s)",
+                    f">= {THROUGHPUT_VS_GRPC}x",
+                )
+            )
+    for system in (SWITCHBOARD, GRPC_DIRECT):
+        held = [find(records, system, v, HOLD_CONCURRENCY) for v in variants]
+        cells = [cell for cell in held if cell is not None]
+        errors = sum(cell["errors"] for cell in cells)
+        total = sum(cell["conversations"] for cell in cells)
+        targets.append(
+            _target(
+                f"{HOLD_CONCURRENCY:,} concurrent streams, {LABELS[system]}",
+                None if not cells else errors == 0,
+                f"{errors} errors in {total} conversations",
+                "0 errors",
+            )
+        )
+        worst = max(
+            ((kib, name) for cell in cells for name, kib in cell["rss_growth_per_stream_kib"].items()),
+            default=None,
+        )
+        targets.append(
+            _target(
+                f"RSS growth per open stream at {HOLD_CONCURRENCY:,}, {LABELS[system]}",
+                None if worst is None else worst[0] < RSS_PER_STREAM_KIB,
+                "-" if worst is None else f"max {worst[0]:.1f} KiB ({worst[1]})",
+                f"< {RSS_PER_STREAM_KIB:.0f} KiB in each process",
+            )
+        )
+    if upload is not None:
+        targets.append(
+            _target(
+                f"upload {upload['file_mib']} MiB: edge vs direct put_object",
+                upload["ratio"] >= UPLOAD_RATIO,
+                f"{upload['ratio']:.2f}x "
+                f"({upload['edge_mib_per_s']:.0f} vs {upload['direct_mib_per_s']:.0f} MiB/s)",
+                f">= {UPLOAD_RATIO}x",
+            )
+        )
+        worst_upload = max((mib, name) for name, mib in upload["peak_rss_growth_mib"].items())
+        targets.append(
+            _target(
+                f"upload {upload['file_mib']} MiB: peak RSS growth",
+                worst_upload[0] < UPLOAD_RSS_MIB,
+                ", ".join(f"{name} {mib:.1f} MiB" for name, mib in upload["peak_rss_growth_mib"].items()),
+                f"< {UPLOAD_RSS_MIB:.0f} MiB per process",
+            )
+        )
+    return targets
+
+
+# --------------------------------------------------------------------------- assembly and output
+
+
+def assemble(
+    records: list[dict[str, Any]], upload: dict[str, Any] | None, *, plan: dict[str, Any], wall_s: float
+) -> dict[str, Any]:
+    return {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": "make bench  (.venv/bin/python -m benchmarks)",
+        "wall_s": round(wall_s, 1),
+        "machine": machine(),
+        "plan": plan,
+        "systems": {name: LABELS[name] for name in SYSTEMS},
+        "records": records,
+        "upload": upload,
+        "targets": evaluate_targets(records, upload),
+    }
+
+
+def write_json(results: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n")
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def progress_line(record: dict[str, Any], elapsed_s: float) -> str:
+    return (
+        f"{record['system']:<12} {record['variant']:<10} c={record['concurrency']:<5} "
+        f"{record['conversations_per_s']:7.1f} conv/s  ttft p50 {_ms(record['ttft_p50_ms'])} "
+        f"p99 {_ms(record['ttft_p99_ms'])} ms  cpu {1000 * (record['cpu_s_per_conversation'] or 0):.2f} "
+        f"ms/conv  deltas/turn {record['deltas_per_turn']:.1f}  errors {record['errors']}  "
+        f"({elapsed_s:.1f} s)"
+    )
+
+
+def _client_ms(record: dict[str, Any]) -> str:
+    value = record.get("client_cpu_s_per_conversation")
+    return "-" if value is None else f"{value * 1000:.2f}"
+
+
+def _processes(record: dict[str, Any]) -> str:
+    return " ".join(
+        f"{name} {record['peak_rss_mib'][name]:.0f}/{record['rss_growth_per_stream_kib'][name]:.1f}"
+        for name in record["peak_rss_mib"]
+    )
+
+
+def table(results: dict[str, Any]) -> str:
+    """The stdout report: one line per cell, then the upload scenario, then the targets."""
+    head = (
+        f"{'system':<12} {'variant':<10} {'conc':>5} {'conv/s':>8} {'text KiB/s':>10} {'deltas':>6} "
+        f"{'TTFT p50':>9} {'TTFT p99':>9} {'CPU ms':>7} {'client':>6} {'err':>4}  "
+        "peak RSS MiB / growth KiB per stream"
+    )
+    lines = [
+        "",
+        f"Switchboard benchmark, {results['machine']['cpus']} CPUs, Python {results['machine']['python']}, "
+        f"{results['plan']['reply_tokens']} deltas per answer ({results['generated_at']})",
+        "conv/s: conversations per second; deltas: text deltas per turn as received; TTFT in ms; "
+        "CPU ms: server CPU per conversation, all processes; client: the load generator's CPU per "
+        "conversation",
+        "",
+        head,
+        "-" * len(head),
+    ]
+    records = sorted(
+        results["records"],
+        key=lambda r: (r["variant"] != "create", r["concurrency"], SYSTEMS.index(r["system"])),
+    )
+    previous: tuple[str, int] | None = None
+    for r in records:
+        if previous is not None and previous != (r["variant"], r["concurrency"]):
+            lines.append("")
+        previous = (r["variant"], r["concurrency"])
+        cpu = r["cpu_s_per_conversation"]
+        lines.append(
+            f"{r['system']:<12} {r['variant']:<10} {r['concurrency']:>5} {r['conversations_per_s']:>8.1f} "
+            f"{r['text_bytes_per_s'] / 1024:>10.1f} {r['deltas_per_turn']:>6.1f} {_ms(r['ttft_p50_ms']):>9} "
+            f"{_ms(r['ttft_p99_ms']):>9} {'-' if cpu is None else f'{cpu * 1000:.2f}':>7} "
+            f"{_client_ms(r):>6} {r['errors']:>4}  "
+            f"{_processes(r)}"
+        )
+    upload = results.get("upload")
+    if upload:
+        growth = ", ".join(f"{name} {mib:.1f} MiB" for name, mib in upload["peak_rss_growth_mib"].items())
+        lines += [
+            "",
+            f"Upload {upload['file_mib']} MiB ({upload['content_type']}), best of {upload['rounds']}: "
+            f"edge {upload['edge_mib_per_s']:.0f} MiB/s, "
+            f"direct put_object {upload['direct_mib_per_s']:.0f} MiB/s, "
+            f"ratio {upload['ratio']:.2f}; peak RSS growth {growth}",
+        ]
+    lines += ["", "Targets:"]
+    for target in results["targets"]:
+        lines.append(
+            f"  {target['status']:<4}  {target['target']}: {target['value']} (needs {target['requirement']})"
+        )
+    lines.append(f"\nWall time {results['wall_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The same figures as `table`, as Markdown (pasted into docs/performance.md)."""
+    machine = results["machine"]
+    lines = [
+        f"Run of {results['generated_at']} on {machine['cpus']} CPUs ({machine['cpu']}), "
+        f"Python {machine['python']}, {results['plan']['reply_tokens']} text deltas per answer, "
+        f"wall time {results['wall_s']:.0f} s.",
+        "",
+        "| system | variant | streams | conv/s | text KiB/s | deltas/turn | TTFT p50 ms | TTFT p99 ms "
+        "| server CPU ms/conv | client CPU ms/conv | errors | peak RSS MiB | RSS growth KiB/stream |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    records = sorted(
+        results["records"],
+        key=lambda r: (r["variant"] != "create", r["concurrency"], SYSTEMS.index(r["system"])),
+    )
+    for r in records:
+        cpu = r["cpu_s_per_conversation"]
+        rss = ", ".join(f"{name} {mib:.0f}" for name, mib in r["peak_rss_mib"].items())
+        growth = ", ".join(f"{name} {kib:.0f}" for name, kib in r["rss_growth_per_stream_kib"].items())
+        lines.append(
+            f"| {r['system']} | {r['variant']} | {r['concurrency']} | {r['conversations_per_s']:.1f} "
+            f"| {r['text_bytes_per_s'] / 1024:.1f} | {r['deltas_per_turn']:.1f} | {_ms(r['ttft_p50_ms'])} "
+            f"| {_ms(r['ttft_p99_ms'])} | {'-' if cpu is None else f'{cpu * 1000:.2f}'} | {_client_ms(r)} "
+            f"| {r['errors']} "
+            f"| {rss} | {growth} |"
+        )
+    upload = results.get("upload")
+    if upload:
+        growth = ", ".join(f"{name} {mib:.1f} MiB" for name, mib in upload["peak_rss_growth_mib"].items())
+        lines += [
+            "",
+            f"Upload of a {upload['file_mib']} MiB `{upload['content_type']}` file, best of "
+            f"{upload['rounds']} alternated rounds: through the edge {upload['edge_mib_per_s']:.0f} MiB/s, "
+            f"direct `put_object` {upload['direct_mib_per_s']:.0f} MiB/s (ratio {upload['ratio']:.2f}); "
+            f"peak RSS growth {growth}.",
+        ]
+    lines += ["", "| target | status | measured | needs |", "|---|---|---|---|"]
+    for target in results["targets"]:
+        lines.append(
+            f"| {target['target']} | **{target['status']}** | {target['value']} | {target['requirement']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+DOCS_BEGIN: Final = "<!-- bench:results:begin (written by `python -m benchmarks --update-docs`) -->"
+DOCS_END: Final = "<!-- bench:results:end -->"
+
+
+def update_docs(path: Path, results_markdown: str) -> bool:
+    """Replace the results block of docs/performance.md (between the markers); False if absent."""
+    text = path.read_text()
+    start, end = text.find(DOCS_BEGIN), text.find(DOCS_END)
+    if start < 0 or end < start:
+        return False
+    path.write_text(text[: start + len(DOCS_BEGIN)] + "\n" + results_markdown + text[end:])
+    return True
+
+
+def write_chart(results: dict[str, Any], path: Path) -> None:
+    """Throughput and p99 TTFT versus concurrency, one line per system (solid: one turn, dashed: two)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.4))
+    colors = {SYSTEMS[0]: "#1f77b4", SYSTEMS[1]: "#2ca02c", SYSTEMS[2]: "#d62728", SYSTEMS[3]: "#7f7f7f"}
+    variants = sorted({r["variant"] for r in results["records"]}, key=len)
+    for system in SYSTEMS:
+        for variant in variants:
+            cells = sorted(
+                (r for r in results["records"] if r["system"] == system and r["variant"] == variant),
+                key=lambda r: r["concurrency"],
+            )
+            if not cells:
+                continue
+            x = [r["concurrency"] for r in cells]
+            style = "-" if variant == "create" else "--"
+            label = f"{LABELS[system]} ({variant})"
+            color = colors[system]
+            throughput = [r["conversations_per_s"] for r in cells]
+            left.plot(x, throughput, style, marker="o", color=color, label=label)
+            right.plot(x, [r["ttft_p99_ms"] or 0 for r in cells], style, marker="o", color=color, label=label)
+    for axis in (left, right):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("concurrent streams")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.set_xticks(sorted({r["concurrency"] for r in results["records"]}))
+        axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    left.set_ylabel("conversations / s (log)")
+    left.set_title("Throughput")
+    right.set_ylabel("p99 time to first text delta, ms (log)")
+    right.set_title("p99 TTFT")
+    handles, labels = left.get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    figure.suptitle(
+        "Switchboard vs reference ChatKitServer vs ceiling — "
+        f"{results['plan']['reply_tokens']} deltas per answer, {results['machine']['cpus']} CPUs "
+        "(solid: one turn, dashed: two turns)"
+    )
+    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
