@@ -48,6 +48,7 @@ from services.common.auth import Principal, TokenVerifier
 from services.common.config import Settings
 from services.common.errors import ServiceError
 from services.common.grpc_auth import AuthInterceptor, current_locale, current_principal, current_request_id
+from services.common.grpc_server import server_options as common_server_options
 from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
 log = logging.getLogger(__name__)
@@ -58,21 +59,11 @@ SHUTDOWN_NOTICE_S: Final = 0.5
 """After SIGTERM the server reports NOT_SERVING but still accepts calls this long, so that clients
 with client-side health checking stop sending it new ones before it starts refusing them (a call
 that reaches a server that is stopping fails with CANCELLED, which clients cannot retry safely)."""
-MAX_CONNECTION_AGE_GRACE_MS: Final = 10 * 60_000
-"""How long calls on a recycled connection may still run: above the edge's stream deadline (300 s)."""
 
 
 def server_options(settings: Settings) -> list[tuple[str, int]]:
-    """Channel arguments of the agent server (keepalive, message sizes, connection recycling)."""
-    return [
-        ("grpc.max_receive_message_length", 16 * _MB),
-        ("grpc.max_send_message_length", 16 * _MB),
-        # Clients ping every 30 s; accept that and recycle connections so load spreads over replicas.
-        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
-        ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
-    ]
+    """Channel arguments of the agent server (see services.common.grpc_server)."""
+    return common_server_options(settings, max_message_bytes=16 * _MB)
 
 
 _Model = TypeVar("_Model", bound=BaseModel)

@@ -31,6 +31,7 @@ from services.common.auth import Principal, TokenVerifier
 from services.common.config import Settings
 from services.common.errors import ServiceError, invalid
 from services.common.grpc_auth import AuthInterceptor, current_principal, current_request_id
+from services.common.grpc_server import server_options
 from services.upload_service.attachments import Attachments, Presented
 from services.upload_service.records import AttachmentRecord
 from services.upload_service.storage import ObjectStorage
@@ -41,16 +42,8 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final = upload_pb2.DESCRIPTOR.services_by_name["UploadService"].full_name
 _MB: Final = 1024 * 1024
-SERVER_OPTIONS: Final = [
-    # Upload chunks are at most 4 MiB (upload.proto); leave room for framing.
-    ("grpc.max_receive_message_length", 8 * _MB),
-    ("grpc.max_send_message_length", 8 * _MB),
-    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_connection_age_ms", 30 * 60_000),
-    ("grpc.max_connection_age_grace_ms", 10 * 60_000),
-]
-# How long `serve` waits for object storage to answer before giving up at start.
+# Upload chunks are at most 4 MiB (upload.proto); leave room for framing.
+MAX_MESSAGE_BYTES: Final = 8 * _MB
 
 _Reply = TypeVar("_Reply", bound=Message)
 Context = aio.ServicerContext[Any, Any]
@@ -215,7 +208,10 @@ async def build_server(
     verifier = TokenVerifier(
         settings.resolve_jwt_secret(), issuer=settings.jwt_issuer, audience=settings.jwt_audience
     )
-    server = aio.server(interceptors=[AuthInterceptor(verifier)], options=SERVER_OPTIONS)
+    server = aio.server(
+        interceptors=[AuthInterceptor(verifier)],
+        options=server_options(settings, max_message_bytes=MAX_MESSAGE_BYTES),
+    )
     attachments = Attachments(
         storage, UploadPolicy.from_settings(settings), presign_ttl_s=settings.presign_ttl_s
     )

@@ -19,6 +19,7 @@ import pytest
 from services.agent_service import server as agent_server
 from services.cli import build_parser
 from services.common.config import Settings
+from services.common.grpc_server import server_options
 from services.edge import app as edge_app
 from services.upload_service import server as upload_server
 from tests.k8s.manifests import (
@@ -165,9 +166,11 @@ def test_grpc_backends_are_headless_and_called_through_dns(overlay: Rendered) ->
         )
         if callee in LISTEN:
             assert port == listen_port(_value(target, LISTEN[callee]))[1]
+    # Both servers take their channel arguments from the shared helper, which recycles connections.
+    assert dict(server_options(Settings(), max_message_bytes=1)).get("grpc.max_connection_age_ms", 0) > 0
     for module in (agent_server, upload_server):
         source = Path(str(module.__file__)).read_text()
-        assert "grpc.max_connection_age_ms" in source, f"{module.__name__} does not recycle connections"
+        assert "server_options(" in source, f"{module.__name__} does not use the shared server options"
 
 
 def test_backing_stores_are_reached_where_they_listen(overlay: Rendered) -> None:
