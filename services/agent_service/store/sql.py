@@ -2,8 +2,16 @@
 
 The two backends differ only in how the engine is made (`sqlite.py`, `postgres.py`) and in two
 expressions chosen by dialect here: the UPSERT construct (both speak `INSERT ... ON CONFLICT`) and
-"now" by the database's clock for run leases. Every public method is one transaction (`_tx`), so each
-either happens completely or not at all; `write` batches several changes to one thread into one.
+"now" by the database's clock for run leases (`_Statements`), and in how a transaction is run.
+
+Every public method is ONE transaction, written as a plain synchronous function of a `Connection`
+(a "body") and handed to `_run`, so each either happens completely or not at all; `write` batches
+several changes to one thread into one. How the body runs is the backend's business (`_execute`):
+on PostgreSQL it runs on the event loop through `AsyncConnection.run_sync` (asyncpg underneath, one
+network round trip per statement, nothing blocks); the SQLite store runs the whole body on its own
+database thread, so a transaction costs one hop between threads instead of several per statement.
+The statements of the hot path are built once per dialect with bind parameters, so SQLAlchemy finds
+their compiled form in its cache without building and hashing a new statement on every call.
 
 Failures of the infrastructure become `ServiceError`s the edge can map (see `_translate`):
 connection refused or lost, the server shutting down or starting up, the pool exhausted, a lock
@@ -15,18 +23,18 @@ disconnect invalidates the whole pool), so the service recovers without a restar
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import grpc
 from chatkit.types import FeedbackKind, Page, ThreadItem, ThreadMetadata
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Double, cast, delete, extract, func, select, update
+from sqlalchemy import ColumnElement, Double, bindparam, cast, delete, extract, func, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.agent_service.store import migrate
 from services.agent_service.store.base import Fence, LeaseLost, Order, Store
@@ -37,6 +45,7 @@ from services.common.errors import ServiceError, invalid, not_found
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 _ITEM: Final = TypeAdapter[ThreadItem](ThreadItem)
 UNAVAILABLE_MESSAGE: Final = "the database is unavailable; try again later"
 TIMEOUT_MESSAGE: Final = "the database did not answer in time"
@@ -78,11 +87,100 @@ def _translate(error: Exception) -> ServiceError | None:
     return None
 
 
+class _Statements:
+    """The statements every turn runs, built once per dialect with named bind parameters.
+
+    A statement object built per call costs its construction plus a cache-key walk before SQLAlchemy
+    finds the compiled SQL; a prebuilt one has its key memoised. Bind names differ from column
+    names on purpose: INSERT and UPDATE reserve the column names for their VALUES / SET clauses.
+    """
+
+    def __init__(self, dialect: str) -> None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        self.now = _now(dialect)
+        owned = (
+            (threads.c.id == bindparam("thread_id"))
+            & (threads.c.tenant == bindparam("tenant"))
+            & (threads.c.owner == bindparam("user"))
+        )
+        self.thread_seq = select(threads.c.seq).where(owned)
+        self.thread_data = select(threads.c.data).where(owned)
+        # The owner's thread joined with the lease row of the holder. FOR UPDATE OF the lease row
+        # (PostgreSQL; SQLite has one writer anyway): a takeover of the lease waits until the
+        # writing transaction is committed, so writes of two runs never interleave.
+        self.fenced_thread_seq = (
+            select(threads.c.seq)
+            .join(
+                run_leases,
+                (run_leases.c.thread_id == bindparam("lease_thread"))
+                & (run_leases.c.holder == bindparam("lease_holder")),
+            )
+            .where(owned)
+            .with_for_update(of=run_leases)
+        )
+        self.insert_thread = threads.insert()
+        self.save_thread = update(threads).where(threads.c.seq == bindparam("t_seq"))
+        self.item_seq = select(item_rows.c.seq).where(
+            item_rows.c.id == bindparam("item_id"), item_rows.c.thread_seq == bindparam("t_seq")
+        )
+        self.item_data = select(item_rows.c.data).where(
+            item_rows.c.id == bindparam("item_id"), item_rows.c.thread_seq == bindparam("t_seq")
+        )
+        # Insert, or update in place, but never across threads: an id of another thread matches
+        # no row of the DO UPDATE's WHERE, so nothing changes and the rowcount is 0.
+        upsert = insert(item_rows)
+        self.upsert_item = upsert.on_conflict_do_update(
+            index_elements=[item_rows.c.id],
+            set_={"data": upsert.excluded.data, "type": upsert.excluded.type},
+            where=item_rows.c.thread_seq == upsert.excluded.thread_seq,
+        )
+        self.delete_items = delete(item_rows).where(
+            item_rows.c.thread_seq == bindparam("t_seq"),
+            item_rows.c.id.in_(bindparam("item_ids", expanding=True)),
+        )
+        self.recent_items = (
+            select(item_rows.c.data)
+            .join(threads, threads.c.seq == item_rows.c.thread_seq)
+            .where(owned)
+            .order_by(item_rows.c.seq.desc())
+            .limit(bindparam("limit"))
+        )
+        lease = insert(run_leases).values(
+            thread_id=bindparam("lease_thread"),
+            holder=bindparam("lease_holder"),
+            expires_at=self.now + bindparam("lease_ttl", type_=Double),
+        )
+        self.acquire_lease = lease.on_conflict_do_update(
+            index_elements=[run_leases.c.thread_id],
+            set_={"holder": lease.excluded.holder, "expires_at": lease.excluded.expires_at},
+            where=run_leases.c.expires_at < self.now,
+        )
+        held = (run_leases.c.thread_id == bindparam("lease_thread")) & (
+            run_leases.c.holder == bindparam("lease_holder")
+        )
+        self.renew_lease = (
+            update(run_leases).where(held).values(expires_at=self.now + bindparam("lease_ttl", type_=Double))
+        )
+        self.release_lease = delete(run_leases).where(held)
+
+
+def _now(dialect: str) -> ColumnElement[float]:
+    """Now, in seconds since the epoch, by the database's clock (leases ignore replicas' clocks)."""
+    if dialect == "postgresql":
+        return cast(extract("epoch", func.clock_timestamp()), Double)
+    return (func.julianday("now") - 2440587.5) * 86400.0
+
+
+def _owned(owner: Principal, thread_id: str) -> dict[str, Any]:
+    return {"thread_id": thread_id, "tenant": owner.tenant, "user": owner.user}
+
+
 class SqlStore(Store):
     """Threads, items, feedback and run leases in a SQL database through an `AsyncEngine`.
 
-    Subclasses make the engine (`_create_engine`) and say whether the store may migrate its own
-    schema at startup (`auto_migrate`); see `migrate.py` for the policy.
+    Subclasses make the engine (`_create_engine`), say whether the store may migrate its own
+    schema at startup (`auto_migrate`; see `migrate.py` for the policy) and may run transaction
+    bodies their own way (`_execute`).
     """
 
     auto_migrate: bool = False
@@ -90,6 +188,7 @@ class SqlStore(Store):
     def __init__(self) -> None:
         self._engine: AsyncEngine | None = None
         self._dialect = ""
+        self._sql = _Statements("")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -114,6 +213,7 @@ class SqlStore(Store):
             raise
         self._engine = engine
         self._dialect = engine.dialect.name
+        self._sql = _Statements(self._dialect)
 
     async def migrate(self, revision: str = "head") -> tuple[str | None, str | None]:
         """Upgrade the schema to `revision` (what `switchboard migrate` does); returns (before, after).
@@ -146,12 +246,19 @@ class SqlStore(Store):
             await self._engine.dispose()
             self._engine = None
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        """One transaction; infrastructure failures come out as ServiceError (see `_translate`)."""
+    # ------------------------------------------------------------------ transactions
+
+    async def _execute(self, body: Callable[[Connection], T]) -> T:
+        """Run `body` in one transaction (commit when it returns, roll back when it raises).
+
+        Here: on the event loop, in SQLAlchemy's greenlet bridge to the async driver."""
+        async with self.engine.begin() as connection:
+            return await connection.run_sync(body)
+
+    async def _run(self, body: Callable[[Connection], T]) -> T:
+        """`_execute`, with infrastructure failures turned into ServiceError (see `_translate`)."""
         try:
-            async with self.engine.begin() as connection:
-                yield connection
+            return await self._execute(body)
         except ServiceError:
             raise
         except Exception as error:
@@ -161,56 +268,29 @@ class SqlStore(Store):
             log.warning("database operation failed: %s: %s", type(error).__name__, error)
             raise translated from error
 
-    def _insert(self, table: Any) -> Any:
-        """`INSERT` with `ON CONFLICT` support for this dialect."""
-        return postgresql.insert(table) if self._dialect == "postgresql" else sqlite.insert(table)
+    # ------------------------------------------------------------------ lookups (inside bodies)
 
-    def _now(self) -> ColumnElement[float]:
-        """Now, in seconds since the epoch, by the database's clock (leases ignore replicas' clocks)."""
-        if self._dialect == "postgresql":
-            return cast(extract("epoch", func.clock_timestamp()), Double)
-        return (func.julianday("now") - 2440587.5) * 86400.0
-
-    # ------------------------------------------------------------------ lookups
-
-    @staticmethod
-    async def _thread_seq(connection: AsyncConnection, owner: Principal, thread_id: str) -> int:
-        seq = await connection.scalar(
-            select(threads.c.seq).where(
-                threads.c.id == thread_id, threads.c.tenant == owner.tenant, threads.c.owner == owner.user
-            )
-        )
+    def _thread_seq(self, connection: Connection, owner: Principal, thread_id: str) -> int:
+        seq = connection.scalar(self._sql.thread_seq, _owned(owner, thread_id))
         if seq is None:
             raise not_found(f"thread {thread_id!r}")
         return int(seq)
 
-    @staticmethod
-    async def _fenced_thread_seq(
-        connection: AsyncConnection, owner: Principal, thread_id: str, fence: Fence
+    def _fenced_thread_seq(
+        self, connection: Connection, owner: Principal, thread_id: str, fence: Fence
     ) -> int:
-        """The thread's seq, in one statement with the fence check: the owner's thread joined with
-        the lease row of `fence.holder`. FOR UPDATE OF the lease row (PostgreSQL; SQLite has one
-        writer anyway): a takeover of the lease waits until this transaction is committed, so
-        writes of two runs never interleave."""
-        seq = await connection.scalar(
-            select(threads.c.seq)
-            .join(
-                run_leases,
-                (run_leases.c.thread_id == fence.key) & (run_leases.c.holder == fence.holder),
-            )
-            .where(threads.c.id == thread_id, threads.c.tenant == owner.tenant, threads.c.owner == owner.user)
-            .with_for_update(of=run_leases)
+        """The thread's seq, in one statement with the fence check (see `_Statements`)."""
+        seq = connection.scalar(
+            self._sql.fenced_thread_seq,
+            {**_owned(owner, thread_id), "lease_thread": fence.key, "lease_holder": fence.holder},
         )
         if seq is None:
-            await SqlStore._thread_seq(connection, owner, thread_id)  # NOT_FOUND if that is why
+            self._thread_seq(connection, owner, thread_id)  # NOT_FOUND if that is why
             raise LeaseLost(fence.key)
         return int(seq)
 
-    @staticmethod
-    async def _item_seq(connection: AsyncConnection, thread_seq: int, item_id: str) -> int:
-        seq = await connection.scalar(
-            select(item_rows.c.seq).where(item_rows.c.id == item_id, item_rows.c.thread_seq == thread_seq)
-        )
+    def _item_seq(self, connection: Connection, thread_seq: int, item_id: str) -> int:
+        seq = connection.scalar(self._sql.item_seq, {"item_id": item_id, "t_seq": thread_seq})
         if seq is None:
             raise not_found(f"item {item_id!r}")
         return int(seq)
@@ -218,24 +298,24 @@ class SqlStore(Store):
     # ------------------------------------------------------------------ threads
 
     async def create_thread(self, owner: Principal, thread: ThreadMetadata) -> None:
-        async with self._tx() as connection:
-            await connection.execute(
-                threads.insert().values(
-                    id=thread.id,
-                    tenant=owner.tenant,
-                    owner=owner.user,
-                    created_at=thread.created_at,
-                    data=_dump_thread(thread),
-                )
-            )
+        row = {
+            "id": thread.id,
+            "tenant": owner.tenant,
+            "owner": owner.user,
+            "created_at": thread.created_at,
+            "data": _dump_thread(thread),
+        }
+
+        def body(connection: Connection) -> None:
+            connection.execute(self._sql.insert_thread, row)
+
+        await self._run(body)
 
     async def load_thread(self, owner: Principal, thread_id: str) -> ThreadMetadata:
-        async with self._tx() as connection:
-            data = await connection.scalar(
-                select(threads.c.data).where(
-                    threads.c.id == thread_id, threads.c.tenant == owner.tenant, threads.c.owner == owner.user
-                )
-            )
+        def body(connection: Connection) -> Any:
+            return connection.scalar(self._sql.thread_data, _owned(owner, thread_id))
+
+        data = await self._run(body)
         if data is None:
             raise not_found(f"thread {thread_id!r}")
         return ThreadMetadata.model_validate_json(data)
@@ -243,25 +323,32 @@ class SqlStore(Store):
     async def list_threads(
         self, owner: Principal, *, limit: int, after: str | None, order: Order
     ) -> Page[ThreadMetadata]:
-        query = select(threads.c.data).where(threads.c.tenant == owner.tenant, threads.c.owner == owner.user)
-        async with self._tx() as connection:
+        def body(connection: Connection) -> list[Any]:
+            query = select(threads.c.data).where(
+                threads.c.tenant == owner.tenant, threads.c.owner == owner.user
+            )
             if after is not None:
-                cursor = await self._thread_seq(connection, owner, after)
+                cursor = self._thread_seq(connection, owner, after)
                 query = query.where(threads.c.seq > cursor if order == "asc" else threads.c.seq < cursor)
             query = query.order_by(threads.c.seq.asc() if order == "asc" else threads.c.seq.desc())
-            rows = (await connection.scalars(query.limit(limit + 1))).all()
+            return list(connection.scalars(query.limit(limit + 1)).all())
+
+        rows = await self._run(body)
         found = [ThreadMetadata.model_validate_json(row) for row in rows[:limit]]
         return Page(data=found, has_more=len(rows) > limit, after=found[-1].id if found else None)
 
     async def delete_thread(self, owner: Principal, thread_id: str) -> None:
         """One statement: the items and their feedback go with the thread (ON DELETE CASCADE)."""
-        async with self._tx() as connection:
-            result = await connection.execute(
+
+        def body(connection: Connection) -> int:
+            result = connection.execute(
                 delete(threads).where(
                     threads.c.id == thread_id, threads.c.tenant == owner.tenant, threads.c.owner == owner.user
                 )
             )
-        if result.rowcount == 0:
+            return int(result.rowcount)
+
+        if await self._run(body) == 0:
             raise not_found(f"thread {thread_id!r}")
 
     # ------------------------------------------------------------------ items
@@ -278,49 +365,36 @@ class SqlStore(Store):
     ) -> None:
         if thread is not None and thread.id != thread_id:
             raise invalid(f"thread {thread.id!r} saved as {thread_id!r}")
-        async with self._tx() as connection:
+        rows = [(item.id, item.type, _dump_item(item)) for item in items]
+        thread_data = _dump_thread(thread) if thread is not None else None
+
+        def body(connection: Connection) -> None:
             if fence is None:
-                thread_seq = await self._thread_seq(connection, owner, thread_id)
+                thread_seq = self._thread_seq(connection, owner, thread_id)
             else:
-                thread_seq = await self._fenced_thread_seq(connection, owner, thread_id, fence)
-            for item in items:
-                await self._upsert_item(connection, thread_seq, item)
+                thread_seq = self._fenced_thread_seq(connection, owner, thread_id, fence)
+            for item_id, item_type, data in rows:
+                result = connection.execute(
+                    self._sql.upsert_item,
+                    {"id": item_id, "thread_seq": thread_seq, "type": item_type, "data": data},
+                )
+                if result.rowcount == 0:
+                    raise invalid(f"item id {item_id!r} belongs to another thread")
             if deleted:
-                await connection.execute(
-                    delete(item_rows).where(
-                        item_rows.c.thread_seq == thread_seq, item_rows.c.id.in_(list(deleted))
-                    )
-                )
-            if thread is not None:
-                result = await connection.execute(
-                    update(threads).where(threads.c.seq == thread_seq).values(data=_dump_thread(thread))
-                )
+                connection.execute(self._sql.delete_items, {"t_seq": thread_seq, "item_ids": list(deleted)})
+            if thread_data is not None:
+                result = connection.execute(self._sql.save_thread, {"t_seq": thread_seq, "data": thread_data})
                 if result.rowcount == 0:
                     raise not_found(f"thread {thread_id!r}")
 
-    async def _upsert_item(self, connection: AsyncConnection, thread_seq: int, item: ThreadItem) -> None:
-        """Insert, or update in place, but never across threads: an id of another thread is refused."""
-        table = item_rows
-        statement = self._insert(table).values(
-            id=item.id, thread_seq=thread_seq, type=item.type, data=_dump_item(item)
-        )
-        statement = statement.on_conflict_do_update(
-            index_elements=[table.c.id],
-            set_={"data": statement.excluded.data, "type": statement.excluded.type},
-            where=table.c.thread_seq == statement.excluded.thread_seq,
-        )
-        result = await connection.execute(statement)
-        if result.rowcount == 0:
-            raise invalid(f"item id {item.id!r} belongs to another thread")
+        await self._run(body)
 
     async def load_item(self, owner: Principal, thread_id: str, item_id: str) -> ThreadItem:
-        async with self._tx() as connection:
-            thread_seq = await self._thread_seq(connection, owner, thread_id)
-            data = await connection.scalar(
-                select(item_rows.c.data).where(
-                    item_rows.c.id == item_id, item_rows.c.thread_seq == thread_seq
-                )
-            )
+        def body(connection: Connection) -> Any:
+            thread_seq = self._thread_seq(connection, owner, thread_id)
+            return connection.scalar(self._sql.item_data, {"item_id": item_id, "t_seq": thread_seq})
+
+        data = await self._run(body)
         if data is None:
             raise not_found(f"item {item_id!r}")
         return _ITEM.validate_json(data)
@@ -328,102 +402,102 @@ class SqlStore(Store):
     async def list_items(
         self, owner: Principal, thread_id: str, *, limit: int, after: str | None, order: Order
     ) -> Page[ThreadItem]:
-        async with self._tx() as connection:
-            thread_seq = await self._thread_seq(connection, owner, thread_id)
+        def body(connection: Connection) -> list[Any]:
+            thread_seq = self._thread_seq(connection, owner, thread_id)
             query = select(item_rows.c.data).where(item_rows.c.thread_seq == thread_seq)
             if after is not None:
-                cursor = await self._item_seq(connection, thread_seq, after)
+                cursor = self._item_seq(connection, thread_seq, after)
                 query = query.where(item_rows.c.seq > cursor if order == "asc" else item_rows.c.seq < cursor)
             query = query.order_by(item_rows.c.seq.asc() if order == "asc" else item_rows.c.seq.desc())
-            rows = (await connection.scalars(query.limit(limit + 1))).all()
+            return list(connection.scalars(query.limit(limit + 1)).all())
+
+        rows = await self._run(body)
         found = [_ITEM.validate_json(row) for row in rows[:limit]]
         return Page(data=found, has_more=len(rows) > limit, after=found[-1].id if found else None)
 
     async def recent_items(self, owner: Principal, thread_id: str, limit: int) -> list[ThreadItem]:
         """One statement on the common path (every turn reads this): the items joined with the
         owner's thread; only an empty answer needs a second look (empty thread or NOT_FOUND)."""
-        async with self._tx() as connection:
-            rows = (
-                await connection.scalars(
-                    select(item_rows.c.data)
-                    .join(threads, threads.c.seq == item_rows.c.thread_seq)
-                    .where(
-                        threads.c.id == thread_id,
-                        threads.c.tenant == owner.tenant,
-                        threads.c.owner == owner.user,
-                    )
-                    .order_by(item_rows.c.seq.desc())
-                    .limit(limit)
-                )
-            ).all()
+
+        def body(connection: Connection) -> list[Any]:
+            rows = list(
+                connection.scalars(self._sql.recent_items, {**_owned(owner, thread_id), "limit": limit}).all()
+            )
             if not rows:
-                await self._thread_seq(connection, owner, thread_id)
+                self._thread_seq(connection, owner, thread_id)
+            return rows
+
+        rows = await self._run(body)
         return [_ITEM.validate_json(row) for row in reversed(rows)]
 
     async def delete_items_after(self, owner: Principal, thread_id: str, item_id: str) -> int:
-        async with self._tx() as connection:
-            thread_seq = await self._thread_seq(connection, owner, thread_id)
-            item_seq = await self._item_seq(connection, thread_seq, item_id)
-            result = await connection.execute(
+        def body(connection: Connection) -> int:
+            thread_seq = self._thread_seq(connection, owner, thread_id)
+            item_seq = self._item_seq(connection, thread_seq, item_id)
+            result = connection.execute(
                 delete(item_rows).where(item_rows.c.thread_seq == thread_seq, item_rows.c.seq > item_seq)
             )
-        return int(result.rowcount)
+            return int(result.rowcount)
+
+        return await self._run(body)
 
     async def add_feedback(
         self, owner: Principal, thread_id: str, item_ids: list[str], kind: FeedbackKind
     ) -> None:
         now = datetime.now(UTC)
-        async with self._tx() as connection:
-            thread_seq = await self._thread_seq(connection, owner, thread_id)
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+
+        def body(connection: Connection) -> None:
+            thread_seq = self._thread_seq(connection, owner, thread_id)
             for item_id in item_ids:
-                item_seq = await self._item_seq(connection, thread_seq, item_id)
-                statement = self._insert(feedback).values(item_seq=item_seq, kind=kind, created_at=now)
-                await connection.execute(
+                item_seq = self._item_seq(connection, thread_seq, item_id)
+                statement = insert(feedback).values(item_seq=item_seq, kind=kind, created_at=now)
+                connection.execute(
                     statement.on_conflict_do_update(
                         index_elements=[feedback.c.item_seq],
                         set_={"kind": statement.excluded.kind, "created_at": statement.excluded.created_at},
                     )
                 )
 
+        await self._run(body)
+
     async def feedback_for(self, owner: Principal, thread_id: str) -> dict[str, str]:
         """Item id -> feedback kind for a thread (for operators and tests)."""
-        async with self._tx() as connection:
-            thread_seq = await self._thread_seq(connection, owner, thread_id)
-            rows = (
-                await connection.execute(
-                    select(item_rows.c.id, feedback.c.kind)
-                    .join(feedback, feedback.c.item_seq == item_rows.c.seq)
-                    .where(item_rows.c.thread_seq == thread_seq)
-                )
+
+        def body(connection: Connection) -> dict[str, str]:
+            thread_seq = self._thread_seq(connection, owner, thread_id)
+            rows = connection.execute(
+                select(item_rows.c.id, feedback.c.kind)
+                .join(feedback, feedback.c.item_seq == item_rows.c.seq)
+                .where(item_rows.c.thread_seq == thread_seq)
             ).all()
-        return {str(row[0]): str(row[1]) for row in rows}
+            return {str(row[0]): str(row[1]) for row in rows}
+
+        return await self._run(body)
 
     # ------------------------------------------------------------------ run leases
 
     async def acquire_lease(self, key: str, holder: str, ttl_s: float) -> bool:
         """One atomic UPSERT: insert the lease, or take over a row whose expiry has passed."""
-        async with self._tx() as connection:
-            now = self._now()
-            statement = self._insert(run_leases).values(thread_id=key, holder=holder, expires_at=now + ttl_s)
-            statement = statement.on_conflict_do_update(
-                index_elements=[run_leases.c.thread_id],
-                set_={"holder": statement.excluded.holder, "expires_at": statement.excluded.expires_at},
-                where=run_leases.c.expires_at < now,
-            )
-            result = await connection.execute(statement)
-        return bool(result.rowcount)
+        params = {"lease_thread": key, "lease_holder": holder, "lease_ttl": ttl_s}
+
+        def body(connection: Connection) -> bool:
+            return bool(connection.execute(self._sql.acquire_lease, params).rowcount)
+
+        return await self._run(body)
 
     async def renew_lease(self, key: str, holder: str, ttl_s: float) -> bool:
-        async with self._tx() as connection:
-            result = await connection.execute(
-                update(run_leases)
-                .where(run_leases.c.thread_id == key, run_leases.c.holder == holder)
-                .values(expires_at=self._now() + ttl_s)
-            )
-        return bool(result.rowcount)
+        params = {"lease_thread": key, "lease_holder": holder, "lease_ttl": ttl_s}
+
+        def body(connection: Connection) -> bool:
+            return bool(connection.execute(self._sql.renew_lease, params).rowcount)
+
+        return await self._run(body)
 
     async def release_lease(self, key: str, holder: str) -> None:
-        async with self._tx() as connection:
-            await connection.execute(
-                delete(run_leases).where(run_leases.c.thread_id == key, run_leases.c.holder == holder)
-            )
+        params = {"lease_thread": key, "lease_holder": holder}
+
+        def body(connection: Connection) -> None:
+            connection.execute(self._sql.release_lease, params)
+
+        await self._run(body)

@@ -4,12 +4,20 @@ One file, one process: the store migrates its own schema at startup (`auto_migra
 `make run` needs no extra step, and a file written by the first (pre-Alembic) SQLite store is adopted
 as it is (see migrations/versions/v0001_baseline.py).
 
-The engine keeps exactly ONE connection (pool of one, no overflow). SQLite allows one writer at a
-time; with several connections a transaction that reads first and then writes can fail at once with
-"database is locked" instead of waiting. One connection serialises transactions in the process
-(each is a few statements on a local file), exactly like the first SQLite store did. WAL mode lets
-other processes (backups, tests, `sqlite3` in a shell) read while a turn writes. aiosqlite runs the
-sqlite3 calls on a worker thread, so the event loop never blocks on the disk.
+Transactions run on ONE connection owned by one database thread: each transaction body (see
+`sql.py`) runs there whole, on SQLAlchemy's synchronous pysqlite engine, and the event loop awaits
+the result, so the loop never blocks on the disk and a transaction costs one hop between threads.
+(Through aiosqlite every statement, cursor and commit was a hop of its own, about 40 per turn, and
+the one connection stayed checked out across event-loop iterations between them; see
+docs/performance.md.) SQLite allows one writer at a time; with several connections a transaction
+that reads first and then writes can fail at once with "database is locked" instead of waiting,
+so one connection serialises transactions in the process, exactly like the first SQLite store did.
+A caller that is cancelled while its transaction runs does not stop it: the body commits or rolls
+back as a whole. WAL mode lets other processes (backups, tests, `sqlite3` in a shell) read while
+a turn writes.
+
+Migrations and `engine` (administrative access, tests) use an aiosqlite engine of their own, as the
+PostgreSQL store does with asyncpg.
 
 Run leases work here too, through the same code path: they guard one process's threads, which is
 all SQLite serves. Several replicas need PostgreSQL.
@@ -17,14 +25,20 @@ all SQLite serves. Several replicas need PostgreSQL.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import event
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from services.agent_service.store.sql import SqlStore
+
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 5000
 
@@ -45,6 +59,8 @@ class SqliteStore(SqlStore):
         super().__init__()
         self._path = path
         self._pool_timeout_s = pool_timeout_s
+        self._sync_engine: Engine | None = None
+        self._thread: ThreadPoolExecutor | None = None
 
     @property
     def path(self) -> Path:
@@ -67,3 +83,39 @@ class SqliteStore(SqlStore):
         )
         event.listen(engine.sync_engine, "connect", _pragmas)
         return engine
+
+    async def open(self) -> None:
+        await super().open()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._sync_engine = create_engine(
+            f"sqlite:///{self._path}",
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=0,
+            pool_timeout=self._pool_timeout_s,
+            pool_reset_on_return=None,
+            # Made and used on the database thread; `close` disposes of it from the loop's thread.
+            connect_args={"check_same_thread": False},
+        )
+        event.listen(self._sync_engine, "connect", _pragmas)
+
+    async def close(self) -> None:
+        if self._thread is not None:
+            engine, self._sync_engine = self._sync_engine, None
+            if engine is not None:
+                await asyncio.get_running_loop().run_in_executor(self._thread, engine.dispose)
+            self._thread.shutdown(wait=False)
+            self._thread = None
+        await super().close()
+
+    async def _execute(self, body: Callable[[Connection], T]) -> T:
+        if self._thread is None:
+            raise RuntimeError("the store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, body)
+
+    def _transaction(self, body: Callable[[Connection], T]) -> T:
+        engine = self._sync_engine
+        if engine is None:
+            raise RuntimeError("the store is closed")
+        with engine.begin() as connection:
+            return body(connection)
