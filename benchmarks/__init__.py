@@ -1,6 +1,9 @@
-"""Switchboard's benchmarks: one load generator against four systems on this machine.
+"""Switchboard's benchmarks: one load generator against six systems on this machine.
 
 - `switchboard`: the product through its edge (edge + agent service, SQLite store), ChatKit SSE;
+- `switchboard-pg` / `switchboard-pg-2`: the same through the edge, on PostgreSQL, with one and with
+  two agent replicas behind the edge (round robin); the PostgreSQL server (postmaster and backends)
+  counts as part of their cost. They run the one-turn variant at 32 and 256 streams;
 - `grpc-direct`: the same agent service called over gRPC, as an internal service would;
 - `reference`: the comparison baseline, openai-chatkit's `ChatKitServer` as its docs teach it
   (`reference_server.py`: in-memory store, `stream_agent_response`, aiohttp, one process);

@@ -1,10 +1,12 @@
 """Profile the servers under load: `python -m benchmarks.profile [--system switchboard] [--seconds 20]`.
 
-Starts the systems as `make bench` does, drives one of them at a fixed concurrency for a while and
-samples every process of that system with py-spy (`pip install py-spy`; it needs ptrace rights,
-which root has). Writes one collapsed-stack file per process (`<role>.folded`, loadable in
-speedscope.app or flamegraph.pl) to `--out` and prints, per process, the functions with the most
-samples: self time (the frame on top) and inclusive time (anywhere on the stack).
+Starts one system as `make bench` does (any of `benchmarks.systems.SYSTEMS`, the PostgreSQL ones
+included), drives it at a fixed concurrency for a while and samples every Python process of that
+system with py-spy (`pip install py-spy`; it needs ptrace rights, which root has; the PostgreSQL
+server and the idle upload service are not sampled). Writes one collapsed-stack file per process
+(`<role>.folded`, loadable in speedscope.app or flamegraph.pl) to `--out` and prints, per process,
+the functions with the most samples: self time (the frame on top) and inclusive time (anywhere on
+the stack).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from pathlib import Path
 from typing import Final
 
 from benchmarks.loadgen import run_cell
-from benchmarks.runner import DEFAULT_REPLY_TOKENS, UPLOAD_MAX_BYTES, Client, raise_open_files_limit
-from benchmarks.systems import CEILING, REFERENCE, SYSTEMS, aiohttp_server, switchboard, switchboard_targets
+from benchmarks.runner import DEFAULT_REPLY_TOKENS, Client, raise_open_files_limit, start_systems
+from benchmarks.systems import POSTGRES_ROLE, SYSTEMS
 from services.agent_service.models.local import benchmark_text
 
 CATEGORIES: Final = (
@@ -108,22 +110,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise_open_files_limit()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="switchboard-profile-") as tmp, ExitStack() as systems:
-        work = Path(tmp)
-        stack = systems.enter_context(switchboard(work / "switchboard", args.reply_tokens, UPLOAD_MAX_BYTES))
-        edge, direct = switchboard_targets(stack)
-        targets = {edge.name: edge, direct.name: direct}
-        if args.system == REFERENCE:
-            targets[REFERENCE] = systems.enter_context(
-                aiohttp_server("benchmarks.reference_server", REFERENCE, args.reply_tokens, work)
-            )
-        if args.system == CEILING:
-            targets[CEILING] = systems.enter_context(
-                aiohttp_server("benchmarks.ceiling_server", CEILING, args.reply_tokens, work)
-            )
-        target = targets[args.system]
+        running = start_systems([args.system], args.reply_tokens, Path(tmp), systems, print)
+        target = running.targets[args.system]
+        sampled = [role for role in target.pids if role not in ("upload", POSTGRES_ROLE)]
+        grpc_address = None if running.sqlite is None else running.sqlite.agent_address
 
         async def load() -> None:
-            client = Client(stack, benchmark_text(args.reply_tokens))
+            client = Client(benchmark_text(args.reply_tokens), grpc_address)
             try:
                 driver = await client.driver(target)
                 await run_cell(driver, concurrency=16, conversations=200, turns=args.turns)
@@ -150,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         stderr=subprocess.DEVNULL,
                     )
                     for role, pid in target.pids.items()
-                    if role != "upload"
+                    if role in sampled
                 ]
                 run = await run_cell(
                     driver, concurrency=args.concurrency, conversations=args.conversations, turns=args.turns
@@ -162,12 +155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 await client.close()
 
         asyncio.run(load())
-    for role in target.pids:
+    for role in sampled:
         folded = args.out / f"{role}.folded"
         if not folded.exists():
             continue
         print(f"\n== {role} ({folded})\n{summarize(folded, args.top)}")
-        main_frame = f"_run_{role} (services/cli.py" if role in ("edge", "agent") else "run_app"
+        command = role.split("-")[0]  # agent replicas are "agent", "agent-2", ...
+        main_frame = f"_run_{command} (services/cli.py" if command in ("edge", "agent") else "run_app"
         shares = categorize(folded, main_frame)
         if shares:
             print(f"  main thread by category ({main_frame.split(' ')[0]}):")

@@ -1,11 +1,20 @@
-"""Results: the targets, the table, `latest.json` and the chart."""
+"""Results: the targets, the table, `latest.json` and the chart.
+
+The PostgreSQL systems' rows sit next to the SQLite one (`benchmarks.systems.SYSTEMS` order). Their
+target, two agent replicas against one at 256 streams, is informational on a small machine: two
+replicas can only scale when each has a core of its own besides the edge, PostgreSQL and the load
+generator, so below `SCALE_OUT_MIN_CPUS` CPUs it reports INFO with the machine's CPU count instead
+of PASS or MISS.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import subprocess
 import sys
+import textwrap
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
@@ -14,7 +23,18 @@ from typing import Any, Final
 
 import psutil
 
-from benchmarks.systems import GRPC_DIRECT, LABELS, REFERENCE, SWITCHBOARD, SYSTEMS
+from benchmarks.systems import (
+    CEILING,
+    GRPC_DIRECT,
+    LABELS,
+    PG_REPLICAS,
+    POSTGRES_ROLE,
+    REFERENCE,
+    SWITCHBOARD,
+    SWITCHBOARD_PG,
+    SWITCHBOARD_PG_2,
+    SYSTEMS,
+)
 
 PACKAGES: Final = (
     "aiohttp",
@@ -26,6 +46,7 @@ PACKAGES: Final = (
     "pydantic",
     "pydantic-core",
     "aiosqlite",
+    "asyncpg",
     "sqlalchemy",
     "minio",
     "moto",
@@ -39,6 +60,13 @@ THROUGHPUT_VS_GRPC: Final = 0.8
 RSS_PER_STREAM_KIB: Final = 100.0
 UPLOAD_RATIO: Final = 0.7
 UPLOAD_RSS_MIB: Final = 64.0
+SCALE_OUT_CONCURRENCY: Final = 256
+SCALE_OUT_RATIO: Final = 1.6
+SCALE_OUT_MIN_CPUS: Final = 4
+"""Below this, two agent replicas cannot scale: each replica's main thread wants a core (one
+replica's throughput is bound by it), and the edge, PostgreSQL and the load generator need about
+one more between them."""
+SCALE_OUT_TARGET: Final = f"two replicas vs one (PostgreSQL, {SCALE_OUT_CONCURRENCY} concurrent)"
 
 
 # --------------------------------------------------------------------------- machine
@@ -52,6 +80,20 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def _postgres_version() -> str | None:
+    """`postgres --version` of the server binaries the PostgreSQL systems use (None: none found)."""
+    from tests.support.postgres import PostgresUnavailable, find_binaries
+
+    try:
+        result = subprocess.run(
+            [str(find_binaries() / "postgres"), "--version"], capture_output=True, text=True, check=True
+        )
+    except (PostgresUnavailable, OSError, subprocess.CalledProcessError):
+        return None
+    version = result.stdout.strip().replace("postgres (PostgreSQL) ", "PostgreSQL ")
+    return version or None
 
 
 def machine() -> dict[str, Any]:
@@ -68,6 +110,7 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": sys.version.split()[0],
         "event_loop": "asyncio (default)",
+        "postgresql": _postgres_version(),
         "packages": versions,
     }
 
@@ -97,10 +140,41 @@ def _target(name: str, passed: bool | None, value: str, requirement: str) -> dic
     return {"target": name, "status": status, "value": value, "requirement": requirement}
 
 
+def _busy_cpus(record: dict[str, Any]) -> float | None:
+    """How many CPUs a cell kept busy: the system's and the load generator's CPU per conversation
+    times conversations per second."""
+    server, client = record["cpu_s_per_conversation"], record.get("client_cpu_s_per_conversation")
+    if server is None:
+        return None
+    return float((server + (client or 0.0)) * record["conversations_per_s"])
+
+
+def scale_out_target(records: Sequence[dict[str, Any]], cpus: int | None) -> dict[str, Any]:
+    """Two agent replicas against one on PostgreSQL at `SCALE_OUT_CONCURRENCY` streams (one turn).
+
+    PASS / MISS on a machine of at least `SCALE_OUT_MIN_CPUS` CPUs; INFO below, with the CPU count
+    and how many CPUs each cell kept busy (why it could not scale); n/a when not run."""
+    one = find(records, SWITCHBOARD_PG, "create", SCALE_OUT_CONCURRENCY)
+    two = find(records, SWITCHBOARD_PG_2, "create", SCALE_OUT_CONCURRENCY)
+    requirement = f">= {SCALE_OUT_RATIO}x on >= {SCALE_OUT_MIN_CPUS} CPUs"
+    if one is None or two is None or not one["conversations_per_s"]:
+        return _target(SCALE_OUT_TARGET, None, "-", requirement)
+    ratio = two["conversations_per_s"] / one["conversations_per_s"]
+    value = f"{ratio:.2f}x ({_conv_s(two)} vs {_conv_s(one)} conv/s) on {cpus or '?'} CPUs"
+    if cpus is not None and cpus >= SCALE_OUT_MIN_CPUS:
+        return _target(SCALE_OUT_TARGET, ratio >= SCALE_OUT_RATIO, value, requirement)
+    busy_one, busy_two = _busy_cpus(one), _busy_cpus(two)
+    if busy_one is not None and busy_two is not None:
+        value += f" (busy: {busy_one:.1f} with 1 replica, {busy_two:.1f} with 2)"
+    value += f"; not meaningful below {SCALE_OUT_MIN_CPUS} CPUs"
+    return {"target": SCALE_OUT_TARGET, "status": "INFO", "value": value, "requirement": requirement}
+
+
 def evaluate_targets(
-    records: Sequence[dict[str, Any]], upload: dict[str, Any] | None
+    records: Sequence[dict[str, Any]], upload: dict[str, Any] | None, cpus: int | None = None
 ) -> list[dict[str, Any]]:
-    """Every target of the issue, PASS / MISS (n/a when its cell was not run)."""
+    """Every target of the issue, PASS / MISS (n/a when its cell was not run; the scale-out target
+    is INFO on a machine with fewer than `SCALE_OUT_MIN_CPUS` CPUs, `cpus`)."""
     targets: list[dict[str, Any]] = []
     variants = sorted({r["variant"] for r in records}, key=lambda v: (len(v), v))
     for variant in variants:
@@ -180,6 +254,7 @@ def evaluate_targets(
                 f"< {UPLOAD_RSS_MIB:.0f} MiB per process",
             )
         )
+    targets.append(scale_out_target(records, cpus))
     return targets
 
 
@@ -189,16 +264,17 @@ def evaluate_targets(
 def assemble(
     records: list[dict[str, Any]], upload: dict[str, Any] | None, *, plan: dict[str, Any], wall_s: float
 ) -> dict[str, Any]:
+    about = machine()
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "make bench  (.venv/bin/python -m benchmarks)",
         "wall_s": round(wall_s, 1),
-        "machine": machine(),
+        "machine": about,
         "plan": plan,
         "systems": {name: LABELS[name] for name in SYSTEMS},
         "records": records,
         "upload": upload,
-        "targets": evaluate_targets(records, upload),
+        "targets": evaluate_targets(records, upload, about["cpus"]),
     }
 
 
@@ -212,7 +288,7 @@ def _ms(value: float | None) -> str:
 
 def progress_line(record: dict[str, Any], elapsed_s: float) -> str:
     return (
-        f"{record['system']:<12} {record['variant']:<10} c={record['concurrency']:<5} "
+        f"{record['system']:<16} {record['variant']:<10} c={record['concurrency']:<5} "
         f"{record['conversations_per_s']:7.1f} conv/s  ttft p50 {_ms(record['ttft_p50_ms'])} "
         f"p99 {_ms(record['ttft_p99_ms'])} ms  cpu {1000 * (record['cpu_s_per_conversation'] or 0):.2f} "
         f"ms/conv  deltas/turn {record['deltas_per_turn']:.1f}  errors {record['errors']}  "
@@ -232,10 +308,30 @@ def _processes(record: dict[str, Any]) -> str:
     )
 
 
+def _replicas(count: int) -> str:
+    return f"{count} agent replica{'' if count == 1 else 's'}"
+
+
+def postgres_note(results: dict[str, Any]) -> str | None:
+    """What the PostgreSQL rows are and what their `postgres` figures count (None: no such rows)."""
+    systems = [name for name in PG_REPLICAS if any(r["system"] == name for r in results["records"])]
+    if not systems:
+        return None
+    version = results["machine"].get("postgresql") or "PostgreSQL"
+    shapes = ", ".join(f"{name}: edge + {_replicas(PG_REPLICAS[name])}" for name in systems)
+    return (
+        f"PostgreSQL rows ({shapes}) run on {version}, a throwaway cluster and a fresh database each "
+        "(fsync and synchronous_commit off: the tests' settings, not a durable server). "
+        f"'{POSTGRES_ROLE}' is the server: the postmaster and every backend and background process "
+        "it forks; CPU includes backends that exited during the cell, memory is the PSS sum (shared "
+        "buffers counted once)."
+    )
+
+
 def table(results: dict[str, Any]) -> str:
     """The stdout report: one line per cell, then the upload scenario, then the targets."""
     head = (
-        f"{'system':<12} {'variant':<10} {'conc':>5} {'conv/s':>8} {'text KiB/s':>10} {'deltas':>6} "
+        f"{'system':<16} {'variant':<10} {'conc':>5} {'conv/s':>8} {'text KiB/s':>10} {'deltas':>6} "
         f"{'TTFT p50':>9} {'TTFT p99':>9} {'CPU ms':>7} {'client':>6} {'err':>4}  "
         "peak RSS MiB / growth KiB per stream"
     )
@@ -261,12 +357,15 @@ def table(results: dict[str, Any]) -> str:
         previous = (r["variant"], r["concurrency"])
         cpu = r["cpu_s_per_conversation"]
         lines.append(
-            f"{r['system']:<12} {r['variant']:<10} {r['concurrency']:>5} {r['conversations_per_s']:>8.1f} "
+            f"{r['system']:<16} {r['variant']:<10} {r['concurrency']:>5} {r['conversations_per_s']:>8.1f} "
             f"{r['text_bytes_per_s'] / 1024:>10.1f} {r['deltas_per_turn']:>6.1f} {_ms(r['ttft_p50_ms']):>9} "
             f"{_ms(r['ttft_p99_ms']):>9} {'-' if cpu is None else f'{cpu * 1000:.2f}':>7} "
             f"{_client_ms(r):>6} {r['errors']:>4}  "
             f"{_processes(r)}"
         )
+    note = postgres_note(results)
+    if note:
+        lines += ["", *textwrap.wrap(note, width=len(head))]
     upload = results.get("upload")
     if upload:
         growth = ", ".join(f"{name} {mib:.1f} MiB" for name, mib in upload["peak_rss_growth_mib"].items())
@@ -313,6 +412,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {r['errors']} "
             f"| {rss} | {growth} |"
         )
+    note = postgres_note(results)
+    if note:
+        lines += ["", note]
     upload = results.get("upload")
     if upload:
         growth = ", ".join(f"{name} {mib:.1f} MiB" for name, mib in upload["peak_rss_growth_mib"].items())
@@ -346,14 +448,22 @@ def update_docs(path: Path, results_markdown: str) -> bool:
 
 
 def write_chart(results: dict[str, Any], path: Path) -> None:
-    """Throughput and p99 TTFT versus concurrency, one line per system (solid: one turn, dashed: two)."""
+    """Throughput and p99 TTFT versus concurrency, one line per system (solid: one turn, dashed: two;
+    the PostgreSQL systems have points only where they ran, 32 and 256 streams in `make bench`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.4))
-    colors = {SYSTEMS[0]: "#1f77b4", SYSTEMS[1]: "#2ca02c", SYSTEMS[2]: "#d62728", SYSTEMS[3]: "#7f7f7f"}
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5.8))
+    colors = {
+        SWITCHBOARD: "#1f77b4",
+        SWITCHBOARD_PG: "#9467bd",
+        SWITCHBOARD_PG_2: "#ff7f0e",
+        GRPC_DIRECT: "#2ca02c",
+        REFERENCE: "#d62728",
+        CEILING: "#7f7f7f",
+    }
     variants = sorted({r["variant"] for r in results["records"]}, key=len)
     for system in SYSTEMS:
         for variant in variants:
@@ -382,12 +492,12 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
     right.set_ylabel("p99 time to first text delta, ms (log)")
     right.set_title("p99 TTFT")
     handles, labels = left.get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     figure.suptitle(
         "Switchboard vs reference ChatKitServer vs ceiling — "
         f"{results['plan']['reply_tokens']} deltas per answer, {results['machine']['cpus']} CPUs "
         "(solid: one turn, dashed: two turns)"
     )
-    figure.tight_layout(rect=(0, 0.1, 1, 1))
+    figure.tight_layout(rect=(0, 0.14, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)

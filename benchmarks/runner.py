@@ -1,15 +1,20 @@
 """`python -m benchmarks` (`make bench`): every system, every concurrency, one run, one table.
 
 Order of work:
-1. start all systems (Switchboard's stack on moto S3, the reference, the ceiling), each in its own
-   process(es) on 127.0.0.1, so they are measured under the same conditions;
+1. start all systems (Switchboard's stack on moto S3, Switchboard on PostgreSQL with one and with two
+   agent replicas, the reference, the ceiling), each in its own process(es) on 127.0.0.1, so they are
+   measured under the same conditions;
 2. warm each one up, then take every process's idle RSS (the baseline of the growth figures);
-3. for each concurrency and variant, run one cell per system, rotating the order of the systems
-   from one cell group to the next, so slow drift of the machine (thermal, other tenants) does not
-   always hit the same system;
+3. for each concurrency and variant, run one cell per system planned there (the PostgreSQL systems
+   run the one-turn variant at 32 and 256 streams only, which keeps `make bench` under 10 minutes),
+   rotating the order of the systems from one cell group to the next, so slow drift of the machine
+   (thermal, other tenants) does not always hit the same system;
 4. the upload scenario (a 256 MiB file through the edge vs. a direct `put_object`, alternated);
 5. the table (stdout), `benchmarks/results/latest.json` (every figure), `latest.md` (the same
    tables in Markdown, for docs/performance.md) and `latest.png` (the chart).
+
+The PostgreSQL systems need the PostgreSQL server binaries (`apt-get install -y postgresql`);
+`--no-pg` leaves them out.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -36,21 +41,28 @@ from benchmarks.loadgen import run_cell
 from benchmarks.metrics import MiB, ProcessWatch, cell_figures, cpu_seconds
 from benchmarks.systems import (
     CEILING,
+    GRPC_DIRECT,
     LABELS,
+    PG_REPLICAS,
     REFERENCE,
+    SWITCHBOARD,
     SYSTEMS,
     Target,
     aiohttp_server,
     switchboard,
+    switchboard_pg,
     switchboard_targets,
 )
 from benchmarks.workload import TURN_TIMEOUT_S, Driver, GrpcDriver, HttpDriver
 from services.agent_service.models.local import benchmark_text
-from tests.support.processes import Stack
+from services.common.auth import mint_token
+from tests.support.postgres import PostgresUnavailable
+from tests.support.processes import SECRET, Stack
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
 DEFAULT_REPLY_TOKENS: Final = 64
 CONCURRENCIES: Final = (1, 32, 256, 1000)
+PG_CONCURRENCIES: Final = (32, 256)
 UPLOAD_MAX_BYTES: Final = 300 * MiB
 _GRPC_OPTIONS: Final = [("grpc.max_receive_message_length", 16 * MiB)]
 
@@ -80,11 +92,43 @@ class Plan:
     warmup: int
     upload_mib: int
     upload_rounds: int
+    pg_concurrencies: tuple[int, ...] = PG_CONCURRENCIES
+    """Where the PostgreSQL systems run: 32 (the column of the targets against the reference) and
+    256 (the column of the scale-out target), to keep `make bench` under 10 minutes."""
+    pg_variants: tuple[Variant, ...] = (ONE_TURN,)
+    """The PostgreSQL systems run the one-turn variant only (the same reason)."""
+    pg_warmup: int = 100
+    """Warm-up conversations of the PostgreSQL systems (they run two cells, not seven)."""
+    systems: tuple[str, ...] = SYSTEMS
+    """The systems this run starts and measures."""
 
-    def variants_at(self, concurrency: int) -> tuple[Variant, ...]:
-        if self.single_wave_one_turn and self.conversations[concurrency] <= concurrency:
-            return tuple(v for v in self.variants if v.turns == 1)
-        return self.variants
+    def runs(self, system: str, concurrency: int, variant: Variant) -> bool:
+        """Whether `system` has a cell at (`concurrency`, `variant`): a planned one, and in a single
+        wave (`single_wave_one_turn`) only the one-turn variant."""
+        if system not in self.systems:
+            return False
+        if system in PG_REPLICAS:
+            planned = concurrency in self.pg_concurrencies and variant in self.pg_variants
+        else:
+            planned = concurrency in self.concurrencies and variant in self.variants
+        single_wave = self.single_wave_one_turn and self.conversations[concurrency] <= concurrency
+        return planned and (variant.turns == 1 or not single_wave)
+
+    def warmup_of(self, system: str) -> int:
+        """Two-turn warm-up conversations before `system`'s idle RSS is taken."""
+        return min(self.pg_warmup, self.warmup) if system in PG_REPLICAS else self.warmup
+
+    def groups(self) -> list[tuple[int, Variant, tuple[str, ...]]]:
+        """The cell groups in run order: (concurrency, variant, the systems that run it)."""
+        groups: list[tuple[int, Variant, tuple[str, ...]]] = []
+        concurrencies = dict.fromkeys((*self.concurrencies, *self.pg_concurrencies))
+        variants = dict.fromkeys((*self.variants, *self.pg_variants))
+        for concurrency in concurrencies:
+            for variant in variants:
+                systems = tuple(s for s in self.systems if self.runs(s, concurrency, variant))
+                if systems:
+                    groups.append((concurrency, variant, systems))
+        return groups
 
     @classmethod
     def full(cls, reply_tokens: int) -> Plan:
@@ -123,18 +167,25 @@ def raise_open_files_limit(wanted: int = 65_536) -> int:
 
 
 class Client:
-    """The load generator's connections: a fresh HTTP session per cell, one gRPC channel per run."""
+    """The load generator's connections: a fresh HTTP session per cell, one gRPC channel per run.
 
-    def __init__(self, stack: Stack, expected_text: str) -> None:
-        self._stack = stack
+    Every Switchboard stack of a run shares the test stacks' JWT secret, so one token serves them all
+    (the reference and the ceiling ignore it)."""
+
+    def __init__(self, expected_text: str, grpc_address: str | None = None) -> None:
         self._expected = expected_text
-        self._headers = stack.headers()
-        self._channel = aio.insecure_channel(stack.agent_address, options=_GRPC_OPTIONS)
+        self._token = mint_token(SECRET, tenant="acme", user="alice", role="user")
+        self._headers = {"Authorization": f"Bearer {self._token}"}
+        self._channel = (
+            None if grpc_address is None else aio.insecure_channel(grpc_address, options=_GRPC_OPTIONS)
+        )
         self._session: aiohttp.ClientSession | None = None
 
     async def driver(self, target: Target) -> Driver:
         if target.protocol == "grpc":
-            return GrpcDriver(self._channel, self._stack.token(), self._expected)
+            if self._channel is None:
+                raise RuntimeError(f"{target.name} is a gRPC system, and the client has no channel")
+            return GrpcDriver(self._channel, self._token, self._expected)
         await self.end_cell()
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, force_close=False),
@@ -149,7 +200,8 @@ class Client:
 
     async def close(self) -> None:
         await self.end_cell()
-        await self._channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
 
 async def measure_cell(
@@ -186,14 +238,18 @@ async def measure_cell(
     }
 
 
-async def measure_all(targets: Sequence[Target], stack: Stack, plan: Plan, log: Any) -> list[dict[str, Any]]:
-    client = Client(stack, benchmark_text(plan.reply_tokens))
-    watches = {target.name: ProcessWatch(target.pids) for target in targets}
+async def measure_all(
+    targets: Mapping[str, Target], plan: Plan, log: Any, *, grpc_address: str | None = None
+) -> list[dict[str, Any]]:
+    """Warm every system up, take the idle RSS, then run `plan.groups()` (systems rotating)."""
+    client = Client(benchmark_text(plan.reply_tokens), grpc_address)
+    watches = {name: ProcessWatch(target.pids, trees=target.trees) for name, target in targets.items()}
     try:
-        for target in targets:
-            log(f"warming up {target.name} ({plan.warmup} conversations)")
+        for target in targets.values():
+            warmup = plan.warmup_of(target.name)
+            log(f"warming up {target.name} ({warmup} conversations)")
             driver = await client.driver(target)
-            warm = await run_cell(driver, concurrency=16, conversations=plan.warmup, turns=2)
+            warm = await run_cell(driver, concurrency=16, conversations=warmup, turns=2)
             await client.end_cell()
             if warm.errors:
                 raise RuntimeError(f"{target.name} failed its warm-up: {warm.first_errors}")
@@ -201,39 +257,68 @@ async def measure_all(targets: Sequence[Target], stack: Stack, plan: Plan, log: 
         for watch in watches.values():
             watch.set_baseline()
         records: list[dict[str, Any]] = []
-        group = 0
-        for concurrency in plan.concurrencies:
-            for variant in plan.variants_at(concurrency):
-                order = [targets[(group + i) % len(targets)] for i in range(len(targets))]
-                group += 1
-                for target in order:
-                    conversations = plan.conversations[concurrency]
-                    started = time.perf_counter()
-                    figures = await measure_cell(
-                        client,
-                        target,
-                        watches[target.name],
-                        concurrency=concurrency,
-                        conversations=conversations,
-                        turns=variant.turns,
-                    )
-                    records.append(
-                        {
-                            "system": target.name,
-                            "label": LABELS[target.name],
-                            "variant": variant.name,
-                            "turns": variant.turns,
-                            "concurrency": concurrency,
-                            "reply_tokens": plan.reply_tokens,
-                            "processes": target.pids,
-                            **figures,
-                        }
-                    )
-                    log(report.progress_line(records[-1], time.perf_counter() - started))
-                    await asyncio.sleep(0.3)
+        for group, (concurrency, variant, names) in enumerate(plan.groups()):
+            order = [targets[names[(group + i) % len(names)]] for i in range(len(names))]
+            for target in order:
+                conversations = plan.conversations[concurrency]
+                started = time.perf_counter()
+                figures = await measure_cell(
+                    client,
+                    target,
+                    watches[target.name],
+                    concurrency=concurrency,
+                    conversations=conversations,
+                    turns=variant.turns,
+                )
+                records.append(
+                    {
+                        "system": target.name,
+                        "label": LABELS[target.name],
+                        "variant": variant.name,
+                        "turns": variant.turns,
+                        "concurrency": concurrency,
+                        "reply_tokens": plan.reply_tokens,
+                        "processes": target.pids,
+                        "process_trees": list(target.trees),
+                        **figures,
+                    }
+                )
+                log(report.progress_line(records[-1], time.perf_counter() - started))
+                await asyncio.sleep(0.3)
         return records
     finally:
         await client.close()
+
+
+@dataclass(frozen=True)
+class Started:
+    """The systems of a run, started: their targets in report order, and the SQLite stack (the
+    upload scenario's and gRPC direct's), if it runs."""
+
+    targets: dict[str, Target]
+    sqlite: Stack | None
+
+
+def start_systems(
+    names: Sequence[str], reply_tokens: int, work: Path, systems: ExitStack, log: Any
+) -> Started:
+    """Start the systems in `names` (stopped when `systems` closes)."""
+    targets: dict[str, Target] = {}
+    sqlite = None
+    if SWITCHBOARD in names or GRPC_DIRECT in names:
+        log("starting Switchboard on SQLite (upload, agent, edge on moto S3)")
+        sqlite = systems.enter_context(switchboard(work / "switchboard", reply_tokens, UPLOAD_MAX_BYTES))
+        targets.update({target.name: target for target in switchboard_targets(sqlite)})
+    for name, replicas in PG_REPLICAS.items():
+        if name in names:
+            agents = "one agent replica" if replicas == 1 else f"{replicas} agent replicas"
+            log(f"starting {name}: a PostgreSQL cluster of its own, {agents}, the edge")
+            _, targets[name] = systems.enter_context(switchboard_pg(name, work / name, reply_tokens))
+    for name, module in ((REFERENCE, "benchmarks.reference_server"), (CEILING, "benchmarks.ceiling_server")):
+        if name in names:
+            log(f"starting {name}")
+            targets[name] = systems.enter_context(aiohttp_server(module, name, reply_tokens, work))
+    return Started({name: targets[name] for name in SYSTEMS if name in names}, sqlite)
 
 
 DOCS: Final = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
@@ -248,23 +333,14 @@ def run(plan: Plan, out_dir: Path, *, chart: bool = True, update_docs: bool = Fa
     log(f"RLIMIT_NOFILE soft limit {limit}")
     with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp, ExitStack() as systems:
         work = Path(tmp)
-        log("starting Switchboard (upload, agent, edge on moto S3), the reference and the ceiling")
-        stack = systems.enter_context(switchboard(work / "switchboard", plan.reply_tokens, UPLOAD_MAX_BYTES))
-        reference = systems.enter_context(
-            aiohttp_server("benchmarks.reference_server", REFERENCE, plan.reply_tokens, work)
-        )
-        ceiling = systems.enter_context(
-            aiohttp_server("benchmarks.ceiling_server", CEILING, plan.reply_tokens, work)
-        )
-        edge, direct = switchboard_targets(stack)
-        by_name = {target.name: target for target in (edge, direct, reference, ceiling)}
-        targets = [by_name[name] for name in SYSTEMS]
-        records = asyncio.run(measure_all(targets, stack, plan, log))
+        running = start_systems(plan.systems, plan.reply_tokens, work, systems, log)
+        grpc_address = None if running.sqlite is None else running.sqlite.agent_address
+        records = asyncio.run(measure_all(running.targets, plan, log, grpc_address=grpc_address))
         upload = None
-        if plan.upload_rounds:
+        if plan.upload_rounds and running.sqlite is not None:
             upload = asyncio.run(
                 uploads.measure(
-                    stack, size_mib=plan.upload_mib, rounds=plan.upload_rounds, log=log, work=work
+                    running.sqlite, size_mib=plan.upload_mib, rounds=plan.upload_rounds, log=log, work=work
                 )
             )
     results = report.assemble(records, upload, plan=asdict(plan), wall_s=time.perf_counter() - started)
@@ -279,9 +355,31 @@ def run(plan: Plan, out_dir: Path, *, chart: bool = True, update_docs: bool = Fa
     return results
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def plan_from_args(args: argparse.Namespace) -> Plan:
+    """The plan the command line asks for (see `main`)."""
+    plan = (Plan.quick if args.quick else Plan.full)(args.reply_tokens)
+    if args.concurrency:
+        sizes = {c: plan.conversations.get(c, max(c, 256)) for c in args.concurrency}
+        concurrencies = tuple(args.concurrency)
+        plan = replace(plan, concurrencies=concurrencies, pg_concurrencies=concurrencies, conversations=sizes)
+    if args.one_turn:
+        plan = replace(plan, variants=(ONE_TURN,), pg_variants=(ONE_TURN,))
+    if args.no_upload:
+        plan = replace(plan, upload_rounds=0)
+    systems = tuple(args.system) if args.system else SYSTEMS
+    if args.no_pg:
+        systems = tuple(name for name in systems if name not in PG_REPLICAS)
+    if not systems:
+        raise SystemExit("no system left to measure")
+    return replace(plan, systems=tuple(name for name in SYSTEMS if name in systems))
+
+
+def arguments() -> argparse.ArgumentParser:
+    """The command line of `python -m benchmarks`."""
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description=__doc__.splitlines()[0] if __doc__ else None
+        prog="python -m benchmarks",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="a small smoke run (not the published figures)")
     parser.add_argument(
@@ -289,20 +387,40 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json and latest.png go")
     parser.add_argument("--no-chart", action="store_true", help="skip the PNG chart")
-    parser.add_argument("--concurrency", type=int, action="append", help="only this concurrency (repeatable)")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        action="append",
+        help="only this concurrency (repeatable), for every system, the PostgreSQL ones included "
+        f"(default: {', '.join(map(str, CONCURRENCIES))}; PostgreSQL systems "
+        f"{', '.join(map(str, PG_CONCURRENCIES))})",
+    )
     parser.add_argument("--one-turn", action="store_true", help="only the one-turn variant")
     parser.add_argument("--no-upload", action="store_true", help="skip the upload scenario")
     parser.add_argument(
+        "--system",
+        action="append",
+        choices=SYSTEMS,
+        help="only this system (repeatable; default: all). The upload scenario runs with "
+        f"{SWITCHBOARD} or {GRPC_DIRECT} (the SQLite stack)",
+    )
+    parser.add_argument(
+        "--no-pg",
+        action="store_true",
+        help=f"leave out {' and '.join(PG_REPLICAS)} (e.g. where PostgreSQL is not installed)",
+    )
+    parser.add_argument(
         "--update-docs", action="store_true", help="also write the tables into docs/performance.md"
     )
-    args = parser.parse_args(argv)
-    plan = (Plan.quick if args.quick else Plan.full)(args.reply_tokens)
-    if args.concurrency:
-        sizes = {c: plan.conversations.get(c, max(c, 256)) for c in args.concurrency}
-        plan = replace(plan, concurrencies=tuple(args.concurrency), conversations=sizes)
-    if args.one_turn:
-        plan = replace(plan, variants=(ONE_TURN,))
-    if args.no_upload:
-        plan = replace(plan, upload_rounds=0)
-    run(plan, args.out, chart=not args.no_chart, update_docs=args.update_docs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = arguments().parse_args(argv)
+    plan = plan_from_args(args)
+    try:
+        run(plan, args.out, chart=not args.no_chart, update_docs=args.update_docs)
+    except PostgresUnavailable as error:
+        print(f"{error}\n\nOr leave the PostgreSQL systems out: --no-pg", file=sys.stderr)
+        return 2
     return 0
