@@ -104,14 +104,22 @@ async def stream_upload(
         metadata=metadata, timeout=timeout_s
     )
     try:
-        await call.write(upload_pb2.UploadRequest(info=info))
-        received = 0
-        while chunk := await part.read_chunk(CHUNK_BYTES):
-            received += len(chunk)
-            if received > max_bytes:
-                raise _too_large(max_bytes)
-            await call.write(upload_pb2.UploadRequest(chunk=chunk))
-        await call.done_writing()
+        try:
+            await call.write(upload_pb2.UploadRequest(info=info))
+            received = 0
+            while chunk := await part.read_chunk(CHUNK_BYTES):
+                received += len(chunk)
+                if received > max_bytes:
+                    raise _too_large(max_bytes)
+                await call.write(upload_pb2.UploadRequest(chunk=chunk))
+            await call.done_writing()
+        except aio.AioRpcError as write_error:
+            # A write that races with the service's refusal (it aborts after the first chunk, while
+            # more are in flight) can fail with a transport-level INTERNAL; the call's own status
+            # says why it ended (e.g. INVALID_ARGUMENT), and that is what the client must see.
+            if write_error.code() == grpc.StatusCode.INTERNAL:
+                await call  # raises the call's final AioRpcError
+            raise
         reply = await call
     finally:
         call.cancel()  # a no-op after success; otherwise the upload service aborts and cleans up
