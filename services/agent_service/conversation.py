@@ -20,6 +20,12 @@ ABORTED (HTTP 409) before it changes anything. Changes that belong together are 
 its "routed" item), a completed client tool call with the removal of dangling ones, a cancelled
 turn's partial answer with its note.
 
+A turn costs few transactions (each is a trip to the database): a new thread is created with its
+run lease taken and the user message stored in one (`Store.start_thread`; its history is that
+message, nothing to read back); an existing thread is leased and read, ownership first, in one
+(`Store.lease_thread`); the user message is stored and the model's history read back in one
+(`Store.write_recent`). Then one write per finished item, and the lease's release.
+
 Where ChatKitServer is silent or lenient, Switchboard is strict, and it checks everything before it
 writes anything: a retry of an unknown item is NOT_FOUND (the SDK streams nothing), a client tool
 output without a pending call or an input to a locked thread is FAILED_PRECONDITION, and unknown
@@ -72,7 +78,7 @@ from chatkit.types import (
     UserMessageItem,
     WidgetItem,
 )
-from pydantic import AnyUrl
+from pydantic import AnyUrl, TypeAdapter
 
 from services.agent_service.attachments import STORED_PREVIEW_URL, AttachmentClient
 from services.agent_service.store import LeaseLost, Order, RunLease, Store
@@ -96,6 +102,7 @@ _RETRYABLE: Final = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
 )
 _ThreadState = tuple[str | None, Any, dict[str, Any]]
+_ITEM: Final = TypeAdapter[ThreadItem](ThreadItem)
 
 
 def _state(thread: ThreadMetadata) -> _ThreadState:
@@ -207,6 +214,20 @@ class _PendingItems:
         return messages
 
 
+def _user_message(
+    thread: ThreadMetadata, message: UserMessageInput, attachments: list[Attachment]
+) -> UserMessageItem:
+    return UserMessageItem(
+        id=new_id("msg"),
+        thread_id=thread.id,
+        created_at=_now(),
+        content=message.content,
+        attachments=attachments,
+        quoted_text=message.quoted_text,
+        inference_options=message.inference_options,
+    )
+
+
 def _for_storage(item: UserMessageItem) -> UserMessageItem:
     """The user message as stored: image preview URLs replaced by placeholders (minted on read)."""
     if not any(isinstance(a, ImageAttachment) for a in item.attachments):
@@ -239,6 +260,21 @@ class Conversation:
     def _lease(self, thread_id: str) -> RunLease:
         return RunLease(self._store, thread_id, ttl_s=self._lease_ttl_s, wait_s=self._lease_wait_s)
 
+    @contextlib.asynccontextmanager
+    async def _leased(
+        self, owner: Principal, thread_id: str
+    ) -> AsyncIterator[tuple[ThreadMetadata, RunLease]]:
+        """Hold the run lease on the owner's thread and read it under the lease, in one transaction
+        (`Store.lease_thread`): another user's thread is NOT_FOUND, never "busy"; the thread is read
+        after the previous run on it ended, whatever it changed just before."""
+        lease = self._lease(thread_id)
+
+        async def claim() -> ThreadMetadata:
+            return await self._store.lease_thread(owner, thread_id, holder=lease.holder, ttl_s=lease.ttl_s)
+
+        async with lease.holding(claim) as thread:
+            yield thread, lease
+
     async def _attach(self, thread_id: str, message: UserMessageInput) -> list[Attachment]:
         """Bind the message's attachments to the thread: all validated before anything is written."""
         if not message.attachments:
@@ -258,15 +294,29 @@ class Conversation:
     ) -> AsyncIterator[ThreadStreamEvent]:
         _validate_input(message)
         thread = ThreadMetadata(id=new_id("thr"), created_at=_now())
-        # Nobody else knows the id yet, but the client may post to the thread as soon as it sees
-        # `thread.created`: the lease covers this first turn like any other.
-        async with self._lease(thread.id).hold() as lease:
-            attachments = await self._attach(thread.id, message)
-            await self._store.create_thread(owner, thread)
+        # Nobody knows the id yet: the attachments can be bound before the thread exists.
+        attachments = await self._attach(thread.id, message)
+        item = _user_message(thread, message, attachments)
+        stored = _for_storage(item)
+        # The client may post to the thread as soon as it sees `thread.created`: the lease covers
+        # this first turn like any other. One transaction creates the thread, takes the lease and
+        # stores the user message (`Store.start_thread`).
+        lease = self._lease(thread.id)
+
+        async def start() -> None:
+            await self._store.start_thread(
+                owner, thread, holder=lease.holder, ttl_s=lease.ttl_s, items=[stored]
+            )
+
+        async with lease.holding(start):
             yield ThreadCreatedEvent(thread=thread_response(thread))
-            async with _closing(
-                self._respond_to_user_message(owner, locale, thread, message, attachments, lease)
-            ) as events:
+            yield ThreadItemDoneEvent(item=item)
+            # A new thread's history is the message just stored, exactly as `recent_items` would read
+            # it back (a parsed copy of the stored JSON, not the object the client was sent).
+            history: list[ThreadItem] = []
+            if self._history_items > 0:
+                history.append(_ITEM.validate_json(stored.model_dump_json(exclude_none=True)))
+            async with _closing(self._run(owner, locale, thread, item, lease, history)) as events:
                 async for event in events:
                     yield event
 
@@ -274,25 +324,23 @@ class Conversation:
         self, owner: Principal, locale: str, thread_id: str, message: UserMessageInput
     ) -> AsyncIterator[ThreadStreamEvent]:
         _validate_input(message)
-        # Ownership before the lease: another user's thread is NOT_FOUND, never "busy".
-        await self._store.load_thread(owner, thread_id)
-        async with self._lease(thread_id).hold() as lease:
-            # Read again under the lease: the previous run may have changed it just before ending.
-            thread = await self._store.load_thread(owner, thread_id)
+        async with self._leased(owner, thread_id) as (thread, lease):
             _ensure_open(thread)
             attachments = await self._attach(thread.id, message)
-            async with _closing(
-                self._respond_to_user_message(owner, locale, thread, message, attachments, lease)
-            ) as events:
+            item = _user_message(thread, message, attachments)
+            # Store the message and read the model's history (ending with it) in one transaction.
+            history = await self._store.write_recent(
+                owner, thread.id, items=[_for_storage(item)], fence=lease.fence, limit=self._history_items
+            )
+            yield ThreadItemDoneEvent(item=item)
+            async with _closing(self._run(owner, locale, thread, item, lease, history)) as events:
                 async for event in events:
                     yield event
 
     async def add_client_tool_output(
         self, owner: Principal, locale: str, thread_id: str, result: Any
     ) -> AsyncIterator[ThreadStreamEvent]:
-        await self._store.load_thread(owner, thread_id)
-        async with self._lease(thread_id).hold() as lease:
-            thread = await self._store.load_thread(owner, thread_id)
+        async with self._leased(owner, thread_id) as (thread, lease):
             _ensure_open(thread)
             recent = await self._store.list_items(
                 owner, thread_id, limit=DEFAULT_PAGE, after=None, order="desc"
@@ -328,9 +376,7 @@ class Conversation:
         item_id: str,
         submission: StructuredInputSubmission,
     ) -> AsyncIterator[ThreadStreamEvent]:
-        await self._store.load_thread(owner, thread_id)
-        async with self._lease(thread_id).hold() as lease:
-            thread = await self._store.load_thread(owner, thread_id)
+        async with self._leased(owner, thread_id) as (thread, lease):
             _ensure_open(thread)
             item = await self._store.load_item(owner, thread_id, item_id)
             if not isinstance(item, StructuredInputItem):
@@ -355,9 +401,7 @@ class Conversation:
     async def retry_after_item(
         self, owner: Principal, locale: str, thread_id: str, item_id: str
     ) -> AsyncIterator[ThreadStreamEvent]:
-        await self._store.load_thread(owner, thread_id)
-        async with self._lease(thread_id).hold() as lease:
-            thread = await self._store.load_thread(owner, thread_id)
+        async with self._leased(owner, thread_id) as (thread, lease):
             _ensure_open(thread)
             item = await self._store.load_item(owner, thread_id, item_id)
             if not isinstance(item, UserMessageItem):
@@ -370,14 +414,13 @@ class Conversation:
     async def custom_action(
         self, owner: Principal, locale: str, thread_id: str, item_id: str | None, action: Action[str, Any]
     ) -> AsyncIterator[ThreadStreamEvent]:
-        await self._store.load_thread(owner, thread_id)
+        # Loading the sender checks ownership; without one, `_leased` does.
         sender = await self._store.load_item(owner, thread_id, item_id) if item_id else None
         if sender is not None and not isinstance(sender, WidgetItem):
             # ChatKitServer answers a non-widget sender with a lone error event.
             yield ErrorEvent(code=ErrorCode.STREAM_ERROR, allow_retry=False)
             return
-        async with self._lease(thread_id).hold() as lease:
-            thread = await self._store.load_thread(owner, thread_id)
+        async with self._leased(owner, thread_id) as (thread, lease):
             request = ActionRequest(
                 thread=thread, action=action, sender=sender, principal=owner, locale=locale
             )
@@ -453,34 +496,18 @@ class Conversation:
 
     # ------------------------------------------------------------------ the turn
 
-    async def _respond_to_user_message(
+    async def _turn(
         self,
         owner: Principal,
         locale: str,
         thread: ThreadMetadata,
-        message: UserMessageInput,
-        attachments: list[Attachment],
-        lease: RunLease,
-    ) -> AsyncIterator[ThreadStreamEvent]:
-        item = UserMessageItem(
-            id=new_id("msg"),
-            thread_id=thread.id,
-            created_at=_now(),
-            content=message.content,
-            attachments=attachments,
-            quoted_text=message.quoted_text,
-            inference_options=message.inference_options,
-        )
-        await self._store.write(owner, thread.id, items=[_for_storage(item)], fence=lease.fence)
-        yield ThreadItemDoneEvent(item=item)
-        async with _closing(self._run(owner, locale, thread, item, lease)) as events:
-            async for event in events:
-                yield event
-
-    async def _turn(
-        self, owner: Principal, locale: str, thread: ThreadMetadata, message: UserMessageItem | None
+        message: UserMessageItem | None,
+        history: list[ThreadItem] | None = None,
     ) -> Turn:
-        history = await self._store.recent_items(owner, thread.id, self._history_items)
+        """The turn for the responder; `history` when the caller already has it (read in the
+        transaction that stored the message), else read now."""
+        if history is None:
+            history = await self._store.recent_items(owner, thread.id, self._history_items)
         return Turn(
             thread=thread,
             history=history,
@@ -497,8 +524,9 @@ class Conversation:
         thread: ThreadMetadata,
         message: UserMessageItem | None,
         lease: RunLease,
+        history: list[ThreadItem] | None = None,
     ) -> AsyncIterator[ThreadStreamEvent]:
-        turn = await self._turn(owner, locale, thread, message)
+        turn = await self._turn(owner, locale, thread, message, history)
         async with _closing(self._process(owner, thread, self._responder.respond(turn), lease)) as events:
             async for event in events:
                 yield event

@@ -15,10 +15,20 @@ it. `delete_thread` and `delete_items_after` are single transactions too.
 
 Run leases (`acquire_lease`, `renew_lease`, `release_lease`) are the database half of the per-thread
 run lease (see `store/lease.py`): at most one holder per thread across every process that shares the
-database. They are not scoped by owner: the conversation checks ownership before it asks for one.
+database. They are not scoped by owner: whoever asks for one has checked ownership first (or uses
+`lease_thread`, which checks it in the same transaction).
 A `write` made by a run carries its lease as a `Fence`: the transaction first checks (and on
 PostgreSQL locks) the lease row and refuses with `LeaseLost` unless the run still holds it, so a run
 that lost its lease can never write into a thread another replica has taken over.
+
+A turn is a handful of short transactions, and each one costs a trip to the database (on SQLite a
+hop to the store's database thread, on PostgreSQL a checkout and round trips), so the steps every
+turn takes are also offered fused, each in ONE transaction with the same guarantees as the separate
+calls: `start_thread` creates a thread with its run lease already taken and its first items written;
+`lease_thread` takes an existing thread's lease and reads the thread (ownership first: another
+owner's thread is NOT_FOUND, never busy); `write_recent` is a `write` that also returns the history
+the model reads next. A lease taken by `start_thread` or `lease_thread` is the same row
+`acquire_lease` writes: `renew_lease`, `release_lease` and fenced writes treat it alike.
 
 Infrastructure failures (database down, pool exhausted, statement timeout) surface as
 `ServiceError(UNAVAILABLE)` (or `DEADLINE_EXCEEDED`), which the edge maps to 503 (504).
@@ -82,6 +92,37 @@ class Store(ABC):
     async def create_thread(self, owner: Principal, thread: ThreadMetadata) -> None: ...
 
     @abstractmethod
+    async def start_thread(
+        self,
+        owner: Principal,
+        thread: ThreadMetadata,
+        *,
+        holder: str,
+        ttl_s: float,
+        items: Sequence[ThreadItem] = (),
+    ) -> None:
+        """In ONE transaction: `create_thread`, `acquire_lease(thread.id, holder, ttl_s)` and
+        `write(owner, thread.id, items=items)` (a new thread's first turn: one transaction instead of
+        three). All or nothing: when the lease is held by another holder (possible only for a thread
+        id someone leased without creating it) this raises `ThreadBusy` and nothing is written; an
+        existing thread id is ALREADY_EXISTS, an item id of another thread INVALID_ARGUMENT. The
+        lease is an ordinary one (renewed, released and checked by fenced writes as usual)."""
+
+    @abstractmethod
+    async def lease_thread(
+        self, owner: Principal, thread_id: str, *, holder: str, ttl_s: float
+    ) -> ThreadMetadata:
+        """In ONE transaction: take the lease on `thread_id` for `holder` (as `acquire_lease`) and read
+        the owner's thread, as it is once the lease is held (what the previous run wrote before it
+        released the lease is visible). One transaction instead of the three of an ownership check,
+        `acquire_lease` and a read under the lease.
+
+        Ownership first: a thread that is not the owner's is ServiceError(NOT_FOUND), whether or not
+        someone holds its lease, and no lease is taken. `ThreadBusy` when it is the owner's and another
+        holder has an unexpired lease (nothing changes; callers may poll). An expired lease of another
+        holder is taken over."""
+
+    @abstractmethod
     async def load_thread(self, owner: Principal, thread_id: str) -> ThreadMetadata:
         """The thread, or ServiceError(NOT_FOUND) when it is not the owner's."""
 
@@ -123,6 +164,23 @@ class Store(ABC):
 
     @abstractmethod
     async def load_item(self, owner: Principal, thread_id: str, item_id: str) -> ThreadItem: ...
+
+    @abstractmethod
+    async def write_recent(
+        self,
+        owner: Principal,
+        thread_id: str,
+        *,
+        limit: int,
+        items: Sequence[ThreadItem] = (),
+        deleted: Sequence[str] = (),
+        thread: ThreadMetadata | None = None,
+        fence: Fence | None = None,
+    ) -> list[ThreadItem]:
+        """`write(...)` and then `recent_items(owner, thread_id, limit)`, in ONE transaction: a turn
+        stores the user message and reads the model's history in one trip instead of two. The
+        history is read after the changes, so it ends with them; nothing is read when the write fails
+        (same errors as `write`, and nothing is written)."""
 
     @abstractmethod
     async def list_items(

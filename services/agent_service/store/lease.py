@@ -6,6 +6,11 @@ and cancellation alike. The lease is a row in `run_leases` (thread id, holder to
 database's clock) taken with one atomic UPSERT that only succeeds when no unexpired row of another
 holder exists, so it works the same on SQLite (one process) and PostgreSQL (many).
 
+The row can also be written by a store call that does more in the same transaction (`start_thread`
+creates the thread with its lease taken, `lease_thread` takes the lease and reads the thread): the
+run then `holding(claim)`s the lease with that call instead of `hold()`ing it, and from there on
+the lease is the same (heartbeat, release, fencing), one transaction per turn cheaper.
+
 Why a lease with a TTL rather than a lock held by a connection (`pg_advisory_lock`): a run lasts
 seconds to minutes, and pinning a pooled connection per running turn would size the pool by the
 number of concurrent streams; a session lock also dies with a connection blip while the run goes on.
@@ -41,12 +46,14 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final, TypeVar
 
 from services.agent_service.store.base import Fence, LeaseLost, Store, ThreadBusy
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _REPLICA: Final = f"{socket.gethostname()}:{os.getpid()}"
 WAIT_POLL_S: Final = 0.2
@@ -77,21 +84,49 @@ class RunLease:
     @contextlib.asynccontextmanager
     async def hold(self) -> AsyncIterator[RunLease]:
         """Acquire (or raise ThreadBusy), heartbeat while the body runs, release afterwards."""
-        await self.acquire()
-        try:
+        async with self.holding(self._acquire_once):
             yield self
+
+    @contextlib.asynccontextmanager
+    async def holding(self, claim: Callable[[], Awaitable[T]]) -> AsyncIterator[T]:
+        """`hold()`, with the lease taken by `claim` and its result as the context value.
+
+        `claim` is a store call that writes this lease's row (`self.holder`, `self.ttl_s`) in its
+        transaction, or raises `ThreadBusy` and changes nothing (e.g. `Store.lease_thread`, which
+        also reads the thread). Polled like `acquire` while busy, up to `wait_s`; any other error
+        propagates at once. Once it returns, the lease is adopted: heartbeat, release and `fence`
+        work exactly as after `acquire`."""
+        result = await self._take(claim)
+        try:
+            yield result
         finally:
             await asyncio.shield(self.release())
 
     async def acquire(self) -> None:
+        await self._take(self._acquire_once)
+
+    async def _acquire_once(self) -> None:
+        if not await self.store.acquire_lease(self.thread_id, self.holder, self.ttl_s):
+            raise ThreadBusy(self.thread_id)
+
+    async def _take(self, claim: Callable[[], Awaitable[T]]) -> T:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.wait_s
-        while not await self.store.acquire_lease(self.thread_id, self.holder, self.ttl_s):
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise ThreadBusy(self.thread_id)
-            await asyncio.sleep(min(WAIT_POLL_S, remaining))
-        self._renewed_at = loop.time()
+        while True:
+            try:
+                result = await claim()
+                break
+            except ThreadBusy:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise
+                await asyncio.sleep(min(WAIT_POLL_S, remaining))
+        self._adopt()
+        return result
+
+    def _adopt(self) -> None:
+        """The row is ours now (however it was written): start the heartbeat, arm `release`."""
+        self._renewed_at = asyncio.get_running_loop().time()
         self._task = asyncio.current_task()
         self._heartbeat = asyncio.create_task(self._beat(), name=f"run-lease-{self.thread_id}")
         log.info("run lease taken on thread %s by %s", self.thread_id, self.holder)

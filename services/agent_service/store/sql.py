@@ -6,10 +6,12 @@ expressions chosen by dialect here: the UPSERT construct (both speak `INSERT ...
 
 Every public method is ONE transaction, written as a plain synchronous function of a `Connection`
 (a "body") and handed to `_run`, so each either happens completely or not at all; `write` batches
-several changes to one thread into one. How the body runs is the backend's business (`_execute`):
-on PostgreSQL it runs on the event loop through `AsyncConnection.run_sync` (asyncpg underneath, one
-network round trip per statement, nothing blocks); the SQLite store runs the whole body on its own
-database thread, so a transaction costs one hop between threads instead of several per statement.
+several changes to one thread into one, and the fused methods of a turn (`start_thread`,
+`lease_thread`, `write_recent`; see `base.py`) run the statements of several calls in one body.
+How the body runs is the backend's business (`_execute`): on PostgreSQL it runs on the event loop
+through `AsyncConnection.run_sync` (asyncpg underneath, one network round trip per statement,
+nothing blocks); the SQLite store runs the whole body on its own database thread, so a transaction
+costs one hop between threads instead of several per statement.
 The statements of the hot path are built once per dialect with bind parameters, so SQLAlchemy finds
 their compiled form in its cache without building and hashing a new statement on every call.
 
@@ -37,7 +39,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.agent_service.store import migrate
-from services.agent_service.store.base import Fence, LeaseLost, Order, Store
+from services.agent_service.store.base import Fence, LeaseLost, Order, Store, ThreadBusy
 from services.agent_service.store.schema import feedback, run_leases, threads
 from services.agent_service.store.schema import items as item_rows
 from services.common.auth import Principal
@@ -57,6 +59,16 @@ def _dump_thread(thread: ThreadMetadata) -> str:
 
 def _dump_item(item: ThreadItem) -> str:
     return item.model_dump_json(exclude_none=True)
+
+
+def _thread_row(owner: Principal, thread: ThreadMetadata) -> dict[str, Any]:
+    return {
+        "id": thread.id,
+        "tenant": owner.tenant,
+        "owner": owner.user,
+        "created_at": thread.created_at,
+        "data": _dump_thread(thread),
+    }
 
 
 def _sqlstate(error: BaseException) -> str:
@@ -119,6 +131,7 @@ class _Statements:
             .with_for_update(of=run_leases)
         )
         self.insert_thread = threads.insert()
+        self.insert_thread_seq = threads.insert().returning(threads.c.seq)
         self.save_thread = update(threads).where(threads.c.seq == bindparam("t_seq"))
         self.item_seq = select(item_rows.c.seq).where(
             item_rows.c.id == bindparam("item_id"), item_rows.c.thread_seq == bindparam("t_seq")
@@ -142,6 +155,13 @@ class _Statements:
             select(item_rows.c.data)
             .join(threads, threads.c.seq == item_rows.c.thread_seq)
             .where(owned)
+            .order_by(item_rows.c.seq.desc())
+            .limit(bindparam("limit"))
+        )
+        # The same view of a thread whose seq the transaction has already checked (`write_recent`).
+        self.recent_items_of_seq = (
+            select(item_rows.c.data)
+            .where(item_rows.c.thread_seq == bindparam("t_seq"))
             .order_by(item_rows.c.seq.desc())
             .limit(bindparam("limit"))
         )
@@ -173,6 +193,10 @@ def _now(dialect: str) -> ColumnElement[float]:
 
 def _owned(owner: Principal, thread_id: str) -> dict[str, Any]:
     return {"thread_id": thread_id, "tenant": owner.tenant, "user": owner.user}
+
+
+def _lease(key: str, holder: str, ttl_s: float) -> dict[str, Any]:
+    return {"lease_thread": key, "lease_holder": holder, "lease_ttl": ttl_s}
 
 
 class SqlStore(Store):
@@ -289,6 +313,18 @@ class SqlStore(Store):
             raise LeaseLost(fence.key)
         return int(seq)
 
+    def _upsert_items(
+        self, connection: Connection, thread_seq: int, rows: Sequence[tuple[str, str, str]]
+    ) -> None:
+        """Insert or update in place the (id, type, data) rows; an id of another thread is INVALID."""
+        for item_id, item_type, data in rows:
+            result = connection.execute(
+                self._sql.upsert_item,
+                {"id": item_id, "thread_seq": thread_seq, "type": item_type, "data": data},
+            )
+            if result.rowcount == 0:
+                raise invalid(f"item id {item_id!r} belongs to another thread")
+
     def _item_seq(self, connection: Connection, thread_seq: int, item_id: str) -> int:
         seq = connection.scalar(self._sql.item_seq, {"item_id": item_id, "t_seq": thread_seq})
         if seq is None:
@@ -298,18 +334,56 @@ class SqlStore(Store):
     # ------------------------------------------------------------------ threads
 
     async def create_thread(self, owner: Principal, thread: ThreadMetadata) -> None:
-        row = {
-            "id": thread.id,
-            "tenant": owner.tenant,
-            "owner": owner.user,
-            "created_at": thread.created_at,
-            "data": _dump_thread(thread),
-        }
+        row = _thread_row(owner, thread)
 
         def body(connection: Connection) -> None:
             connection.execute(self._sql.insert_thread, row)
 
         await self._run(body)
+
+    async def start_thread(
+        self,
+        owner: Principal,
+        thread: ThreadMetadata,
+        *,
+        holder: str,
+        ttl_s: float,
+        items: Sequence[ThreadItem] = (),
+    ) -> None:
+        """Three statements on the common path: INSERT the thread (RETURNING its seq), the lease UPSERT
+        of `acquire_lease`, and the item UPSERTs of `write` (usually one)."""
+        row = _thread_row(owner, thread)
+        lease = _lease(thread.id, holder, ttl_s)
+        rows = [(item.id, item.type, _dump_item(item)) for item in items]
+
+        def body(connection: Connection) -> None:
+            thread_seq = int(connection.execute(self._sql.insert_thread_seq, row).scalar_one())
+            if not connection.execute(self._sql.acquire_lease, lease).rowcount:
+                raise ThreadBusy(thread.id)  # rolls the thread back too
+            self._upsert_items(connection, thread_seq, rows)
+
+        await self._run(body)
+
+    async def lease_thread(
+        self, owner: Principal, thread_id: str, *, holder: str, ttl_s: float
+    ) -> ThreadMetadata:
+        """Two statements: the lease UPSERT of `acquire_lease`, then the owner's thread. In that order:
+        on PostgreSQL (READ COMMITTED) each statement sees what was committed before it started, so
+        the read comes after the previous holder's last write and release. When the thread is not
+        the owner's, raising rolls the lease back: a stranger takes nothing and learns nothing."""
+        owned = _owned(owner, thread_id)
+        lease = _lease(thread_id, holder, ttl_s)
+
+        def body(connection: Connection) -> Any:
+            taken = connection.execute(self._sql.acquire_lease, lease).rowcount
+            data = connection.scalar(self._sql.thread_data, owned)
+            if data is None:
+                raise not_found(f"thread {thread_id!r}")
+            if not taken:
+                raise ThreadBusy(thread_id)
+            return data
+
+        return ThreadMetadata.model_validate_json(await self._run(body))
 
     async def load_thread(self, owner: Principal, thread_id: str) -> ThreadMetadata:
         def body(connection: Connection) -> Any:
@@ -353,6 +427,37 @@ class SqlStore(Store):
 
     # ------------------------------------------------------------------ items
 
+    def _writer(
+        self,
+        owner: Principal,
+        thread_id: str,
+        items: Sequence[ThreadItem],
+        deleted: Sequence[str],
+        thread: ThreadMetadata | None,
+        fence: Fence | None,
+    ) -> Callable[[Connection], int]:
+        """The body of `write` (serialised here, off the database thread); it returns the thread's seq."""
+        if thread is not None and thread.id != thread_id:
+            raise invalid(f"thread {thread.id!r} saved as {thread_id!r}")
+        rows = [(item.id, item.type, _dump_item(item)) for item in items]
+        thread_data = _dump_thread(thread) if thread is not None else None
+
+        def body(connection: Connection) -> int:
+            if fence is None:
+                thread_seq = self._thread_seq(connection, owner, thread_id)
+            else:
+                thread_seq = self._fenced_thread_seq(connection, owner, thread_id, fence)
+            self._upsert_items(connection, thread_seq, rows)
+            if deleted:
+                connection.execute(self._sql.delete_items, {"t_seq": thread_seq, "item_ids": list(deleted)})
+            if thread_data is not None:
+                result = connection.execute(self._sql.save_thread, {"t_seq": thread_seq, "data": thread_data})
+                if result.rowcount == 0:
+                    raise not_found(f"thread {thread_id!r}")
+            return thread_seq
+
+        return body
+
     async def write(
         self,
         owner: Principal,
@@ -363,31 +468,30 @@ class SqlStore(Store):
         thread: ThreadMetadata | None = None,
         fence: Fence | None = None,
     ) -> None:
-        if thread is not None and thread.id != thread_id:
-            raise invalid(f"thread {thread.id!r} saved as {thread_id!r}")
-        rows = [(item.id, item.type, _dump_item(item)) for item in items]
-        thread_data = _dump_thread(thread) if thread is not None else None
+        await self._run(self._writer(owner, thread_id, items, deleted, thread, fence))
 
-        def body(connection: Connection) -> None:
-            if fence is None:
-                thread_seq = self._thread_seq(connection, owner, thread_id)
-            else:
-                thread_seq = self._fenced_thread_seq(connection, owner, thread_id, fence)
-            for item_id, item_type, data in rows:
-                result = connection.execute(
-                    self._sql.upsert_item,
-                    {"id": item_id, "thread_seq": thread_seq, "type": item_type, "data": data},
-                )
-                if result.rowcount == 0:
-                    raise invalid(f"item id {item_id!r} belongs to another thread")
-            if deleted:
-                connection.execute(self._sql.delete_items, {"t_seq": thread_seq, "item_ids": list(deleted)})
-            if thread_data is not None:
-                result = connection.execute(self._sql.save_thread, {"t_seq": thread_seq, "data": thread_data})
-                if result.rowcount == 0:
-                    raise not_found(f"thread {thread_id!r}")
+    async def write_recent(
+        self,
+        owner: Principal,
+        thread_id: str,
+        *,
+        limit: int,
+        items: Sequence[ThreadItem] = (),
+        deleted: Sequence[str] = (),
+        thread: ThreadMetadata | None = None,
+        fence: Fence | None = None,
+    ) -> list[ThreadItem]:
+        """`write`'s statements, then the newest items by the thread's seq the write just checked."""
+        write = self._writer(owner, thread_id, items, deleted, thread, fence)
 
-        await self._run(body)
+        def body(connection: Connection) -> list[Any]:
+            thread_seq = write(connection)
+            return list(
+                connection.scalars(self._sql.recent_items_of_seq, {"t_seq": thread_seq, "limit": limit}).all()
+            )
+
+        rows = await self._run(body)
+        return [_ITEM.validate_json(row) for row in reversed(rows)]
 
     async def load_item(self, owner: Principal, thread_id: str, item_id: str) -> ThreadItem:
         def body(connection: Connection) -> Any:
@@ -479,7 +583,7 @@ class SqlStore(Store):
 
     async def acquire_lease(self, key: str, holder: str, ttl_s: float) -> bool:
         """One atomic UPSERT: insert the lease, or take over a row whose expiry has passed."""
-        params = {"lease_thread": key, "lease_holder": holder, "lease_ttl": ttl_s}
+        params = _lease(key, holder, ttl_s)
 
         def body(connection: Connection) -> bool:
             return bool(connection.execute(self._sql.acquire_lease, params).rowcount)
@@ -487,7 +591,7 @@ class SqlStore(Store):
         return await self._run(body)
 
     async def renew_lease(self, key: str, holder: str, ttl_s: float) -> bool:
-        params = {"lease_thread": key, "lease_holder": holder, "lease_ttl": ttl_s}
+        params = _lease(key, holder, ttl_s)
 
         def body(connection: Connection) -> bool:
             return bool(connection.execute(self._sql.renew_lease, params).rowcount)

@@ -23,7 +23,7 @@ from chatkit.types import (
 )
 from sqlalchemy import func, select, text
 
-from services.agent_service.store import Fence, LeaseLost, PostgresStore, SqliteStore, SqlStore
+from services.agent_service.store import Fence, LeaseLost, PostgresStore, SqliteStore, SqlStore, ThreadBusy
 from services.agent_service.store.schema import feedback, items, run_leases
 from services.common.auth import Principal
 from services.common.errors import ServiceError
@@ -364,3 +364,234 @@ async def test_fenced_writes_need_the_lease(store: SqlStore) -> None:
     page = await store.list_items(ALICE, thread.id, limit=10, after=None, order="asc")
     assert [i.id for i in page.data] == [first.id, late.id]
     assert (await store.load_thread(ALICE, thread.id)).metadata == {}
+
+
+# ---------------------------------------------------------------------------- fused turn transactions
+
+
+async def _lease_rows(store: SqlStore) -> dict[str, str]:
+    """Thread id -> holder of every lease row (committed)."""
+    async with store.engine.connect() as connection:
+        rows = (await connection.execute(select(run_leases.c.thread_id, run_leases.c.holder))).all()
+    return {str(row[0]): str(row[1]) for row in rows}
+
+
+async def _item_ids(store: SqlStore, thread_id: str) -> list[str]:
+    return [i.id for i in (await store.list_items(ALICE, thread_id, limit=100, after=None, order="asc")).data]
+
+
+async def test_start_thread_creates_the_thread_leased_with_its_items(store: SqlStore) -> None:
+    thread = _thread()
+    first = _user(thread.id, "hello")
+    await store.start_thread(ALICE, thread, holder="run-1", ttl_s=30, items=[first])
+    assert await store.load_thread(ALICE, thread.id) == thread
+    assert await store.load_item(ALICE, thread.id, first.id) == first
+    assert await _lease_rows(store) == {thread.id: "run-1"}
+    assert not await store.acquire_lease(thread.id, "run-2", ttl_s=30), "the lease is taken"
+    with pytest.raises(ServiceError) as caught:
+        await store.load_thread(BOB, thread.id)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND, "and the thread is the owner's only"
+    # An ordinary lease: it renews, fences and releases like one from `acquire_lease`.
+    assert await store.renew_lease(thread.id, "run-1", ttl_s=30)
+    second = _user(thread.id, "again")
+    await store.write(ALICE, thread.id, items=[second], fence=Fence(thread.id, "run-1"))
+    with pytest.raises(LeaseLost):
+        await store.write(ALICE, thread.id, items=[_user(thread.id, "x")], fence=Fence(thread.id, "run-2"))
+    await store.release_lease(thread.id, "run-1")
+    assert await store.acquire_lease(thread.id, "run-2", ttl_s=30)
+    assert await _item_ids(store, thread.id) == [first.id, second.id]
+
+
+async def test_start_thread_without_items(store: SqlStore) -> None:
+    thread = _thread()
+    await store.start_thread(ALICE, thread, holder="run-1", ttl_s=30)
+    assert await _item_ids(store, thread.id) == []
+    assert await _lease_rows(store) == {thread.id: "run-1"}
+
+
+async def test_start_thread_on_a_leased_id_is_busy_and_writes_nothing(store: SqlStore) -> None:
+    thread = _thread()
+    assert await store.acquire_lease(thread.id, "other", ttl_s=30)
+    with pytest.raises(ThreadBusy) as caught:
+        await store.start_thread(ALICE, thread, holder="run-1", ttl_s=30, items=[_user(thread.id, "x")])
+    assert caught.value.code == grpc.StatusCode.ABORTED
+    with pytest.raises(ServiceError) as not_there:
+        await store.load_thread(ALICE, thread.id)
+    assert not_there.value.code == grpc.StatusCode.NOT_FOUND, "no thread"
+    assert await _count(store, items) == 0, "no items"
+    assert await _lease_rows(store) == {thread.id: "other"}, "the other holder's lease is untouched"
+
+
+async def test_start_thread_takes_over_an_expired_lease(store: SqlStore) -> None:
+    thread = _thread()
+    assert await store.acquire_lease(thread.id, "crashed", ttl_s=0.3)
+    await asyncio.sleep(0.45)
+    await store.start_thread(ALICE, thread, holder="run-1", ttl_s=30, items=[_user(thread.id, "x")])
+    assert await _lease_rows(store) == {thread.id: "run-1"}
+    assert not await store.renew_lease(thread.id, "crashed", ttl_s=30), "the old holder lost it"
+
+
+async def test_start_thread_is_all_or_nothing(store: SqlStore) -> None:
+    existing = _thread()
+    foreign = _user(existing.id, "in the existing thread")
+    await store.start_thread(ALICE, existing, holder="run-0", ttl_s=30, items=[foreign])
+    await store.release_lease(existing.id, "run-0")
+
+    thread = _thread()
+    with pytest.raises(ServiceError) as caught:
+        await store.start_thread(
+            ALICE, thread, holder="run-1", ttl_s=30, items=[_user(thread.id, "new"), foreign]
+        )
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(ServiceError):
+        await store.load_thread(ALICE, thread.id)
+    assert await _lease_rows(store) == {}, "no lease left behind"
+    assert await _item_ids(store, existing.id) == [foreign.id]
+    assert await _count(store, items) == 1
+
+    with pytest.raises(ServiceError) as caught:
+        await store.start_thread(BOB, existing, holder="run-2", ttl_s=30, items=[_user(existing.id, "y")])
+    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
+    assert await _lease_rows(store) == {}
+    assert await _count(store, items) == 1
+
+
+async def test_lease_thread_takes_the_lease_and_reads_the_thread(store: SqlStore) -> None:
+    thread = _thread()
+    await store.create_thread(ALICE, thread)
+    thread.title = "named"
+    thread.metadata = {"active_agent": "billing"}
+    await store.save_thread(ALICE, thread)
+    assert await store.lease_thread(ALICE, thread.id, holder="run-1", ttl_s=30) == thread
+    assert await _lease_rows(store) == {thread.id: "run-1"}
+    assert not await store.acquire_lease(thread.id, "run-2", ttl_s=30)
+    assert await store.renew_lease(thread.id, "run-1", ttl_s=30)
+    item = _user(thread.id, "fenced")
+    await store.write(ALICE, thread.id, items=[item], fence=Fence(thread.id, "run-1"))
+    with pytest.raises(LeaseLost):
+        await store.write(ALICE, thread.id, items=[_user(thread.id, "x")], fence=Fence(thread.id, "run-2"))
+    await store.release_lease(thread.id, "run-1")
+    assert await _lease_rows(store) == {}
+    assert (await store.lease_thread(ALICE, thread.id, holder="run-2", ttl_s=30)).id == thread.id
+    assert await _item_ids(store, thread.id) == [item.id]
+
+
+async def test_lease_thread_of_someone_else_is_not_found_and_takes_nothing(store: SqlStore) -> None:
+    thread = _thread()
+    await store.create_thread(ALICE, thread)
+    for stranger in (BOB, MALLORY):
+        with pytest.raises(ServiceError) as caught:
+            await store.lease_thread(stranger, thread.id, holder="stranger", ttl_s=30)
+        assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(ServiceError) as caught:
+        await store.lease_thread(ALICE, "thr_unknown", holder="run-1", ttl_s=30)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert await _lease_rows(store) == {}, "no lease taken"
+    # Busy or not, someone else's thread is NOT_FOUND, and the holder keeps its lease.
+    assert await store.acquire_lease(thread.id, "run-1", ttl_s=30)
+    with pytest.raises(ServiceError) as caught:
+        await store.lease_thread(BOB, thread.id, holder="stranger", ttl_s=30)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert not isinstance(caught.value, ThreadBusy)
+    assert await _lease_rows(store) == {thread.id: "run-1"}
+    assert await store.renew_lease(thread.id, "run-1", ttl_s=30)
+
+
+async def test_lease_thread_of_an_expired_lease_by_a_stranger_leaves_it(store: SqlStore) -> None:
+    thread = _thread()
+    await store.create_thread(ALICE, thread)
+    assert await store.acquire_lease(thread.id, "crashed", ttl_s=0.3)
+    await asyncio.sleep(0.45)
+    with pytest.raises(ServiceError) as caught:
+        await store.lease_thread(BOB, thread.id, holder="stranger", ttl_s=30)
+    assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    assert await _lease_rows(store) == {thread.id: "crashed"}, "the takeover was rolled back"
+
+
+async def test_lease_thread_on_a_busy_thread_is_busy_and_changes_nothing(store: SqlStore) -> None:
+    thread = _thread()
+    await store.create_thread(ALICE, thread)
+    assert await store.acquire_lease(thread.id, "run-1", ttl_s=30)
+    with pytest.raises(ThreadBusy) as caught:
+        await store.lease_thread(ALICE, thread.id, holder="run-2", ttl_s=30)
+    assert caught.value.code == grpc.StatusCode.ABORTED
+    assert await _lease_rows(store) == {thread.id: "run-1"}
+    assert await store.renew_lease(thread.id, "run-1", ttl_s=30)
+
+
+async def test_lease_thread_takes_over_an_expired_lease(store: SqlStore) -> None:
+    thread = _thread()
+    await store.create_thread(ALICE, thread)
+    assert await store.acquire_lease(thread.id, "crashed", ttl_s=0.3)
+    with pytest.raises(ThreadBusy):
+        await store.lease_thread(ALICE, thread.id, holder="next", ttl_s=30)
+    await asyncio.sleep(0.45)
+    assert (await store.lease_thread(ALICE, thread.id, holder="next", ttl_s=30)).id == thread.id
+    assert not await store.renew_lease(thread.id, "crashed", ttl_s=30), "the old holder lost it"
+    with pytest.raises(LeaseLost):
+        await store.write(ALICE, thread.id, items=[_user(thread.id, "x")], fence=Fence(thread.id, "crashed"))
+    assert await _lease_rows(store) == {thread.id: "next"}
+
+
+async def test_concurrent_lease_threads_across_replicas_have_one_winner(new_store: StoreFactory) -> None:
+    replicas = [await new_store() for _ in range(3)]
+    thread = _thread()
+    await replicas[0].create_thread(ALICE, thread)
+
+    async def attempt(i: int) -> bool:
+        try:
+            await replicas[i % 3].lease_thread(ALICE, thread.id, holder=f"holder-{i}", ttl_s=30)
+        except ThreadBusy:
+            return False
+        return True
+
+    results = await asyncio.gather(*(attempt(i) for i in range(12)))
+    assert sum(results) == 1, results
+
+
+async def test_write_recent_writes_then_reads_the_newest_items(store: SqlStore) -> None:
+    thread = _thread()
+    await store.create_thread(ALICE, thread)
+    added = [_user(thread.id, f"m{i}") for i in range(3)]
+    await store.write(ALICE, thread.id, items=added)
+    new = _user(thread.id, "new")
+    recent = await store.write_recent(ALICE, thread.id, items=[new], limit=2)
+    assert recent == [added[2], new]
+    assert recent == await store.recent_items(ALICE, thread.id, 2)
+    everything = await store.write_recent(ALICE, thread.id, deleted=[added[0].id], limit=100)
+    assert [i.id for i in everything] == [added[1].id, added[2].id, new.id]
+    assert await store.write_recent(ALICE, thread.id, limit=0) == []
+    thread.metadata = {"active_agent": "tech"}
+    await store.write_recent(ALICE, thread.id, thread=thread, limit=1)
+    assert (await store.load_thread(ALICE, thread.id)).metadata == {"active_agent": "tech"}
+
+
+async def test_write_recent_is_fenced(store: SqlStore) -> None:
+    thread = _thread()
+    await store.start_thread(ALICE, thread, holder="run-1", ttl_s=30)
+    first = _user(thread.id, "by run 1")
+    assert await store.write_recent(
+        ALICE, thread.id, items=[first], fence=Fence(thread.id, "run-1"), limit=20
+    ) == [first]
+    with pytest.raises(LeaseLost):
+        await store.write_recent(
+            ALICE, thread.id, items=[_user(thread.id, "x")], fence=Fence(thread.id, "run-2"), limit=20
+        )
+    assert await _item_ids(store, thread.id) == [first.id], "nothing written"
+
+
+async def test_write_recent_fails_as_write_does_and_changes_nothing(store: SqlStore) -> None:
+    one, two = _thread(), _thread()
+    await store.create_thread(ALICE, one)
+    await store.create_thread(ALICE, two)
+    foreign = _user(one.id, "in thread one")
+    await store.add_item(ALICE, one.id, foreign)
+    for stranger in (BOB, MALLORY):
+        with pytest.raises(ServiceError) as caught:
+            await store.write_recent(stranger, one.id, items=[_user(one.id, "sneaky")], limit=20)
+        assert caught.value.code == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(ServiceError) as caught:
+        await store.write_recent(ALICE, two.id, items=[_user(two.id, "new"), foreign], limit=20)
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert await _item_ids(store, one.id) == [foreign.id]
+    assert await _item_ids(store, two.id) == []

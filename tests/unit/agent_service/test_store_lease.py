@@ -128,6 +128,103 @@ async def test_a_lost_lease_is_noticed_and_cancels_a_waiting_run(store: SqlStore
     assert not await store.acquire_lease(key, "third", ttl_s=TTL), "the thief's lease was left alone"
 
 
+async def _claim_existing(store: SqlStore, lease: RunLease) -> ThreadMetadata:
+    return await store.lease_thread(ALICE, lease.thread_id, holder=lease.holder, ttl_s=lease.ttl_s)
+
+
+async def _new_thread(store: SqlStore) -> str:
+    thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now(UTC))
+    await store.create_thread(ALICE, thread)
+    return thread.id
+
+
+@pytest.mark.parametrize("how", ["start_thread", "lease_thread"])
+async def test_an_adopted_lease_heartbeats_fences_and_releases_like_an_acquired_one(
+    store: SqlStore, how: str
+) -> None:
+    ttl = 0.3
+    thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now(UTC))
+    if how == "lease_thread":
+        await store.create_thread(ALICE, thread)
+    lease = RunLease(store, thread.id, ttl_s=ttl)
+
+    async def claim() -> str:
+        if how == "start_thread":
+            await store.start_thread(ALICE, thread, holder=lease.holder, ttl_s=lease.ttl_s)
+        else:
+            await _claim_existing(store, lease)
+        return "claimed"
+
+    async with lease.holding(claim) as claimed:
+        assert claimed == "claimed"
+        await asyncio.sleep(ttl * 2.5)
+        assert not lease.lost, "the heartbeat kept it"
+        with pytest.raises(ThreadBusy):
+            await RunLease(store, thread.id, ttl_s=ttl).acquire()
+        other = RunLease(store, thread.id, ttl_s=ttl)
+        with pytest.raises(ThreadBusy):
+            async with other.holding(lambda: _claim_existing(store, other)):
+                pass
+        await store.write(ALICE, thread.id, items=[], fence=lease.fence)
+        with pytest.raises(LeaseLost):
+            await store.write(ALICE, thread.id, items=[], fence=other.fence)
+    assert not await store.renew_lease(thread.id, lease.holder, ttl_s=ttl), "released"
+    async with RunLease(store, thread.id, ttl_s=ttl).hold():
+        pass  # free at once, no need to wait for the TTL
+
+
+async def test_an_adopted_lease_that_is_stolen_is_lost(store: SqlStore) -> None:
+    thread_id = await _new_thread(store)
+    lease = RunLease(store, thread_id, ttl_s=TTL)
+
+    async def run() -> str:
+        async with lease.holding(lambda: _claim_existing(store, lease)):
+            lease.interruptible = True
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                assert lease.absorb_cancel()
+                return "stopped"
+            return "finished"
+
+    task = asyncio.create_task(run())
+    await asyncio.sleep(0.05)
+    await _steal(store, thread_id)
+    assert await asyncio.wait_for(task, timeout=TTL * 2) == "stopped"
+    assert lease.lost
+    with pytest.raises(LeaseLost):
+        await store.write(ALICE, thread_id, items=[], fence=lease.fence)
+
+
+async def test_holding_waits_for_a_busy_thread_but_not_for_a_strangers(store: SqlStore) -> None:
+    thread_id = await _new_thread(store)
+    first = RunLease(store, thread_id, ttl_s=TTL)
+    await first.acquire()
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, lambda: asyncio.ensure_future(first.release()))
+    started = loop.time()
+    second = RunLease(store, thread_id, ttl_s=TTL, wait_s=3)
+    async with second.holding(lambda: _claim_existing(store, second)) as thread:
+        waited = loop.time() - started
+        assert thread.id == thread_id
+    assert 0.25 < waited < 1.5
+
+    await first.acquire()
+    try:
+        stranger = Principal(tenant="globex", user="alice", role="user")
+        third = RunLease(store, thread_id, ttl_s=TTL, wait_s=3)
+        started = loop.time()
+        with pytest.raises(ServiceError) as caught:
+            async with third.holding(
+                lambda: store.lease_thread(stranger, thread_id, holder=third.holder, ttl_s=TTL)
+            ):
+                pass
+        assert caught.value.code == grpc.StatusCode.NOT_FOUND
+        assert loop.time() - started < 0.25, "NOT_FOUND at once: only a busy thread is waited for"
+    finally:
+        await first.release()
+
+
 # ---------------------------------------------------------------------------- in the conversation
 
 
