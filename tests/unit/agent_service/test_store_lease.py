@@ -37,9 +37,7 @@ from sqlalchemy import text
 from services.agent_service.conversation import Conversation
 from services.agent_service.store import (
     LeaseLost,
-    PostgresStore,
     RunLease,
-    SqliteStore,
     SqlStore,
     ThreadBusy,
 )
@@ -47,27 +45,16 @@ from services.agent_service.turn import ACTIVE_AGENT_KEY, ActionRequest, Turn
 from services.common.auth import Principal
 from services.common.errors import ServiceError
 from services.common.ids import new_id
-from tests.support.postgres import shared_postgres
+from tests.unit.agent_service.store_support import BACKENDS, opened_store
 
 ALICE = Principal(tenant="acme", user="alice", role="user")
 TTL = 0.6
-_database: list[str] = []
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
-    opened: SqlStore
-    if request.param == "sqlite":
-        opened = SqliteStore(tmp_path / "lease.sqlite3")
-    else:
-        if not _database:
-            url = await asyncio.to_thread(shared_postgres().create_database, "lease")
-            await PostgresStore(url).migrate()
-            _database.append(url)
-        opened = PostgresStore(_database[0])
-    await opened.open()
-    yield opened
-    await opened.close()
+    async with opened_store(request.param, tmp_path, "lease") as opened:
+        yield opened
 
 
 async def _steal(store: SqlStore, thread_id: str) -> None:

@@ -8,7 +8,6 @@ user message + history, the assistant message, the release).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,33 +30,22 @@ from chatkit.types import (
 from sqlalchemy.engine import Connection
 
 from services.agent_service.conversation import Conversation
-from services.agent_service.store import PostgresStore, SqliteStore, SqlStore
+from services.agent_service.store import SqlStore
 from services.agent_service.turn import ActionRequest, Turn
 from services.common.auth import Principal
 from services.common.errors import ServiceError
 from services.common.ids import new_id
-from tests.support.postgres import shared_postgres
+from tests.unit.agent_service.store_support import BACKENDS, opened_store
 
 T = TypeVar("T")
 ALICE = Principal(tenant="acme", user="alice", role="user")
 BOB = Principal(tenant="acme", user="bob", role="user")
-_database: list[str] = []
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=BACKENDS)
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SqlStore]:
-    opened: SqlStore
-    if request.param == "sqlite":
-        opened = SqliteStore(tmp_path / "turns.sqlite3")
-    else:
-        if not _database:
-            url = await asyncio.to_thread(shared_postgres().create_database, "turns")
-            await PostgresStore(url).migrate()
-            _database.append(url)
-        opened = PostgresStore(_database[0])
-    await opened.open()
-    yield opened
-    await opened.close()
+    async with opened_store(request.param, tmp_path, "turns") as opened:
+        yield opened
 
 
 class Transactions:
