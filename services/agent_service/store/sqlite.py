@@ -1,4 +1,4 @@
-"""The embedded SQLite store: the shared SQL implementation on one aiosqlite connection.
+"""The embedded SQLite store: the shared SQL implementation on one connection, owned by one thread.
 
 One file, one process: the store migrates its own schema at startup (`auto_migrate`), so
 `make run` needs no extra step, and a file written by the first (pre-Alembic) SQLite store is adopted
