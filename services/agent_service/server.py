@@ -16,9 +16,7 @@ checks its schema: on PostgreSQL an outdated schema stops the service with a mes
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
@@ -48,6 +46,7 @@ from services.common.auth import Principal, TokenVerifier
 from services.common.config import Settings
 from services.common.errors import ServiceError
 from services.common.grpc_auth import AuthInterceptor, current_locale, current_principal, current_request_id
+from services.common.grpc_server import serve_until_signalled
 from services.common.grpc_server import server_options as common_server_options
 from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
@@ -390,27 +389,13 @@ async def serve(settings: Settings) -> None:
         redacted(database_url(settings)),
     )
 
-    stopping = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stopping.set)
-    waiter = asyncio.create_task(server.wait_for_termination())
-    stopper = asyncio.create_task(stopping.wait())
-    await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    if stopping.is_set():
-        # First say NOT_SERVING and keep serving for a moment: clients that watch our health (the
-        # edge does) move new calls to other replicas. Only then refuse new calls and drain.
-        notice = min(SHUTDOWN_NOTICE_S, settings.shutdown_grace_s)
-        log.info(
-            "shutting down: NOT_SERVING for %.1f s, then draining in-flight calls for up to %.0f s",
-            notice,
-            settings.shutdown_grace_s,
-        )
-        await health_servicer.enter_graceful_shutdown()
-        await asyncio.sleep(notice)
-        await server.stop(settings.shutdown_grace_s)
-    waiter.cancel()
-    stopper.cancel()
+    await serve_until_signalled(
+        server,
+        health_servicer,
+        grace_s=settings.shutdown_grace_s,
+        notice_s=SHUTDOWN_NOTICE_S,
+        name="agent service",
+    )
     await responder.aclose()
     await attachments.aclose()
     await store.close()

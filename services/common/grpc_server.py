@@ -1,10 +1,18 @@
-"""Channel arguments every Switchboard gRPC server uses."""
+"""What every Switchboard gRPC server shares: channel arguments and the graceful stop on a signal."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 from typing import Final
 
+from grpc import aio
+from grpc_health.v1 import health
+
 from services.common.config import Settings
+
+log = logging.getLogger(__name__)
 
 MAX_CONNECTION_AGE_GRACE_MS: Final = 10 * 60_000
 """How long calls on a recycled connection may still run: above the edge's stream deadline (300 s)."""
@@ -25,3 +33,49 @@ def server_options(settings: Settings, *, max_message_bytes: int) -> list[tuple[
         ("grpc.max_connection_age_ms", int(settings.grpc_max_connection_age_s * 1000)),
         ("grpc.max_connection_age_grace_ms", MAX_CONNECTION_AGE_GRACE_MS),
     ]
+
+
+async def serve_until_signalled(
+    server: aio.Server,
+    health_servicer: health.aio.HealthServicer,
+    *,
+    grace_s: float,
+    notice_s: float = 0.0,
+    name: str,
+) -> None:
+    """Serve until SIGTERM/SIGINT (or until the server ends by itself), then stop gracefully.
+
+    On a signal: every health service turns NOT_SERVING, the server keeps serving for `notice_s`
+    (clients that watch our health, as the edge does, move new calls to other replicas meanwhile),
+    then refuses new calls and gives in-flight ones up to `grace_s` to finish. The signal handlers
+    are removed on the way out.
+    """
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, stopping.set)
+    waiter = asyncio.create_task(server.wait_for_termination())
+    stopper = asyncio.create_task(stopping.wait())
+    try:
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            notice = min(notice_s, grace_s)
+            if notice > 0:
+                log.info(
+                    "%s shutting down: NOT_SERVING for %.1f s, then draining calls for up to %.0f s",
+                    name,
+                    notice,
+                    grace_s,
+                )
+            else:
+                log.info("%s shutting down: draining in-flight calls for up to %.0f s", name, grace_s)
+            await health_servicer.enter_graceful_shutdown()
+            if notice > 0:
+                await asyncio.sleep(notice)
+            await server.stop(grace_s)
+    finally:
+        waiter.cancel()
+        stopper.cancel()
+        for signum in signals:
+            loop.remove_signal_handler(signum)

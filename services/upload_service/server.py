@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any, Final, TypeVar
@@ -31,7 +30,7 @@ from services.common.auth import Principal, TokenVerifier
 from services.common.config import Settings
 from services.common.errors import ServiceError, invalid
 from services.common.grpc_auth import AuthInterceptor, current_principal, current_request_id
-from services.common.grpc_server import server_options
+from services.common.grpc_server import serve_until_signalled, server_options
 from services.upload_service.attachments import Attachments, Presented
 from services.upload_service.records import AttachmentRecord
 from services.upload_service.storage import ObjectStorage
@@ -267,22 +266,12 @@ async def serve(settings: Settings) -> None:
             storage.bucket,
             storage.endpoint,
         )
-        stopping = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stopping.set)
-        waiter = asyncio.create_task(server.wait_for_termination())
-        stopper = asyncio.create_task(stopping.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        if stopping.is_set():
-            log.info("shutting down: draining in-flight calls for up to %.0f s", settings.shutdown_grace_s)
-            await health_servicer.enter_graceful_shutdown()
-            await server.stop(settings.shutdown_grace_s)
-        waiter.cancel()
-        stopper.cancel()
-        bucket_task.cancel()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
+        try:
+            await serve_until_signalled(
+                server, health_servicer, grace_s=settings.shutdown_grace_s, name="upload service"
+            )
+        finally:
+            bucket_task.cancel()
     finally:
         await storage.close()
     log.info("upload service stopped")
