@@ -98,6 +98,9 @@ class SqliteStore(SqlStore):
             connect_args={"check_same_thread": False},
         )
         event.listen(self._sync_engine, "connect", _pragmas)
+        # Connect now, on the database thread: the first request should not pay for it, and a
+        # file that cannot be opened should stop the start, not a request.
+        await self._execute(lambda connection: None)
 
     async def close(self) -> None:
         if self._thread is not None:

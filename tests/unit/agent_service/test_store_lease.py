@@ -95,9 +95,12 @@ async def test_a_lost_lease_is_noticed_and_cancels_a_waiting_run(store: SqlStore
     key = new_id("thr")
     lease = RunLease(store, key, ttl_s=TTL)
 
+    held = asyncio.Event()
+
     async def run() -> str:
         async with lease.hold():
             lease.interruptible = True
+            held.set()
             try:
                 await asyncio.sleep(30)  # waiting for the model
             except asyncio.CancelledError:
@@ -106,7 +109,7 @@ async def test_a_lost_lease_is_noticed_and_cancels_a_waiting_run(store: SqlStore
             return "finished"
 
     task = asyncio.create_task(run())
-    await asyncio.sleep(0.05)
+    await held.wait()  # steal only a lease that exists (taking it may take a while under load)
     await _steal(store, key)
     result = await asyncio.wait_for(task, timeout=TTL * 2)
     assert result == "stopped" and lease.lost
@@ -164,9 +167,12 @@ async def test_an_adopted_lease_that_is_stolen_is_lost(store: SqlStore) -> None:
     thread_id = await _new_thread(store)
     lease = RunLease(store, thread_id, ttl_s=TTL)
 
+    held = asyncio.Event()
+
     async def run() -> str:
         async with lease.holding(lambda: _claim_existing(store, lease)):
             lease.interruptible = True
+            held.set()
             try:
                 await asyncio.sleep(30)
             except asyncio.CancelledError:
@@ -175,7 +181,7 @@ async def test_an_adopted_lease_that_is_stolen_is_lost(store: SqlStore) -> None:
             return "finished"
 
     task = asyncio.create_task(run())
-    await asyncio.sleep(0.05)
+    await held.wait()
     await _steal(store, thread_id)
     assert await asyncio.wait_for(task, timeout=TTL * 2) == "stopped"
     assert lease.lost
