@@ -42,7 +42,7 @@ from chatkit.types import (
 )
 
 from benchmarks.workload import CHATKIT_PATH, SECOND_TEXT, USER_TEXT
-from services.agent_service.models.local import benchmark_deltas
+from switchboard.demo.benchmark import benchmark_deltas
 
 THREAD_ID: Final = "thr_c0ffee00"
 USER_MESSAGE_IDS: Final = ("msg_0000aaaa", "msg_0000bbbb")

@@ -26,7 +26,7 @@ from typing import Final
 from benchmarks.loadgen import run_cell
 from benchmarks.runner import DEFAULT_REPLY_TOKENS, Client, raise_open_files_limit, start_systems
 from benchmarks.systems import POSTGRES_ROLE, SYSTEMS
-from services.agent_service.models.local import benchmark_text
+from switchboard.demo.benchmark import benchmark_text
 
 CATEGORIES: Final = (
     # (label, substrings of a frame; the innermost frame that matches any rule decides)

@@ -6,7 +6,8 @@ turns its events into ChatKit events with `chatkit.agents.stream_agent_response`
 becomes model input with `simple_to_agent_input`; threads and items live in an in-memory `Store`;
 one aiohttp process serves `POST /chatkit` with `server.process(...)` (SSE for streaming results,
 JSON otherwise). The agent runs on the same model as Switchboard in the benchmark: the local demo
-model in benchmark mode (`LocalDemoModel(reply_tokens=N)`), so both systems stream the same answer.
+model in benchmark mode (`BenchmarkModel(N)`, `switchboard.demo.benchmark`), so both systems stream
+the same answer.
 
 Run it: `python -m benchmarks.reference_server --port 8091 --reply-tokens 64`.
 """
@@ -32,7 +33,7 @@ from chatkit.types import (
     UserMessageItem,
 )
 
-from services.agent_service.models.local import LocalDemoModel
+from switchboard.demo.benchmark import BenchmarkModel
 
 RequestContext = dict[str, Any]
 HISTORY_ITEMS: Final = 20
@@ -126,7 +127,7 @@ class ReferenceChatKitServer(ChatKitServer[RequestContext]):
         self.agent = Agent[AgentContext[RequestContext]](
             name="Assistant",
             instructions="You are a helpful assistant.",
-            model=LocalDemoModel(reply_tokens=reply_tokens),
+            model=BenchmarkModel(reply_tokens),
         )
 
     async def respond(

@@ -54,8 +54,8 @@ from benchmarks.systems import (
     switchboard_targets,
 )
 from benchmarks.workload import TURN_TIMEOUT_S, Driver, GrpcDriver, HttpDriver
-from services.agent_service.models.local import benchmark_text
 from services.common.auth import mint_token
+from switchboard.demo.benchmark import benchmark_text
 from tests.support.postgres import PostgresUnavailable
 from tests.support.processes import SECRET, Stack
 

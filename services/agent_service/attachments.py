@@ -2,7 +2,7 @@
 
 Every call acts for the caller: it forwards the caller's bearer token (and request id), so the upload
 service checks ownership itself and a thread can only use its owner's attachments. Failures become
-ServiceErrors the conversation can report before it writes anything:
+SwitchboardErrors the conversation can report before it writes anything:
 
 - an attachment that does not exist (or is someone else's) is NOT_FOUND, like any unknown id;
 - an attachment that is not uploaded completely, or whose bytes do not match its type, stays
@@ -23,8 +23,9 @@ from grpc import aio
 
 from services.common import codec
 from services.common.config import grpc_target
-from services.common.errors import ServiceError
+from services.common.errors import from_grpc_status
 from services.common.grpc_auth import current_authorization, current_request_id
+from switchboard.app import NotFound, SwitchboardError, Unavailable
 from switchboard.v1 import upload_pb2, upload_pb2_grpc
 
 STORED_PREVIEW_URL: Final = "https://attachments.invalid/{id}"
@@ -47,14 +48,15 @@ def _metadata() -> tuple[tuple[str, str], ...]:
     return (("authorization", current_authorization.get()), ("x-request-id", current_request_id.get()))
 
 
-def _service_error(error: aio.AioRpcError, subject: str) -> ServiceError:
+def _service_error(error: aio.AioRpcError, subject: str) -> SwitchboardError:
+    """The upload service's refusal as the domain error it means for the conversation."""
     code = error.code()
     details = error.details() or code.name
     if code == grpc.StatusCode.NOT_FOUND:
-        return ServiceError(code, f"unknown {subject}: {details}")
+        return NotFound(f"unknown {subject}: {details}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return ServiceError(grpc.StatusCode.UNAVAILABLE, "the upload service is unavailable; try again later")
-    return ServiceError(code, details)
+        return Unavailable("the upload service is unavailable; try again later")
+    return from_grpc_status(code, details)
 
 
 @dataclass(slots=True)
@@ -131,7 +133,7 @@ class AttachmentClient:
             return
         try:
             fresh = await self.fresh([image.id for image in images])
-        except ServiceError:
+        except SwitchboardError:
             return
         for image in images:
             minted = fresh.get(image.id)

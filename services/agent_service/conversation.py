@@ -41,7 +41,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import grpc
 from chatkit.actions import Action
 from chatkit.errors import CustomStreamError, ErrorCode, StreamError
 from chatkit.types import (
@@ -84,8 +83,9 @@ from services.agent_service.attachments import STORED_PREVIEW_URL, AttachmentCli
 from services.agent_service.store import LeaseLost, Order, RunLease, Store
 from services.agent_service.turn import ActionRequest, Responder, Turn
 from services.common.auth import Principal
-from services.common.errors import ServiceError, invalid
+from services.common.errors import invalid
 from services.common.ids import new_id
+from switchboard.app import PreconditionFailed, SwitchboardError
 
 log = logging.getLogger(__name__)
 
@@ -97,10 +97,6 @@ MAX_TITLE_CHARS: Final = 200
 MAX_PAGE: Final = 100
 DEFAULT_PAGE: Final = 20
 _HIDDEN: Final = (HiddenContextItem, SDKHiddenContextItem)
-# Store failures mid-stream that a retry may fix (the database was briefly away or too slow).
-_RETRYABLE: Final = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
-)
 _ThreadState = tuple[str | None, Any, dict[str, Any]]
 _ITEM: Final = TypeAdapter[ThreadItem](ThreadItem)
 
@@ -157,9 +153,7 @@ def _validate_input(message: UserMessageInput) -> None:
 
 def _ensure_open(thread: ThreadMetadata) -> None:
     if thread.status.type != "active":
-        raise ServiceError(
-            grpc.StatusCode.FAILED_PRECONDITION, f"thread {thread.id!r} is {thread.status.type}"
-        )
+        raise PreconditionFailed(f"thread {thread.id!r} is {thread.status.type}")
 
 
 class _PendingItems:
@@ -347,8 +341,7 @@ class Conversation:
             )
             call = next(iter(recent.data), None)
             if not isinstance(call, ClientToolCallItem) or call.status != "pending":
-                raise ServiceError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                raise PreconditionFailed(
                     f"thread {thread_id!r} has no pending client tool call",
                 )
             call.output = result
@@ -382,9 +375,7 @@ class Conversation:
             if not isinstance(item, StructuredInputItem):
                 raise invalid(f"item {item_id!r} is not a structured input")
             if item.status != "pending":
-                raise ServiceError(
-                    grpc.StatusCode.FAILED_PRECONDITION, f"item {item_id!r} was already answered"
-                )
+                raise PreconditionFailed(f"item {item_id!r} was already answered")
             answered = _apply_submission(item, submission)
 
             async def replaced_then_respond() -> AsyncIterator[ThreadStreamEvent]:
@@ -414,6 +405,7 @@ class Conversation:
     async def custom_action(
         self, owner: Principal, locale: str, thread_id: str, item_id: str | None, action: Action[str, Any]
     ) -> AsyncIterator[ThreadStreamEvent]:
+        self._responder.check_action(action)
         # Loading the sender checks ownership; without one, `_leased` does.
         sender = await self._store.load_item(owner, thread_id, item_id) if item_id else None
         if sender is not None and not isinstance(sender, WidgetItem):
@@ -609,11 +601,10 @@ class Conversation:
             except LeaseLost:
                 lease.lost = True  # a fenced write found the lease taken over
                 raise
-            except ServiceError as error:
-                retryable = error.code in _RETRYABLE
-                yield ErrorEvent(code="custom", message=error.message, allow_retry=retryable)
-                if retryable:
-                    return  # the database failed: saving the thread state now would fail as well
+            except SwitchboardError as error:
+                yield ErrorEvent(code="custom", message=error.message, allow_retry=error.retryable)
+                if error.retryable:
+                    return  # a dependency failed: saving the thread state now may fail as well
             except Exception:
                 log.exception("the agents failed in thread %s", thread.id)
                 yield ErrorEvent(code=ErrorCode.STREAM_ERROR, allow_retry=True)

@@ -20,7 +20,6 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-import grpc
 from chatkit.actions import Action
 from chatkit.types import (
     AssistantMessageContentPartTextDelta,
@@ -44,10 +43,10 @@ from services.agent_service.turn import Responder
 from services.common import codec
 from services.common.auth import Principal, TokenVerifier
 from services.common.config import Settings
-from services.common.errors import ServiceError
-from services.common.grpc_auth import AuthInterceptor, current_locale, current_principal, current_request_id
-from services.common.grpc_server import serve_until_signalled
+from services.common.grpc_auth import AuthInterceptor, current_locale, current_principal
+from services.common.grpc_server import abort_with, serve_until_signalled
 from services.common.grpc_server import server_options as common_server_options
+from switchboard.app import InvalidRequest, SwitchboardError
 from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
 log = logging.getLogger(__name__)
@@ -80,9 +79,7 @@ def _parse(model: type[_Model], data: Any, what: str) -> _Model:
     except ValidationError as error:
         first = error.errors()[0]
         where = ".".join(str(part) for part in first["loc"]) or what
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, f"invalid {what}: {where}: {first['msg']}"
-        ) from error
+        raise InvalidRequest(f"invalid {what}: {where}: {first['msg']}") from error
 
 
 def _user_input(message: chat_pb2.UserMessageInput) -> UserMessageInput:
@@ -93,13 +90,13 @@ def _user_input(message: chat_pb2.UserMessageInput) -> UserMessageInput:
 
 def _action(message: chat_pb2.Action) -> Action[str, Any]:
     if not message.type:
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, "action.type is required")
+        raise InvalidRequest("action.type is required")
     return _parse(Action[str, Any], codec.to_data(message), "action")
 
 
 def _required(value: str, name: str) -> str:
     if not value:
-        raise ServiceError(grpc.StatusCode.INVALID_ARGUMENT, f"{name} is required")
+        raise InvalidRequest(f"{name} is required")
     return value
 
 
@@ -123,11 +120,6 @@ def event_to_proto(event: ThreadStreamEvent) -> events_pb2.ThreadStreamEvent:
     return codec.event_to_proto(event)
 
 
-async def _abort(context: Context, error: ServiceError) -> None:
-    log.info("request %s refused: %s %s", current_request_id.get(), error.code.name, error.message)
-    await context.abort(error.code, error.message)
-
-
 class ChatService(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, conversation: Conversation) -> None:
         self._conversation = conversation
@@ -137,14 +129,14 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
     ) -> None:
         try:
             events = open_events()
-        except ServiceError as error:
-            await _abort(context, error)
+        except SwitchboardError as error:
+            await abort_with(context, error)
             return
         try:
             async for event in events:
                 await context.write(event_to_proto(event))
-        except ServiceError as error:
-            await _abort(context, error)
+        except SwitchboardError as error:
+            await abort_with(context, error)
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
@@ -153,8 +145,8 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
     async def _unary(self, context: Context, call: Callable[[], Awaitable[_Reply]]) -> _Reply:
         try:
             return await call()
-        except ServiceError as error:
-            await _abort(context, error)
+        except SwitchboardError as error:
+            await abort_with(context, error)
             raise AssertionError("unreachable") from error
 
     # ------------------------------------------------------------------ streaming
@@ -360,11 +352,17 @@ async def build_server(
 async def serve(settings: Settings) -> None:
     """Run the agent service until SIGTERM/SIGINT, then drain in-flight streams within the grace.
 
-    Exits with status 2 and a one-line explanation when the database schema is not the one this
-    version needs (PostgreSQL: run `switchboard migrate` first).
+    Exits with status 2 and a one-line explanation when the app (`SWITCHBOARD_APP`) cannot be
+    loaded or started, or when the database schema is not the one this version needs (PostgreSQL:
+    run `switchboard migrate` first).
     """
-    from services.agent_service.agents.responder import create_responder
+    from services.agent_service.agents import AppLoadError, create_responder, load_app
 
+    try:
+        app = load_app(settings.app)
+    except AppLoadError as error:
+        log.error("cannot start: %s", error)
+        raise SystemExit(2) from None
     try:
         store = create_store(settings)
     except ValueError as error:
@@ -379,7 +377,12 @@ async def serve(settings: Settings) -> None:
         # Exit and let the supervisor (Kubernetes) restart us with its backoff.
         log.error("cannot start: the database %s is unreachable: %s", store.url, error)
         raise SystemExit(1) from None
-    responder = await create_responder(settings)
+    try:
+        responder = await create_responder(settings, app)
+    except AppLoadError as error:
+        await store.close()
+        log.error("cannot start: %s", error)
+        raise SystemExit(2) from None
     attachments = AttachmentClient(settings.upload_address)
     server, health_servicer, port = await build_server(settings, store, responder, attachments=attachments)
     log.info(

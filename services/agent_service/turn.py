@@ -18,7 +18,7 @@ from chatkit.types import ThreadItem, ThreadMetadata, ThreadStreamEvent, UserMes
 from services.common.auth import Principal
 
 ACTIVE_AGENT_KEY = "active_agent"
-"""Key in `ThreadMetadata.metadata` that names the specialist who answers the next turn."""
+"""Key in `ThreadMetadata.metadata` that holds the name of the agent who answers the next turn."""
 
 
 class AttachmentReader(Protocol):
@@ -63,6 +63,11 @@ class Responder(Protocol):
     def respond(self, turn: Turn) -> AsyncIterator[ThreadStreamEvent]:
         """Stream the assistant's answer. Must stop the agent run when the iterator is closed or
         cancelled (`RunResultStreaming.cancel()` in a `finally`)."""
+        ...
+
+    def check_action(self, action: Action[str, Any]) -> object:
+        """Refuse an action nobody handles, or with an invalid payload, before anything runs
+        (raises `InvalidRequest`); returns the validated payload."""
         ...
 
     def action(self, request: ActionRequest) -> AsyncIterator[ThreadStreamEvent]:

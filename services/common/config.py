@@ -37,7 +37,8 @@ class Settings(BaseSettings):
     # Agent service
     agent_listen: str = Field("127.0.0.1:50051", validation_alias=_env("SWITCHBOARD_AGENT_LISTEN"))
     database_path: Path | None = Field(None, validation_alias=_env("SWITCHBOARD_DATABASE_PATH"))
-    erp_database_path: Path | None = Field(None, validation_alias=_env("SWITCHBOARD_ERP_DATABASE_PATH"))
+    app: str = Field("switchboard.demo:create_app", min_length=1, validation_alias=_env("SWITCHBOARD_APP"))
+    """The app the agent service runs, `package.module:attribute` (see `switchboard.app`)."""
     history_items: int = Field(40, ge=2, le=1000, validation_alias=_env("SWITCHBOARD_HISTORY_ITEMS"))
     max_turns: int = Field(8, ge=1, le=50, validation_alias=_env("SWITCHBOARD_MAX_TURNS"))
     shutdown_grace_s: float = Field(20.0, ge=0, validation_alias=_env("SWITCHBOARD_SHUTDOWN_GRACE_S"))
@@ -92,10 +93,6 @@ class Settings(BaseSettings):
         "https://generativelanguage.googleapis.com/v1beta/openai/",
         validation_alias=_env("GEMINI_BASE_URL"),
     )
-    local_reply_tokens: int | None = Field(
-        None, ge=1, le=100_000, validation_alias=_env("SWITCHBOARD_LOCAL_REPLY_TOKENS")
-    )
-    """Benchmark mode of the local model: answer every message with exactly N short text deltas."""
     local_token_delay_ms: float = Field(
         15.0, ge=0, le=10_000, validation_alias=_env("SWITCHBOARD_LOCAL_TOKEN_DELAY_MS")
     )
@@ -165,10 +162,6 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.database_path or self.data_dir / "switchboard.sqlite3"
-
-    @property
-    def erp_path(self) -> Path:
-        return self.erp_database_path or self.data_dir / "erp.sqlite3"
 
     def resolve_jwt_secret(self) -> str:
         """The HS256 key: `SWITCHBOARD_JWT_SECRET`, else a random key kept in the data directory.

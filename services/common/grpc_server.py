@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Final
+from typing import Any, Final, NoReturn
 
 from grpc import aio
 from grpc_health.v1 import health
 
 from services.common.config import Settings
+from services.common.errors import grpc_status
+from services.common.grpc_auth import current_request_id
+from switchboard.app import SwitchboardError
 
 log = logging.getLogger(__name__)
 
@@ -79,3 +82,11 @@ async def serve_until_signalled(
         stopper.cancel()
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+async def abort_with(context: aio.ServicerContext[Any, Any], error: SwitchboardError) -> NoReturn:
+    """End the call with the status `error` maps to and its message (the one place a domain error
+    becomes a gRPC status)."""
+    code = grpc_status(error)
+    log.info("request %s refused: %s %s", current_request_id.get(), code.name, error.message)
+    await context.abort(code, error.message)

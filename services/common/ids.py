@@ -1,12 +1,7 @@
-"""Identifiers: a ChatKit-style prefix and 128 random bits, so ids can be neither guessed nor enumerated."""
+"""Identifiers for every service: the public API's id scheme (`switchboard.app`), used everywhere."""
 
 from __future__ import annotations
 
-import secrets
-from typing import Literal
+from switchboard.app._ids import IdKind, new_id
 
-IdKind = Literal["thr", "msg", "tc", "tsk", "wf", "atc", "shcx"]
-
-
-def new_id(kind: IdKind) -> str:
-    return f"{kind}_{secrets.token_hex(16)}"
+__all__ = ["IdKind", "new_id"]

@@ -20,10 +20,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 
-import grpc
-
 from services.common.auth import Principal
-from services.common.errors import ServiceError, invalid, not_found
+from services.common.errors import invalid, not_found
 from services.common.ids import new_id
 from services.upload_service.records import (
     ATTACHMENT_ID,
@@ -42,6 +40,7 @@ from services.upload_service.validation import (
     storage_name,
     too_large,
 )
+from switchboard.app import PreconditionFailed, SwitchboardError
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +54,8 @@ _THREAD_ID: Final = re.compile(r"^[\x21-\x7e]{1,128}$")
 _T = TypeVar("_T")
 
 
-def _failed(message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.FAILED_PRECONDITION, message)
+def _failed(message: str) -> SwitchboardError:
+    return PreconditionFailed(message)
 
 
 def _thread_id(value: str) -> str:

@@ -28,13 +28,14 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common.auth import Principal, TokenVerifier
 from services.common.config import Settings
-from services.common.errors import ServiceError, invalid
+from services.common.errors import invalid
 from services.common.grpc_auth import AuthInterceptor, current_principal, current_request_id
-from services.common.grpc_server import serve_until_signalled, server_options
+from services.common.grpc_server import abort_with, serve_until_signalled, server_options
 from services.upload_service.attachments import Attachments, Presented
 from services.upload_service.records import AttachmentRecord
 from services.upload_service.storage import ObjectStorage
 from services.upload_service.validation import UploadPolicy
+from switchboard.app import SwitchboardError, Unavailable
 from switchboard.v1 import thread_pb2, upload_pb2, upload_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,6 @@ MAX_MESSAGE_BYTES: Final = 8 * _MB
 
 _Reply = TypeVar("_Reply", bound=Message)
 Context = aio.ServicerContext[Any, Any]
-
-
-async def _abort(context: Context, error: ServiceError) -> None:
-    log.info("request %s refused: %s %s", current_request_id.get(), error.code.name, error.message)
-    await context.abort(error.code, error.message)
 
 
 def to_proto(presented: Presented) -> thread_pb2.Attachment:
@@ -84,8 +80,8 @@ class UploadService(upload_pb2_grpc.UploadServiceServicer):
     async def _unary(self, context: Context, call: Callable[[], Awaitable[_Reply]]) -> _Reply:
         try:
             return await call()
-        except ServiceError as error:
-            await _abort(context, error)
+        except SwitchboardError as error:
+            await abort_with(context, error)
         except Exception:
             log.exception("request %s failed", current_request_id.get())
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in the upload service")
@@ -167,8 +163,8 @@ class UploadService(upload_pb2_grpc.UploadServiceServicer):
             async with aclosing(chunks):
                 async for chunk in chunks:
                     await context.write(upload_pb2.ReadAttachmentResponse(chunk=chunk))
-        except ServiceError as error:
-            await _abort(context, error)
+        except SwitchboardError as error:
+            await abort_with(context, error)
         except Exception:
             log.exception("request %s failed", current_request_id.get())
             await context.abort(grpc.StatusCode.INTERNAL, "internal error in the upload service")
@@ -237,8 +233,8 @@ async def _ensure_bucket(storage: ObjectStorage, health_servicer: health.aio.Hea
         try:
             await storage.ensure_bucket()
             break
-        except ServiceError as error:
-            level = logging.WARNING if error.code == grpc.StatusCode.UNAVAILABLE else logging.ERROR
+        except SwitchboardError as error:
+            level = logging.WARNING if isinstance(error, Unavailable) else logging.ERROR
             log.log(
                 level,
                 "cannot prepare bucket %s at %s (%s); retrying",

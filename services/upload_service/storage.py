@@ -32,9 +32,9 @@ proxy in front of it must forward the Host header unchanged, since it is part of
 Failures. urllib3 is configured to fail fast: 0.8 s connect timeout, one connect retry, no read
 retries, two quick retries of idempotent requests on 5xx. An unreachable store therefore surfaces
 within two seconds (at once when the port refuses connections) as
-`ServiceError(UNAVAILABLE, "object storage unavailable")`, instead of after the SDK's default five
-retries with five-minute timeouts. S3 server errors (5xx) map to UNAVAILABLE as well; any other S3
-error (access denied, missing bucket) is a misconfiguration and maps to INTERNAL.
+`Unavailable("object storage unavailable")`, instead of after the SDK's default five retries with
+five-minute timeouts. S3 server errors (5xx) are `Unavailable` as well; any other S3 error (access
+denied, missing bucket) is a misconfiguration: `StorageRefused` (INTERNAL at the gRPC boundary).
 """
 
 from __future__ import annotations
@@ -51,14 +51,13 @@ from datetime import timedelta
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
-import grpc
 import urllib3
 from minio import Minio
 from minio.datatypes import Part
 from minio.error import InvalidResponseError, S3Error, ServerError
 
 from services.common.config import Settings
-from services.common.errors import ServiceError
+from switchboard.app import NotFound, SwitchboardError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -119,17 +118,22 @@ def _public_endpoint(value: str, default_secure: bool) -> tuple[str, bool]:
     return parts.netloc, parts.scheme == "https"
 
 
-def _translate(error: Exception) -> ServiceError:
-    """The ServiceError for an SDK or transport failure (see the module docstring)."""
+class StorageRefused(SwitchboardError):
+    """Object storage refused a request it should have accepted: a misconfiguration, not the
+    caller's fault (no domain class maps it, so the gRPC boundary answers INTERNAL)."""
+
+
+def _translate(error: Exception) -> SwitchboardError:
+    """The SwitchboardError for an SDK or transport failure (see the module docstring)."""
     if isinstance(error, S3Error):
         status = getattr(error.response, "status", 0) or 0
         if status >= 500:
             log.warning("object storage error %s (HTTP %s): %s", error.code, status, error.message)
-            return ServiceError(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE)
+            return Unavailable(_UNAVAILABLE)
         log.error("object storage refused a request: %s (HTTP %s): %s", error.code, status, error.message)
-        return ServiceError(grpc.StatusCode.INTERNAL, "object storage refused the request")
+        return StorageRefused("object storage refused the request")
     log.warning("object storage unreachable: %s: %s", type(error).__name__, error)
-    return ServiceError(grpc.StatusCode.UNAVAILABLE, _UNAVAILABLE)
+    return Unavailable(_UNAVAILABLE)
 
 
 _FAILURES: Final = (urllib3.exceptions.HTTPError, OSError, ServerError, InvalidResponseError, S3Error)
@@ -340,7 +344,7 @@ class ObjectStorage:
                     await self._call(
                         self._client._abort_multipart_upload, self.bucket, upload.key, upload.upload_id
                     )
-                except ServiceError:
+                except SwitchboardError:
                     log.warning(
                         "could not abort the multipart upload of %s; a bucket lifecycle rule reclaims it",
                         upload.key,
@@ -365,7 +369,7 @@ class ObjectStorage:
             for key in keys:
                 try:
                     await self.remove(key)
-                except ServiceError:
+                except SwitchboardError:
                     log.warning("could not remove %s after a failed request", key)
 
         task = asyncio.ensure_future(remove_all())
@@ -417,7 +421,7 @@ class ObjectStorage:
         """The object's bytes in chunks of at most READ_CHUNK_BYTES (at most `limit` bytes if > 0).
 
         Each chunk is read in a worker thread only when the consumer asks for it, so a slow consumer
-        holds one chunk, not the object. Raises ServiceError(NOT_FOUND) when it does not exist.
+        holds one chunk, not the object. Raises NotFound when it does not exist.
         Close the iterator (`contextlib.aclosing`) to release the connection early.
         """
 
@@ -431,7 +435,7 @@ class ObjectStorage:
 
         response = await self._call(open_object)
         if response is None:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, "the attachment's content is missing")
+            raise NotFound("the attachment's content is missing")
         try:
             while chunk := await self._call(response.read, READ_CHUNK_BYTES):
                 yield bytes(chunk)

@@ -1,7 +1,7 @@
 """What the upload service accepts: names, types, sizes and content that matches its declared type.
 
 Every check here runs before anything is written, or while bytes stream in, so that a refusal leaves
-nothing behind. Refusals are `ServiceError`s with the gRPC status the caller sees:
+nothing behind. Refusals are `SwitchboardError`s with the gRPC status the caller sees:
 
 - INVALID_ARGUMENT: a missing or malformed MIME type, a type outside the allow-list, an empty file,
   a name with a NUL character, a declared size that the bytes do not match, content whose magic bytes
@@ -33,11 +33,11 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Final
 
-import grpc
 import puremagic
 
 from services.common.config import Settings
-from services.common.errors import ServiceError, invalid
+from services.common.errors import invalid
+from switchboard.app import LimitExceeded, SwitchboardError
 
 # The part of a file the content check reads (direct uploads buffer this much before storing).
 SNIFF_BYTES: Final = 8192
@@ -150,8 +150,8 @@ def normalize_mime_type(value: str) -> str:
     return _MIME_ALIASES.get(essence, essence)
 
 
-def too_large(limit: int) -> ServiceError:
-    return ServiceError(grpc.StatusCode.RESOURCE_EXHAUSTED, f"file too large: the limit is {limit} bytes")
+def too_large(limit: int) -> SwitchboardError:
+    return LimitExceeded(f"file too large: the limit is {limit} bytes")
 
 
 @dataclass(frozen=True, slots=True)

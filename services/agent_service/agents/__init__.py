@@ -1,12 +1,12 @@
-"""The agent team (router → billing / tech / general specialists), its tools and the Responder.
+"""The app seam: load the app (`loader.py`), run its agents for a turn with the verified caller
+(`responder.py`), turn the history into model input (`converter.py`, `attachment_input.py`) and the
+run into ChatKit events (`stream.py`).
 
 Import the Agents SDK as the top-level `agents` package (absolute imports only): this package is
 `services.agent_service.agents` and must never shadow it.
 """
 
-from services.agent_service.agents.context import AgentContext
-from services.agent_service.agents.erp import ErpDirectory
-from services.agent_service.agents.responder import AgentResponder, create_responder
-from services.agent_service.agents.team import Team, build_team
+from services.agent_service.agents.loader import AppLoadError, load_app
+from services.agent_service.agents.responder import AppResponder, create_responder
 
-__all__ = ["AgentContext", "AgentResponder", "ErpDirectory", "Team", "build_team", "create_responder"]
+__all__ = ["AppLoadError", "AppResponder", "create_responder", "load_app"]

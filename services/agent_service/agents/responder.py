@@ -1,41 +1,44 @@
-"""`AgentResponder`: the `Responder` (services/agent_service/turn.py) backed by the agent team.
+"""`AppResponder`: the `Responder` (services/agent_service/turn.py) that runs the loaded app.
 
 One turn:
-1. pick the starting agent: the specialist named by `thread.metadata[ACTIVE_AGENT_KEY]`, else the
-   router;
+1. pick the starting agent: the agent the last handoff went to (its name is kept in
+   `thread.metadata[ACTIVE_AGENT_KEY]`, looked up in the app's handoff graph), else the app's
+   starting agent for the verified caller (`App.starting_agent`);
 2. convert the thread history to model input with a converter built for this turn
    (`SwitchboardConverter(turn.attachments)`): it reads the attachments' content with the caller's
    reader, so it is never shared between turns or concurrent requests. The content is read once
-   per turn and goes to every model call of the run (router included);
-3. `Runner.run_streamed(...)` with an `AgentContext` (tenant, user, role, locale, thread, ERP);
+   per turn and goes to every model call of the run;
+3. `Runner.run_streamed(...)` with a `ChatContext` (the verified caller, the thread, the app's
+   state) and the configured provider as the run's `ModelProvider`;
 4. merge two live sources into one ordered stream: the SDK's events (moved by a small pump task)
-   and the ChatKit events tools emit while they run. Both land on one unbounded queue, so a
-   progress update reaches the client while its tool runs. The queue never applies backpressure
-   to the model, like the SDK's own queue;
+   and the ChatKit events tools emit through their context while they run. Both land on one
+   unbounded queue, so a progress update reaches the client while its tool runs. The queue never
+   applies backpressure to the model, like the SDK's own queue;
 5. translate to ChatKit events (`StreamTranslator`), minting our own item ids. Each time the
    consumer comes back for more, it takes everything already queued, and text deltas that queued
    up back to back are one text run by then (`_Outbox`): one `text_delta` event (coalescing). A
    stream that fell behind catches up in one event instead of one per token and holds a few bytes
    per pending token; nothing ever waits for tokens that are not there;
-6. when a tool asked the user's browser to run a client tool (`AgentContext.client_tool_call`,
-   the run stopped there, see `interactive.py`), end with the pending `client_tool_call` item
-   (`thread.item.done`), carrying the SDK call id; the conversation stores it and the client
-   answers with `threads.add_client_tool_output`;
-7. after the answer, name an untitled thread with the title agent (never failing the turn;
-   skipped in the local model's benchmark mode, so a benchmark turn is one model call).
+6. when a tool asked the user's browser to run a client tool (`ChatContext.request_client_tool`;
+   the run stopped there), end with the pending `client_tool_call` item (`thread.item.done`),
+   carrying the SDK call id; the conversation stores it and the client answers with
+   `threads.add_client_tool_output`;
+7. after the answer, name an untitled thread with the app's title agent (never failing the turn;
+   an app without one names no threads).
 
-A turn after a client tool output or a structured input has no user message: its history ends
-with the completed call or the answered form, which the converter turns into model input, and the
-specialist in `ACTIVE_AGENT_KEY` continues.
+Widget actions go to the handlers the app registered for their type (`App.action`,
+`App.sync_action`); `check_action` refuses an unknown type or an invalid payload before anything
+runs, so the caller gets InvalidRequest (HTTP 400) instead of a stream.
 
 Cancellation: closing or cancelling the iterator runs `finally: pump.cancel(); result.cancel()`,
-which cancels the run loop task and with it the model's HTTP stream (or the demo model's sleep).
+which cancels the run loop task and with it the model's HTTP stream (or an offline model's sleep).
 Breaking out of `stream_events()` alone would let the run finish in the background and keep
-spending tokens for a client that left (reference §1.3). The finally block never awaits, so it
-also works when the generator is closed from a garbage collector.
+spending tokens for a client that left. The finally block never awaits, so it also works when the
+generator is closed from a garbage collector.
 
-Errors propagate (the conversation turns them into a ChatKit `error` event), except
-`MaxTurnsExceeded`, which becomes a retryable `CustomStreamError` with a readable message.
+Errors propagate (the conversation turns them into a ChatKit `error` event): a `SwitchboardError`
+a tool raised (see `switchboard.app.show_errors_to_user`) is unwrapped from the SDK's wrapping so
+its message reaches the user, and `MaxTurnsExceeded` becomes a retryable message.
 """
 
 from __future__ import annotations
@@ -43,11 +46,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, replace
-from typing import Final
+from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, cast
 
 from agents import (
+    Agent,
     AgentUpdatedStreamEvent,
     MaxTurnsExceeded,
     RawResponsesStreamEvent,
@@ -57,9 +62,10 @@ from agents import (
     StreamEvent,
 )
 from agents.result import RunResultStreaming
+from chatkit.actions import Action
 from chatkit.errors import CustomStreamError
 from chatkit.types import (
-    ProgressUpdateEvent,
+    ClientToolCallItem,
     ThreadItem,
     ThreadItemDoneEvent,
     ThreadStreamEvent,
@@ -68,26 +74,33 @@ from chatkit.types import (
     UserMessageTextContent,
 )
 from openai.types.responses import ResponseRefusalDeltaEvent, ResponseTextDeltaEvent
+from pydantic import BaseModel, ValidationError
 
 from services.agent_service.agents.attachment_input import AttachmentLimits
-from services.agent_service.agents.context import AgentContext
 from services.agent_service.agents.converter import SwitchboardConverter
-from services.agent_service.agents.erp import ErpDirectory
-from services.agent_service.agents.interactive import client_tool_call_item
-from services.agent_service.agents.stream import StreamTranslator, assistant_message_events
-from services.agent_service.agents.team import build_team, build_title_agent
-from services.agent_service.agents.tools import EmployeeQuery
-from services.agent_service.agents.widgets import SHOW_OPEN_ORDERS
-from services.agent_service.models.factory import ModelChoice, build_model
-from services.agent_service.models.local import LocalDemoModel
+from services.agent_service.agents.loader import AppLoadError, load_app
+from services.agent_service.agents.stream import StreamTranslator, find_agent
+from services.agent_service.models.factory import ConfiguredModels, build_models, title_models
 from services.agent_service.turn import ACTIVE_AGENT_KEY, ActionRequest, Turn
 from services.common.config import Settings
+from services.common.ids import new_id
+from switchboard.app import (
+    ActionContext,
+    App,
+    AppEnvironment,
+    Caller,
+    ChatContext,
+    ClientToolRequest,
+    InvalidRequest,
+    StreamingActionContext,
+    SwitchboardError,
+)
 
 logger = logging.getLogger(__name__)
 
 TITLE_TIMEOUT_S: Final = 15.0
 TITLE_MAX_CHARS: Final = 60
-_RUN_CONFIG: Final = RunConfig(tracing_disabled=True)
+MAX_PAYLOAD_ERROR_CHARS: Final = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +150,7 @@ class _Outbox:
         self._ready.set()
 
     def emit(self, event: ThreadStreamEvent) -> None:
-        """The sink tools emit into (`AgentContext.sink`)."""
+        """The sink tools and action handlers emit into (`ChatContext.sink`)."""
         self.put(event)
 
     async def take(self) -> list[_Envelope]:
@@ -177,19 +190,37 @@ def _user_text(item: UserMessageItem) -> str:
 
 
 def _stream_error(error: Exception | None) -> Exception:
-    """What the client sees when a run fails: `MaxTurnsExceeded` becomes a retryable message."""
+    """What the client sees when a run fails (module docstring)."""
     if isinstance(error, MaxTurnsExceeded):
         mapped = CustomStreamError(
             "The assistant needed too many steps to answer. Please try again or rephrase.", allow_retry=True
         )
         mapped.__cause__ = error
         return mapped
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, SwitchboardError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
     return error or RuntimeError("the agent run failed")
 
 
-def _employee_id(request: ActionRequest) -> str:
-    """The validated `employee_id` of an `erp.show_open_orders` payload (ValueError if invalid)."""
-    return EmployeeQuery.model_validate(request.action.payload).employee_id
+def caller_of(turn: Turn | ActionRequest) -> Caller:
+    principal = turn.principal
+    return Caller(tenant=principal.tenant, user=principal.user, role=principal.role, locale=turn.locale)
+
+
+def client_tool_call_item(thread_id: str, request: ClientToolRequest) -> ClientToolCallItem:
+    """The pending item that ends a run which asked the browser for a client tool."""
+    return ClientToolCallItem(
+        id=new_id("tc"),
+        thread_id=thread_id,
+        created_at=datetime.now(UTC),
+        status="pending",
+        call_id=request.call_id,
+        name=request.name,
+        arguments=request.arguments,
+    )
 
 
 def clean_title(raw: str) -> str:
@@ -200,44 +231,45 @@ def clean_title(raw: str) -> str:
     return title
 
 
-class AgentResponder:
-    """Runs the agent team for a turn and streams ChatKit events (see the module docstring)."""
+class AppResponder:
+    """Runs the loaded app for a turn and streams ChatKit events (see the module docstring)."""
 
-    def __init__(self, settings: Settings, model: ModelChoice, erp: ErpDirectory) -> None:
-        self._settings = settings
-        self._model = model
-        self._erp = erp
-        self.team = build_team(model.model)
-        self._title_agent = build_title_agent(model.title_model)
-        self._titles = not (isinstance(model.model, LocalDemoModel) and model.model.benchmark_mode)
-        """False in the local model's benchmark mode: no title agent run (nor `thread.updated`)."""
+    def __init__(self, app: App[Any], state: Any, models: ConfiguredModels, *, max_turns: int = 8) -> None:
+        self.app = app
+        self._state = state
+        self._models = models
+        self._max_turns = max_turns
+        self._run_config = RunConfig(model_provider=models, tracing_disabled=True)
+        self._title_config = RunConfig(model_provider=title_models(models), tracing_disabled=True)
         self.attachment_limits = AttachmentLimits()
         """What one turn may put into the model input from attachments (`attachment_input.py`)."""
 
     async def aclose(self) -> None:
-        """Close the ERP database and the model's HTTP client."""
-        await self._erp.aclose()
-        await self._model.aclose()
+        """Shut the app down (its failure is logged), then close the provider's HTTP client."""
+        try:
+            if self.app.shutdown is not None:
+                await self.app.shutdown(self._state)
+        except Exception:
+            logger.exception("The app %r failed to shut down cleanly", self.app.name)
+        finally:
+            await self._models.aclose()
 
     # ------------------------------------------------------------------------------------ respond
 
     async def respond(self, turn: Turn) -> AsyncIterator[ThreadStreamEvent]:
         outbox = _Outbox()
-        context = AgentContext(
-            principal=turn.principal,
-            locale=turn.locale,
-            thread_id=turn.thread.id,
-            erp=self._erp,
-            sink=outbox.emit,
+        context = ChatContext[Any](
+            turn.thread.id, sink=outbox.emit, caller=caller_of(turn), state=self._state
         )
-        agent = self.team.starting_agent(turn.thread.metadata.get(ACTIVE_AGENT_KEY))
+        root = self.app.starting_agent(context.caller)
+        agent = find_agent(root, turn.thread.metadata.get(ACTIVE_AGENT_KEY)) or root
         converter = SwitchboardConverter(turn.attachments, limits=self.attachment_limits)
         model_input = await converter.to_agent_input(turn.history)
         result = Runner.run_streamed(
-            agent, model_input, context=context, max_turns=self._settings.max_turns, run_config=_RUN_CONFIG
+            agent, model_input, context=context, max_turns=self._max_turns, run_config=self._run_config
         )
         pump = asyncio.create_task(_pump(result, outbox), name=f"agent-run-{turn.thread.id}")
-        translator = StreamTranslator(turn.thread, self.team)
+        translator = StreamTranslator(turn.thread)
         try:
             ended: _RunEnded | None = None
             while ended is None:
@@ -266,10 +298,10 @@ class AgentResponder:
         finally:
             pump.cancel()
             result.cancel()
-        if self._titles and turn.thread.title is None and turn.input_user_message is not None:
-            await self._set_title(turn)
+        if self.app.title_agent is not None and turn.thread.title is None and turn.input_user_message:
+            await self._set_title(turn, self.app.title_agent)
 
-    async def _set_title(self, turn: Turn) -> None:
+    async def _set_title(self, turn: Turn, title_agent: Agent[Any]) -> None:
         """Name the thread after its first user message. Failures are logged, never raised."""
         first = next((item for item in turn.history if isinstance(item, UserMessageItem)), None)
         source = first or turn.input_user_message
@@ -278,7 +310,7 @@ class AgentResponder:
             return
         try:
             async with asyncio.timeout(TITLE_TIMEOUT_S):
-                result = await Runner.run(self._title_agent, text, max_turns=1, run_config=_RUN_CONFIG)
+                result = await Runner.run(title_agent, text, max_turns=1, run_config=self._title_config)
         except Exception:
             logger.warning("Could not generate a title for thread %s", turn.thread.id, exc_info=True)
             return
@@ -288,69 +320,89 @@ class AgentResponder:
 
     # ------------------------------------------------------------------------------------ actions
 
-    async def action(self, request: ActionRequest) -> AsyncIterator[ThreadStreamEvent]:
-        if request.action.type != SHOW_OPEN_ORDERS:
-            raise CustomStreamError(f"Unknown action {request.action.type!r}.", allow_retry=False)
+    def check_action(self, action: Action[str, Any]) -> BaseModel:
+        """The action's validated payload; InvalidRequest for an unknown type or a bad payload."""
+        route = self.app.route(action.type)
+        if route is None:
+            raise InvalidRequest(f"unknown action type {action.type!r}")
         try:
-            employee_id = _employee_id(request)
-        except ValueError as error:
-            raise CustomStreamError(
-                f'Invalid payload for {SHOW_OPEN_ORDERS}: expected {{"employee_id": "E1001"}}.',
-                allow_retry=False,
-            ) from error
-        yield ProgressUpdateEvent(icon="search", text=f"Looking up open orders for {employee_id}…")
-        for event in assistant_message_events(
-            request.thread.id, await self._open_orders_lines(request.principal.tenant, employee_id)
-        ):
-            yield event
+            return route.payload.model_validate(action.payload if action.payload is not None else {})
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "payload"
+            message = f"invalid payload for {action.type!r}: {where}: {first['msg']}"
+            raise InvalidRequest(message[:MAX_PAYLOAD_ERROR_CHARS]) from None
+
+    async def action(self, request: ActionRequest) -> AsyncIterator[ThreadStreamEvent]:
+        payload = self.check_action(request.action)
+        route = self.app.route(request.action.type)
+        if route is None or route.streaming is None:
+            raise InvalidRequest(f"action {request.action.type!r} cannot be streamed")
+        outbox = _Outbox()
+        context = StreamingActionContext[Any](
+            request.thread.id,
+            sink=outbox.emit,
+            caller=caller_of(request),
+            sender=request.sender,
+            state=self._state,
+        )
+        handler = route.streaming
+        task = asyncio.create_task(
+            _run_handler(handler(context, payload), outbox), name=f"action-{request.thread.id}"
+        )
+        try:
+            while True:
+                for envelope in await outbox.take():
+                    if isinstance(envelope, _RunEnded):
+                        if envelope.error is not None:
+                            raise envelope.error
+                        return
+                    yield cast(ThreadStreamEvent, envelope)
+        finally:
+            task.cancel()
 
     async def sync_action(self, request: ActionRequest) -> ThreadItem | None:
-        """`erp.show_open_orders` only streams; its synchronous form validates and changes nothing.
-
-        Raises `ValueError` (a pydantic `ValidationError` for a bad payload) for bad requests.
-        """
-        if request.action.type != SHOW_OPEN_ORDERS:
-            raise ValueError(f"Unknown action {request.action.type!r}")
-        _employee_id(request)
-        return None
-
-    async def _open_orders_lines(self, tenant: str, employee_id: str) -> list[str]:
-        """The answer as markdown lines (streamed one line per delta)."""
-        employee = await self._erp.get_employee(tenant, employee_id)
-        if employee is None:
-            return [f"No employee {employee_id} in your organisation."]
-        orders = await self._erp.open_orders_for(tenant, employee_id)
-        who = f"{employee.name} ({employee.id})"
-        if not orders:
-            return [f"{who} has no open orders."]
-        plural = "s" if len(orders) != 1 else ""
-        return [f"{who} has {len(orders)} open order{plural}:"] + [
-            f"\n- {order.id} · {order.customer} · {order.amount_text} · created {order.created}"
-            for order in orders
-        ]
+        """The registered synchronous handler's updated sender item; a type registered only for
+        streaming validates its payload and changes nothing."""
+        payload = self.check_action(request.action)
+        route = self.app.route(request.action.type)
+        if route is None or route.sync is None:
+            return None
+        context = ActionContext[Any](
+            caller=caller_of(request), thread_id=request.thread.id, sender=request.sender, state=self._state
+        )
+        return await route.sync(context, payload)
 
 
-def benchmark_choice(model: ModelChoice, reply_tokens: int | None) -> ModelChoice:
-    """The local model in benchmark mode when `SWITCHBOARD_LOCAL_REPLY_TOKENS` is set.
-
-    Remote providers are left alone: the setting only changes the offline demo model.
-    """
-    if reply_tokens is None or not model.is_local:
-        return model
-    logger.warning(
-        "Benchmark mode: the local model answers every message with %d text deltas (no tools, "
-        "no handoff, no title)",
-        reply_tokens,
-    )
-    return replace(model, model=LocalDemoModel(reply_tokens=reply_tokens))
-
-
-async def create_responder(settings: Settings) -> AgentResponder:
-    """Open (and seed) the ERP directory at `settings.erp_path` and build the configured model."""
-    model = benchmark_choice(build_model(settings), settings.local_reply_tokens)
+async def _run_handler(handler: Awaitable[None], outbox: _Outbox) -> None:
+    """Run a streaming action handler, then mark the end of its events (with its error, if any)."""
     try:
-        erp = await ErpDirectory.open(settings.erp_path)
-    except BaseException:
-        await model.aclose()
-        raise
-    return AgentResponder(settings, model, erp)
+        await handler
+    except Exception as error:
+        outbox.put(_RunEnded(error))
+    else:
+        outbox.put(_RunEnded())
+
+
+async def create_responder(settings: Settings, app: App[Any] | None = None) -> AppResponder:
+    """Load the app (`SWITCHBOARD_APP`), build the configured models and start the app.
+
+    Raises `AppLoadError` (one line naming the variable) when the app cannot be loaded or its
+    `startup` fails; nothing is left open then.
+    """
+    app = app or load_app(settings.app)
+    models = build_models(settings)
+    environment = AppEnvironment(
+        data_dir=settings.data_dir,
+        provider=models.provider,
+        offline_token_delay_s=settings.local_token_delay_ms / 1000,
+    )
+    try:
+        if app.offline_model is not None and models.is_local:
+            models = models.with_offline(app.offline_model(environment))
+        state = await app.startup(environment) if app.startup is not None else None
+    except Exception as error:
+        await models.aclose()
+        raise AppLoadError(settings.app, f"the app {app.name!r} failed to start: {error!r}") from error
+    logger.info("Serving the app %r (%s)", app.name, settings.app)
+    return AppResponder(app, state, models, max_turns=settings.max_turns)

@@ -10,8 +10,9 @@ uses the model's output item ids as ChatKit item ids (with Chat Completions mode
 - the end of that message (raw `output_text.done`, `content_part.done`, `output_item.done`,
   `response.completed` or the run item `message_output_created`, whichever comes first) →
   `assistant_message.content_part.done` with the full text, then `thread.item.done`;
-- the run item `handoff_occured` to a specialist → a finished one-task `workflow` item ("Routed to
-  the Billing specialist") and `ACTIVE_AGENT_KEY` set in the thread metadata;
+- the run item `handoff_occured` → a finished one-task `workflow` item ("Routed to the Billing
+  specialist") and the target agent's name in the thread metadata (`ACTIVE_AGENT_KEY`), so the
+  next turn starts with it (`find_agent`);
 - events emitted by tools (progress, widgets) → forwarded unchanged; an item event first closes an
   open message, so items keep their order.
 
@@ -26,11 +27,14 @@ final `content_part.done` text.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import deque
 from datetime import UTC, datetime
+from typing import Any
 
 from agents import (
+    Agent,
     AgentUpdatedStreamEvent,
+    Handoff,
     HandoffOutputItem,
     RawResponsesStreamEvent,
     RunItemStreamEvent,
@@ -38,16 +42,10 @@ from agents import (
 )
 from agents.items import TResponseStreamEvent
 from chatkit.types import (
-    AssistantMessageContent,
-    AssistantMessageContentPartAdded,
-    AssistantMessageContentPartDone,
-    AssistantMessageContentPartTextDelta,
-    AssistantMessageItem,
     CustomSummary,
     CustomTask,
     ThreadItemAddedEvent,
     ThreadItemDoneEvent,
-    ThreadItemUpdatedEvent,
     ThreadMetadata,
     ThreadStreamEvent,
     Workflow,
@@ -63,67 +61,55 @@ from openai.types.responses import (
     ResponseTextDoneEvent,
 )
 
-from services.agent_service.agents.team import Team, spec_for
 from services.agent_service.turn import ACTIVE_AGENT_KEY
 from services.common.ids import new_id
+from switchboard.app._messages import AssistantMessageStream
 
 
-class AssistantMessageStream:
-    """One assistant message as ChatKit events: `start`, `delta`…, `finish`."""
-
-    def __init__(self, thread_id: str) -> None:
-        self.item = AssistantMessageItem(
-            id=new_id("msg"), thread_id=thread_id, created_at=datetime.now(UTC), content=[]
-        )
-        self._parts: list[str] = []
-
-    def start(self) -> list[ThreadStreamEvent]:
-        return [
-            ThreadItemAddedEvent(item=self.item),
-            ThreadItemUpdatedEvent(
-                item_id=self.item.id,
-                update=AssistantMessageContentPartAdded(
-                    content_index=0, content=AssistantMessageContent(text="")
-                ),
-            ),
-        ]
-
-    def delta(self, text: str) -> ThreadStreamEvent:
-        self._parts.append(text)
-        return ThreadItemUpdatedEvent(
-            item_id=self.item.id, update=AssistantMessageContentPartTextDelta(content_index=0, delta=text)
-        )
-
-    def finish(self) -> list[ThreadStreamEvent]:
-        content = AssistantMessageContent(text="".join(self._parts))
-        return [
-            ThreadItemUpdatedEvent(
-                item_id=self.item.id, update=AssistantMessageContentPartDone(content_index=0, content=content)
-            ),
-            ThreadItemDoneEvent(item=self.item.model_copy(update={"content": [content]})),
-        ]
+def _handoff_targets(agent: Agent[Any]) -> list[Agent[Any]]:
+    """The agents `agent` can hand off to. A `Handoff` object keeps its agent only as a weak
+    reference (an SDK internal, read defensively): without it that agent cannot be resumed."""
+    targets: list[Agent[Any]] = []
+    for entry in agent.handoffs:
+        if isinstance(entry, Agent):
+            targets.append(entry)
+        elif isinstance(entry, Handoff):
+            reference = getattr(entry, "_agent_ref", None)
+            target = reference() if callable(reference) else None
+            if isinstance(target, Agent):
+                targets.append(target)
+    return targets
 
 
-def assistant_message_events(thread_id: str, chunks: Iterable[str]) -> list[ThreadStreamEvent]:
-    """A complete assistant message streamed as `chunks` (for answers that do not come from a model)."""
-    message = AssistantMessageStream(thread_id)
-    events = message.start()
-    events.extend(message.delta(chunk) for chunk in chunks if chunk)
-    events.extend(message.finish())
-    return events
+def find_agent(root: Agent[Any], name: object) -> Agent[Any] | None:
+    """The agent called `name` in `root`'s handoff graph (breadth first), if any."""
+    if not isinstance(name, str):
+        return None
+    seen: set[int] = set()
+    queue: deque[Agent[Any]] = deque([root])
+    while queue:
+        agent = queue.popleft()
+        if id(agent) in seen:
+            continue
+        seen.add(id(agent))
+        if agent.name == name:
+            return agent
+        queue.extend(_handoff_targets(agent))
+    return None
 
 
-def routed_workflow(thread_id: str, key: str) -> WorkflowItem:
+def routed_workflow(thread_id: str, agent_name: str) -> WorkflowItem:
     """The visible trace of a handoff: a finished one-task workflow."""
-    name = spec_for(key).name
     return WorkflowItem(
         id=new_id("wf"),
         thread_id=thread_id,
         created_at=datetime.now(UTC),
         workflow=Workflow(
             type="custom",
-            tasks=[CustomTask(title=f"Routed to the {name}", icon="agent", status_indicator="complete")],
-            summary=CustomSummary(title=name, icon="agent"),
+            tasks=[
+                CustomTask(title=f"Routed to the {agent_name}", icon="agent", status_indicator="complete")
+            ],
+            summary=CustomSummary(title=agent_name, icon="agent"),
             expanded=False,
         ),
     )
@@ -132,9 +118,8 @@ def routed_workflow(thread_id: str, key: str) -> WorkflowItem:
 class StreamTranslator:
     """Stateful translation of one run; mutates `thread.metadata` when a handoff happens."""
 
-    def __init__(self, thread: ThreadMetadata, team: Team) -> None:
+    def __init__(self, thread: ThreadMetadata) -> None:
         self._thread = thread
-        self._team = team
         self._message: AssistantMessageStream | None = None
 
     def on_text(self, text: str) -> list[ThreadStreamEvent]:
@@ -148,8 +133,7 @@ class StreamTranslator:
             case RunItemStreamEvent(name="message_output_created"):
                 return self._close()
             case RunItemStreamEvent(name="handoff_occured", item=HandoffOutputItem(target_agent=target)):
-                key = self._team.key_of(target)
-                return self._close() + self._routed(key) if key is not None else self._close()
+                return self._close() + self._routed(target.name)
             case RunItemStreamEvent() | AgentUpdatedStreamEvent():
                 return []
 
@@ -187,7 +171,7 @@ class StreamTranslator:
         message, self._message = self._message, None
         return message.finish()
 
-    def _routed(self, key: str) -> list[ThreadStreamEvent]:
+    def _routed(self, agent_name: str) -> list[ThreadStreamEvent]:
         # A new dict, not an in-place edit: the conversation detects changes by comparing copies.
-        self._thread.metadata = {**self._thread.metadata, ACTIVE_AGENT_KEY: key}
-        return [ThreadItemDoneEvent(item=routed_workflow(self._thread.id, key))]
+        self._thread.metadata = {**self._thread.metadata, ACTIVE_AGENT_KEY: agent_name}
+        return [ThreadItemDoneEvent(item=routed_workflow(self._thread.id, agent_name))]

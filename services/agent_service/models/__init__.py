@@ -1,6 +1,18 @@
-"""Models behind the agents: the provider factory and the offline demo model."""
+"""Models behind the agents: the configured provider and Switchboard's own offline models."""
 
-from services.agent_service.models.factory import ModelChoice, build_model, resolve_provider
-from services.agent_service.models.local import LocalDemoModel, LocalTitleModel
+from services.agent_service.models.factory import (
+    ConfiguredModels,
+    build_models,
+    resolve_provider,
+    title_models,
+)
+from services.agent_service.models.offline import OfflineModel, OfflineTitleModel
 
-__all__ = ["LocalDemoModel", "LocalTitleModel", "ModelChoice", "build_model", "resolve_provider"]
+__all__ = [
+    "ConfiguredModels",
+    "OfflineModel",
+    "OfflineTitleModel",
+    "build_models",
+    "resolve_provider",
+    "title_models",
+]

@@ -6,11 +6,17 @@ Provider rules (`LLM_PROVIDER=openai|gemini|local`):
   OpenAI-compatible server; the key may then be omitted for servers that need none);
 - `gemini`: `GEMINI_DEFAULT_MODEL` with `GEMINI_API_KEY`, at `GEMINI_BASE_URL` (Gemini's
   OpenAI-compatible endpoint);
-- `local`: the offline demo model (`local.py`), no key;
+- `local`: offline, no key: the app's own offline model (`App.offline_model`), else Switchboard's
+  plain one (`offline.py`);
 - unset: `openai` if `OPENAI_API_KEY` is set, else `gemini` if `GEMINI_API_KEY` is set, else `local`.
 
 An explicitly chosen provider without its key is a configuration error (`ValueError`), never a
-silent fallback to the demo model.
+silent fallback to an offline model.
+
+`ConfiguredModels` is the Agents SDK `ModelProvider` of every run: an agent with `model=None` gets the
+provider's default model, a model name gets that model of the same provider (one client, one model
+object per name), and a `Model` instance set on an agent bypasses the provider altogether. Offline,
+every name resolves to the offline model.
 
 Every remote provider goes through `OpenAIChatCompletionsModel`, not the Responses model: Chat
 Completions is the API that every OpenAI-compatible server (vLLM, Ollama, LiteLLM proxy, …) and
@@ -29,13 +35,12 @@ choice, not a default.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Literal
 
-from agents import Model, OpenAIChatCompletionsModel, set_tracing_disabled
+from agents import Model, ModelProvider, OpenAIChatCompletionsModel, set_tracing_disabled
 from openai import AsyncOpenAI
 
-from services.agent_service.models.local import LocalDemoModel, LocalTitleModel
+from services.agent_service.models.offline import OfflineModel, OfflineTitleModel
 from services.common.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -46,18 +51,43 @@ _NO_KEY_PLACEHOLDER = "unused"
 """API key sent to a keyless OpenAI-compatible server (the client refuses an empty key)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ModelChoice:
-    """The models the agent team runs on, and where they come from."""
+class ConfiguredModels(ModelProvider):
+    """The models of the configured provider, by name (module docstring)."""
 
-    model: Model
-    """Model of the router and the specialists."""
-    title_model: Model
-    """Model of the thread-title agent (the same instance for remote providers)."""
-    provider: Provider
-    is_local: bool
-    client: AsyncOpenAI | None = None
-    """The HTTP client of a remote provider, closed by `aclose()`."""
+    def __init__(
+        self,
+        provider: Provider,
+        *,
+        default_name: str | None = None,
+        client: AsyncOpenAI | None = None,
+        offline: Model | None = None,
+    ) -> None:
+        self.provider = provider
+        self.default_name = default_name
+        self.client = client
+        self._offline = offline or OfflineModel()
+        self._models: dict[str, Model] = {}
+
+    @property
+    def is_local(self) -> bool:
+        return self.client is None
+
+    def get_model(self, model_name: str | None) -> Model:
+        if self.client is None:
+            return self._offline
+        name = model_name or self.default_name or ""
+        model = self._models.get(name)
+        if model is None:
+            model = self._models[name] = OpenAIChatCompletionsModel(model=name, openai_client=self.client)
+        return model
+
+    def with_offline(self, offline: Model) -> ConfiguredModels:
+        """The same provider (same client) with another offline model."""
+        twin = ConfiguredModels(
+            self.provider, default_name=self.default_name, client=self.client, offline=offline
+        )
+        twin._models = self._models
+        return twin
 
     async def aclose(self) -> None:
         if self.client is not None:
@@ -75,8 +105,8 @@ def resolve_provider(settings: Settings) -> Provider:
     return "local"
 
 
-def build_model(settings: Settings) -> ModelChoice:
-    """Build the models for the configured provider (see the module docstring)."""
+def build_models(settings: Settings) -> ConfiguredModels:
+    """The configured provider's models (see the module docstring); offline, the plain offline model."""
     set_tracing_disabled(True)
     provider = resolve_provider(settings)
     match provider:
@@ -102,17 +132,15 @@ def build_model(settings: Settings) -> ModelChoice:
                 if settings.llm_provider == "local"
                 else "No OPENAI_API_KEY or GEMINI_API_KEY"
             )
-            logger.warning("%s: using the offline local demo model (deterministic canned answers)", reason)
-            delay_s = settings.local_token_delay_ms / 1000
-            return ModelChoice(
-                model=LocalDemoModel(token_delay_s=delay_s),
-                title_model=LocalTitleModel(),
-                provider="local",
-                is_local=True,
-            )
+            logger.warning("%s: agents run on an offline model (deterministic answers)", reason)
+            return ConfiguredModels("local")
 
 
-def _remote(provider: Provider, model_name: str, client: AsyncOpenAI) -> ModelChoice:
-    model = OpenAIChatCompletionsModel(model=model_name, openai_client=client)
+def title_models(models: ConfiguredModels) -> ConfiguredModels:
+    """The models of the title agent: the same provider, offline the first words of the message."""
+    return models.with_offline(OfflineTitleModel())
+
+
+def _remote(provider: Provider, model_name: str, client: AsyncOpenAI) -> ConfiguredModels:
     logger.info("Using %s model %s at %s", provider, model_name, client.base_url)
-    return ModelChoice(model=model, title_model=model, provider=provider, is_local=False, client=client)
+    return ConfiguredModels(provider, default_name=model_name, client=client)

@@ -31,7 +31,8 @@ the model reads next. A lease taken by `start_thread` or `lease_thread` is the s
 `acquire_lease` writes: `renew_lease`, `release_lease` and fenced writes treat it alike.
 
 Infrastructure failures (database down, pool exhausted, statement timeout) surface as
-`ServiceError(UNAVAILABLE)` (or `DEADLINE_EXCEEDED`), which the edge maps to 503 (504).
+`Unavailable` (or `TimedOut`), which the gRPC boundary answers UNAVAILABLE (DEADLINE_EXCEEDED) and
+the edge 503 (504).
 """
 
 from __future__ import annotations
@@ -41,11 +42,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import grpc
 from chatkit.types import FeedbackKind, Page, ThreadItem, ThreadMetadata
 
 from services.common.auth import Principal
-from services.common.errors import ServiceError
+from switchboard.app import Busy
 
 Order = Literal["asc", "desc"]
 
@@ -58,22 +58,20 @@ class Fence:
     holder: str
 
 
-class ThreadBusy(ServiceError):
+class ThreadBusy(Busy):
     """Another run holds the thread's lease (ABORTED: HTTP 409 at the edge)."""
 
     def __init__(self, thread_id: str) -> None:
         super().__init__(
-            grpc.StatusCode.ABORTED,
             f"thread {thread_id!r} is busy: another response is being generated; retry when it ends",
         )
 
 
-class LeaseLost(ServiceError):
+class LeaseLost(Busy):
     """The run's lease expired or was taken over; the run is stopped and writes nothing more."""
 
     def __init__(self, thread_id: str) -> None:
         super().__init__(
-            grpc.StatusCode.ABORTED,
             f"the response in thread {thread_id!r} was interrupted (its run lease was lost); try again",
         )
 
@@ -117,14 +115,14 @@ class Store(ABC):
         released the lease is visible). One transaction instead of the three of an ownership check,
         `acquire_lease` and a read under the lease.
 
-        Ownership first: a thread that is not the owner's is ServiceError(NOT_FOUND), whether or not
+        Ownership first: a thread that is not the owner's is NotFound, whether or not
         someone holds its lease, and no lease is taken. `ThreadBusy` when it is the owner's and another
         holder has an unexpired lease (nothing changes; callers may poll). An expired lease of another
         holder is taken over."""
 
     @abstractmethod
     async def load_thread(self, owner: Principal, thread_id: str) -> ThreadMetadata:
-        """The thread, or ServiceError(NOT_FOUND) when it is not the owner's."""
+        """The thread, or NotFound when it is not the owner's."""
 
     async def save_thread(self, owner: Principal, thread: ThreadMetadata) -> None:
         """Update an existing thread's title, status and metadata."""

@@ -15,7 +15,7 @@ costs one hop between threads instead of several per statement.
 The statements of the hot path are built once per dialect with bind parameters, so SQLAlchemy finds
 their compiled form in its cache without building and hashing a new statement on every call.
 
-Failures of the infrastructure become `ServiceError`s the edge can map (see `_translate`):
+Failures of the infrastructure become `SwitchboardError`s the edge can map (see `_translate`):
 connection refused or lost, the server shutting down or starting up, the pool exhausted, a lock
 conflict -> UNAVAILABLE (503, retry later); the statement timeout -> DEADLINE_EXCEEDED (504).
 After the database comes back, the pool replaces dead connections (pre-ping on checkout, and a
@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
-import grpc
 from chatkit.types import FeedbackKind, Page, ThreadItem, ThreadMetadata
 from pydantic import TypeAdapter
 from sqlalchemy import ColumnElement, Double, bindparam, cast, delete, extract, func, select, update
@@ -43,7 +42,8 @@ from services.agent_service.store.base import Fence, LeaseLost, Order, Store, Th
 from services.agent_service.store.schema import feedback, run_leases, threads
 from services.agent_service.store.schema import items as item_rows
 from services.common.auth import Principal
-from services.common.errors import ServiceError, invalid, not_found
+from services.common.errors import invalid, not_found
+from switchboard.app import AlreadyExists, SwitchboardError, TimedOut, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -76,26 +76,26 @@ def _sqlstate(error: BaseException) -> str:
     return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
 
 
-def _translate(error: Exception) -> ServiceError | None:
-    """The ServiceError an infrastructure failure means, or None for a bug (left to propagate)."""
+def _translate(error: Exception) -> SwitchboardError | None:
+    """The SwitchboardError an infrastructure failure means, or None for a bug (left to propagate)."""
     if isinstance(error, sa_exc.TimeoutError):  # no pooled connection became free in time
-        return ServiceError(grpc.StatusCode.UNAVAILABLE, "the database connection pool is exhausted")
+        return Unavailable("the database connection pool is exhausted")
     if isinstance(error, OSError | TimeoutError):  # connect refused/reset, asyncpg command timeout
-        return ServiceError(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+        return Unavailable(UNAVAILABLE_MESSAGE)
     if isinstance(error, sa_exc.IntegrityError):
         if "foreign key" in str(error).lower() or _sqlstate(error) == "23503":
             return not_found("thread")  # deleted by a concurrent request
-        return ServiceError(grpc.StatusCode.ALREADY_EXISTS, "the record exists already")
+        return AlreadyExists("the record exists already")
     if isinstance(error, sa_exc.DBAPIError):
         state = _sqlstate(error)
         if state == "57014":  # query_canceled: statement_timeout
-            return ServiceError(grpc.StatusCode.DEADLINE_EXCEEDED, TIMEOUT_MESSAGE)
+            return TimedOut(TIMEOUT_MESSAGE)
         if (
             error.connection_invalidated
             or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
             or state.startswith(("08", "53", "57P", "40"))  # connection, resources, shutdown, conflict
         ):
-            return ServiceError(grpc.StatusCode.UNAVAILABLE, UNAVAILABLE_MESSAGE)
+            return Unavailable(UNAVAILABLE_MESSAGE)
     return None
 
 
@@ -280,10 +280,10 @@ class SqlStore(Store):
             return await connection.run_sync(body)
 
     async def _run(self, body: Callable[[Connection], T]) -> T:
-        """`_execute`, with infrastructure failures turned into ServiceError (see `_translate`)."""
+        """`_execute`, with infrastructure failures turned into SwitchboardError (see `_translate`)."""
         try:
             return await self._execute(body)
-        except ServiceError:
+        except SwitchboardError:
             raise
         except Exception as error:
             translated = _translate(error)

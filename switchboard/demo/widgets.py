@@ -9,15 +9,12 @@ JSON.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Final
 
 from chatkit.actions import ActionConfig
-from chatkit.types import WidgetItem
-from chatkit.widgets import WidgetTemplate
+from chatkit.widgets import WidgetRoot, WidgetTemplate
 
-from services.agent_service.agents.erp import Employee, EmployeeStatus
-from services.common.ids import new_id
+from switchboard.demo.erp import Employee, EmployeeStatus
 
 SHOW_OPEN_ORDERS: Final = "erp.show_open_orders"
 """Action type of the employee card's button; payload `{"employee_id": "E1001"}`."""
@@ -55,11 +52,11 @@ EMPLOYEE_CARD: Final = WidgetTemplate(
 )
 
 
-def employee_card(employee: Employee, *, thread_id: str) -> WidgetItem:
+def employee_card(employee: Employee) -> WidgetRoot:
     """A card with the employee's name, status badge, department and a "Show open orders" button."""
     label, color = _STATUS[employee.status]
     action = ActionConfig(type=SHOW_OPEN_ORDERS, payload={"employee_id": employee.id}, handler="server")
-    widget = EMPLOYEE_CARD.build(
+    return EMPLOYEE_CARD.build(
         {
             "name": employee.name,
             "status_label": label,
@@ -69,10 +66,9 @@ def employee_card(employee: Employee, *, thread_id: str) -> WidgetItem:
             "action": action.model_dump(),
         }
     )
-    return WidgetItem(
-        id=new_id("msg"),
-        thread_id=thread_id,
-        created_at=datetime.now(UTC),
-        widget=widget,
-        copy_text=f"{employee.name} ({employee.id}), {employee.department}, {label.lower()}",
-    )
+
+
+def employee_copy_text(employee: Employee) -> str:
+    """What "copy" puts on the clipboard for an employee card."""
+    label, _ = _STATUS[employee.status]
+    return f"{employee.name} ({employee.id}), {employee.department}, {label.lower()}"

@@ -1,7 +1,7 @@
 """The ERP function tools of the specialists.
 
 Rules enforced here, in code, whatever the model asks for:
-- **Tenant isolation**: the tenant comes from `ctx.context.principal` (the verified JWT). The model
+- **Tenant isolation**: the tenant comes from `ctx.context.caller` (the verified JWT). The model
   only supplies an id; another tenant's record is simply "not found".
 - **Role rule**: salaries are shown only to the roles in `SALARY_ROLES`; everyone else gets the
   record without the salary and the note "salary hidden for your role".
@@ -24,12 +24,11 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from agents import ModelBehaviorError, RunContextWrapper, function_tool
-from chatkit.types import ProgressUpdateEvent, ThreadItemDoneEvent
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from services.agent_service.agents.context import AgentContext
-from services.agent_service.agents.erp import Employee, Order
-from services.agent_service.agents.widgets import employee_card
+from switchboard.demo.erp import Employee, Order
+from switchboard.demo.state import DemoContext
+from switchboard.demo.widgets import employee_card, employee_copy_text
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +106,7 @@ def _failure(invalid_arguments: str) -> Callable[[RunContextWrapper[Any], Except
     name_override="lookup_employee",
     failure_error_function=_failure("Invalid employee id: use the letter E and four digits, e.g. E1001."),
 )
-async def lookup_employee(ctx: RunContextWrapper[AgentContext], query: EmployeeQuery) -> str:
+async def lookup_employee(ctx: RunContextWrapper[DemoContext], query: EmployeeQuery) -> str:
     """Look up an employee of the caller's organisation by id.
 
     Returns name, department, status, email and manager; the salary only for HR and admins.
@@ -116,27 +115,27 @@ async def lookup_employee(ctx: RunContextWrapper[AgentContext], query: EmployeeQ
         query: The employee to look up.
     """
     context = ctx.context
-    context.emit(ProgressUpdateEvent(icon="search", text=f"Looking up employee {query.employee_id}…"))
-    employee = await context.erp.get_employee(context.principal.tenant, query.employee_id)
+    context.progress(f"Looking up employee {query.employee_id}…", icon="search")
+    employee = await context.state.erp.get_employee(context.caller.tenant, query.employee_id)
     if employee is None:
         return f"No employee {query.employee_id} in your organisation."
-    context.emit(ThreadItemDoneEvent(item=employee_card(employee, thread_id=context.thread_id)))
-    return describe_employee(employee, context.principal.role)
+    context.show_widget(employee_card(employee), copy_text=employee_copy_text(employee))
+    return describe_employee(employee, context.caller.role)
 
 
 @function_tool(
     name_override="lookup_order",
     failure_error_function=_failure("Invalid order id: use SO- and four digits, e.g. SO-1001."),
 )
-async def lookup_order(ctx: RunContextWrapper[AgentContext], query: OrderQuery) -> str:
+async def lookup_order(ctx: RunContextWrapper[DemoContext], query: OrderQuery) -> str:
     """Look up a sales order of the caller's organisation by id: customer, amount, status, date.
 
     Args:
         query: The order to look up.
     """
     context = ctx.context
-    context.emit(ProgressUpdateEvent(icon="search", text=f"Looking up order {query.order_id}…"))
-    order = await context.erp.get_order(context.principal.tenant, query.order_id)
+    context.progress(f"Looking up order {query.order_id}…", icon="search")
+    order = await context.state.erp.get_order(context.caller.tenant, query.order_id)
     if order is None:
         return f"No order {query.order_id} in your organisation."
     return describe_order(order)

@@ -1,4 +1,4 @@
-"""The offline demo model: a deterministic Agents SDK `Model` that needs no network and no key.
+"""The demo app's offline model: a deterministic Agents SDK `Model` that needs no network and no key.
 
 It is a DEMO, not a language model. It exists so that one command runs the whole stack on a laptop,
 in CI and in tests, while still exercising the real agent machinery: the router's handoff, the ERP
@@ -37,59 +37,29 @@ converter → model) is visible offline:
     words…"; photo.png (image/png, 5,678 bytes, an image).
 
 It is read from the model input only: the `<attachment name=".." type=".." size="N bytes">`
-envelopes that `SwitchboardConverter` writes after the typed text (see
-`services.agent_service.agents.attachment_input`), the text inside them (first ~80 characters
-quoted), the reason in parentheses for a file described only, and "an image" when an `input_image`
-part with a `data:` URL follows the envelope. Routing and tools use the typed text alone, so a
-question with attachments is routed as without them.
+envelopes that Switchboard writes after the typed text for every attachment, the text inside them
+(first ~80 characters quoted), the reason in parentheses for a file described only, and "an image"
+when an `input_image` part with a `data:` URL follows the envelope. Routing and tools use the typed
+text alone, so a question with attachments is routed as without them.
 
 The specialist, tenant, user, role and locale are read from the system instructions written by
-`services.agent_service.agents.team` (`You are the Billing specialist…`, `tenant=acme; …`). The
-model degrades gracefully when they are missing.
-
-`LocalTitleModel` answers the title agent: the first ~6 words of the first user message.
-
-**Benchmark mode** (`LocalDemoModel(reply_tokens=N)`, switched on by `SWITCHBOARD_LOCAL_REPLY_TOKENS=N`):
-every model call, whatever agent makes it and whatever tools or handoffs it offers, answers in text
-with exactly N deltas, one short word each (`benchmark_deltas(N)`: "lorem", " ipsum", " dolor"…),
-and no delay between them (each delta still yields to the event loop once, so a run stays
-cancellable and concurrent streams interleave as they would with a network model). No tool call, no
-handoff: the router answers directly. The numbers a load generator measures against a stack in this
-mode are therefore the backend's own cost, not model latency. The responder also skips the title
-agent in this mode (see `responder.py`).
-
-Both models emit the full-fidelity Responses event stream (see `responses.py`).
+`switchboard.demo.team` (`You are the Billing specialist…`, `tenant=acme; …`). The model degrades
+gracefully when they are missing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import html
 import json
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from agents import (
-    AgentOutputSchemaBase,
-    Handoff,
-    Model,
-    ModelResponse,
-    ModelSettings,
-    ModelTracing,
-    Tool,
-    Usage,
-)
-from agents.items import TResponseInputItem, TResponseOutputItem, TResponseStreamEvent
-from openai.types.responses.response_prompt_param import ResponsePromptParam
+from agents import Handoff, Tool
+from agents.items import TResponseInputItem
 
-from services.agent_service.models.responses import (
-    ResponseStream,
-    function_call,
-    new_message_id,
-    output_message,
-)
+from switchboard.app.offline import Call, Reply, Say, ScriptedModel, as_mapping, content_text
 
 EMPLOYEE_ID: Final = re.compile(r"\b(e\d{4})\b", re.IGNORECASE)
 ORDER_ID: Final = re.compile(r"\b(so-\d{4})\b", re.IGNORECASE)
@@ -152,28 +122,6 @@ _EXCERPT_CHARS: Final = 80
 _CALLER_FIELD: Final = re.compile(r"\b(tenant|user|role|locale)=([^;\s.]+)")
 
 
-BENCHMARK_WORDS: Final = (
-    *("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do"),
-    *("eiusmod", "tempor", "incididunt", "ut", "labore", "et", "dolore", "magna", "aliqua", "enim"),
-)
-"""The vocabulary of benchmark answers: short ASCII words, so every delta is a few bytes."""
-
-
-def benchmark_deltas(count: int) -> tuple[str, ...]:
-    """The `count` text deltas of a benchmark answer: the first word bare, then " word" each."""
-    if count < 1:
-        raise ValueError("a benchmark answer has at least one delta")
-    words = BENCHMARK_WORDS
-    return tuple(
-        words[index % len(words)] if index == 0 else f" {words[index % len(words)]}" for index in range(count)
-    )
-
-
-def benchmark_text(count: int) -> str:
-    """The full text of a benchmark answer of `count` deltas (what every stream must add up to)."""
-    return "".join(benchmark_deltas(count))
-
-
 def classify(text: str) -> str | None:
     """The specialist a message clearly belongs to (`billing`, `tech`), or None.
 
@@ -187,25 +135,6 @@ def classify(text: str) -> str | None:
         scores["billing"] += 1
     best = max(scores, key=lambda domain: scores[domain])  # ties keep dict order: billing first
     return best if scores[best] > 0 else None
-
-
-def _as_mapping(item: object) -> Mapping[str, Any]:
-    if isinstance(item, Mapping):
-        return item
-    dump = getattr(item, "model_dump", None)
-    return dump(exclude_unset=True) if callable(dump) else {}
-
-
-def _content_text(content: object, *, first_part_only: bool = False) -> str:
-    if isinstance(content, str):
-        return content
-    texts: list[str] = []
-    if isinstance(content, Sequence):
-        for part in content:
-            text = _as_mapping(part).get("text")
-            if isinstance(text, str):
-                texts.append(text)
-    return texts[0] if first_part_only and texts else " ".join(texts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +174,7 @@ def _received(content: object) -> list[_Received]:
         return []
     received: list[_Received] = []
     for part in list(content)[1:]:
-        fields = _as_mapping(part)
+        fields = as_mapping(part)
         if fields.get("type") == "input_image":
             url = fields.get("image_url")
             if received and received[-1].note == _IMAGE_SHOWN_NEXT and str(url).startswith("data:"):
@@ -306,10 +235,10 @@ class _Transcript:
         forms: list[str] = []
         attachments: list[_Received] = []
         for raw in model_input:
-            item = _as_mapping(raw)
+            item = as_mapping(raw)
             kind = item.get("type", "message")
             if kind == "message" and item.get("role") == "user":
-                text = _content_text(item.get("content"), first_part_only=True)
+                text = content_text(item.get("content"), first_part_only=True)
                 if text.startswith(_STRUCTURED_INPUT_PREFIX):
                     forms.append(text)
                 elif not text.startswith(_CONTEXT_PREFIXES):
@@ -324,26 +253,10 @@ class _Transcript:
                 name = call_names.get(str(item.get("call_id")))
                 if name is not None:
                     output = item.get("output")
-                    outputs[name] = output if isinstance(output, str) else _content_text(output)
+                    outputs[name] = output if isinstance(output, str) else content_text(output)
         return cls(
             user_texts=user_texts, tool_outputs=outputs, structured_inputs=forms, attachments=attachments
         )
-
-
-@dataclass(frozen=True, slots=True)
-class _Call:
-    name: str
-    arguments: dict[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _Say:
-    text: str
-    deltas: tuple[str, ...] | None = None
-    """How to stream `text` (they concatenate to it); None: word by word."""
-
-
-_Reply = _Call | _Say
 
 
 def _caller(instructions: str | None) -> dict[str, str]:
@@ -437,43 +350,43 @@ def _local_time_answer(output: str) -> str:
 
 def _decide(
     instructions: str | None, transcript: _Transcript, tools: list[Tool], handoffs: list[Handoff]
-) -> _Reply:
+) -> Reply:
     """The demo policy, its text answers opened by the attachments' acknowledgement (docstring)."""
     reply = _policy(instructions, transcript, tools, handoffs)
-    if isinstance(reply, _Say) and transcript.attachments:
-        return _Say(f"{_acknowledgement(transcript.attachments)} {reply.text}")
+    if isinstance(reply, Say) and transcript.attachments:
+        return Say(f"{_acknowledgement(transcript.attachments)} {reply.text}")
     return reply
 
 
 def _policy(
     instructions: str | None, transcript: _Transcript, tools: list[Tool], handoffs: list[Handoff]
-) -> _Reply:
+) -> Reply:
     """The demo policy (see the module docstring)."""
     newest = transcript.newest
     domain = classify(newest)
     if handoffs and not tools:
         target = _find_handoff(handoffs, domain or "general") or handoffs[0]
-        return _Call(target.tool_name, {})
+        return Call(target.tool_name, {})
     if (confirmation := _ticket_confirmation(transcript)) is not None:
-        return _Say(confirmation)
+        return Say(confirmation)
     local_time = next((out for name, out in transcript.tool_outputs.items() if "local_time" in name), None)
     if local_time is not None:
-        return _Say(_local_time_answer(local_time))
+        return Say(_local_time_answer(local_time))
     tool_names = {tool.name for tool in tools}
     outputs = [output for name, output in transcript.tool_outputs.items() if name in tool_names]
     if outputs:  # one tool round per user message: answer from what the tool returned
-        return _Say(" ".join(outputs))
+        return Say(" ".join(outputs))
     if domain is not None and (peer := _find_handoff(handoffs, domain)) is not None:
-        return _Call(peer.tool_name, {})
+        return Call(peer.tool_name, {})
     if _TICKET_REQUEST.search(newest) and (tool := _find_tool(tools, "ticket")):
-        return _Call(tool.name, _arguments(tool, "summary", " ".join(newest.split()[:12])))
+        return Call(tool.name, _arguments(tool, "summary", " ".join(newest.split()[:12])))
     if _TIME_QUESTION.search(newest) and (tool := _find_tool(tools, "local_time")):
-        return _Call(tool.name, _arguments(tool, "include_date", "date" in newest.lower()))
+        return Call(tool.name, _arguments(tool, "include_date", "date" in newest.lower()))
     if (match := EMPLOYEE_ID.search(newest)) and (tool := _find_tool(tools, "employee")):
-        return _Call(tool.name, _arguments(tool, "employee_id", match.group(1).upper()))
+        return Call(tool.name, _arguments(tool, "employee_id", match.group(1).upper()))
     if (match := ORDER_ID.search(newest)) and (tool := _find_tool(tools, "order")):
-        return _Call(tool.name, _arguments(tool, "order_id", match.group(1).upper()))
-    return _Say(_answer(instructions, transcript))
+        return Call(tool.name, _arguments(tool, "order_id", match.group(1).upper()))
+    return Say(_answer(instructions, transcript))
 
 
 def _answer(instructions: str | None, transcript: _Transcript) -> str:
@@ -508,133 +421,14 @@ def _answer(instructions: str | None, transcript: _Transcript) -> str:
             return f"Happy to help{tenant}.{asked} {body} {seen}"
 
 
-def _title_for(transcript: _Transcript, max_words: int = 6) -> str:
-    """First `max_words` words of the first user message, capitalised, no trailing punctuation."""
-    first = transcript.user_texts[0] if transcript.user_texts else ""
-    title = " ".join(first.split()[:max_words]).rstrip(" .,;:!?…-")
-    return title[:1].upper() + title[1:] if title else "New conversation"
+class DemoModel(ScriptedModel):
+    """The deterministic demo model for the router and the specialists (module docstring)."""
 
-
-class _ScriptedReplyModel(Model):
-    """Turns a `_Reply` into a non-streamed `ModelResponse` or a streamed Responses event sequence."""
-
-    def __init__(self, token_delay_s: float = 0.0) -> None:
-        self.token_delay_s = token_delay_s
-        self.deltas_emitted = 0
-        """Text deltas produced so far, across calls (tests use it to prove a run was stopped)."""
-
-    def _reply(
+    def reply(
         self,
-        system_instructions: str | None,
+        instructions: str | None,
         input: str | list[TResponseInputItem],
         tools: list[Tool],
         handoffs: list[Handoff],
-    ) -> _Reply:
-        raise NotImplementedError
-
-    async def get_response(
-        self,
-        system_instructions: str | None,
-        input: str | list[TResponseInputItem],
-        model_settings: ModelSettings,
-        tools: list[Tool],
-        output_schema: AgentOutputSchemaBase | None,
-        handoffs: list[Handoff],
-        tracing: ModelTracing,
-        *,
-        previous_response_id: str | None,
-        conversation_id: str | None,
-        prompt: ResponsePromptParam | None,
-    ) -> ModelResponse:
-        output: TResponseOutputItem
-        match self._reply(system_instructions, input, tools, handoffs):
-            case _Call(name=name, arguments=arguments):
-                output = function_call(name, json.dumps(arguments))
-            case _Say(text=text):
-                output = output_message(text, new_message_id())
-        return ModelResponse(
-            output=[output], usage=Usage(requests=1), response_id=ResponseStream().response_id
-        )
-
-    async def stream_response(
-        self,
-        system_instructions: str | None,
-        input: str | list[TResponseInputItem],
-        model_settings: ModelSettings,
-        tools: list[Tool],
-        output_schema: AgentOutputSchemaBase | None,
-        handoffs: list[Handoff],
-        tracing: ModelTracing,
-        *,
-        previous_response_id: str | None,
-        conversation_id: str | None,
-        prompt: ResponsePromptParam | None,
-    ) -> AsyncIterator[TResponseStreamEvent]:
-        stream = ResponseStream()
-        for event in stream.opening():
-            yield event
-        match self._reply(system_instructions, input, tools, handoffs):
-            case _Call(name=name, arguments=arguments):
-                for event in stream.function_call_events(function_call(name, json.dumps(arguments))):
-                    yield event
-            case _Say(text=text, deltas=deltas):
-                message = output_message(text, new_message_id())
-                for event in stream.message_start(message.id):
-                    yield event
-                if deltas is None:
-                    deltas = tuple(
-                        word if index == 0 else f" {word}" for index, word in enumerate(text.split(" "))
-                    )
-                for delta in deltas:
-                    await asyncio.sleep(self.token_delay_s)  # yields to the loop even at 0: cancellable
-                    self.deltas_emitted += 1
-                    yield stream.text_delta(message.id, delta)
-                for event in stream.message_end(message, text):
-                    yield event
-
-
-class LocalDemoModel(_ScriptedReplyModel):
-    """The deterministic demo model for the router and the specialists (module docstring).
-
-    With `reply_tokens=N` it is in benchmark mode: every call answers with exactly N short text
-    deltas, no tool call, no handoff and no delay (`token_delay_s` is ignored).
-    """
-
-    def __init__(self, token_delay_s: float = 0.0, *, reply_tokens: int | None = None) -> None:
-        if reply_tokens is not None and reply_tokens < 1:
-            raise ValueError("reply_tokens must be at least 1")
-        super().__init__(0.0 if reply_tokens is not None else token_delay_s)
-        self.reply_tokens = reply_tokens
-        self._benchmark_reply = (
-            _Say(benchmark_text(reply_tokens), benchmark_deltas(reply_tokens))
-            if reply_tokens is not None
-            else None
-        )
-
-    @property
-    def benchmark_mode(self) -> bool:
-        return self._benchmark_reply is not None
-
-    def _reply(
-        self,
-        system_instructions: str | None,
-        input: str | list[TResponseInputItem],
-        tools: list[Tool],
-        handoffs: list[Handoff],
-    ) -> _Reply:
-        if self._benchmark_reply is not None:
-            return self._benchmark_reply
-        return _decide(system_instructions, _Transcript.parse(input), tools, handoffs)
-
-
-class LocalTitleModel(_ScriptedReplyModel):
-    """Answers the title agent with the first ~6 words of the first user message."""
-
-    def _reply(
-        self,
-        system_instructions: str | None,
-        input: str | list[TResponseInputItem],
-        tools: list[Tool],
-        handoffs: list[Handoff],
-    ) -> _Reply:
-        return _Say(_title_for(_Transcript.parse(input)))
+    ) -> Reply:
+        return _decide(instructions, _Transcript.parse(input), tools, handoffs)

@@ -1,14 +1,15 @@
 """Tools that end the turn to wait for the user: a client tool and a structured input form.
 
-Both follow ChatKit's conventions, and both agents that offer them use
-`tool_use_behavior=STOP_AT_INTERACTIVE_TOOLS` (`StopAtTools`): the run ends right after such a tool
-ran, without another model call, because the answer can only come from the user in a later request.
+Both follow ChatKit's conventions, and the agents that offer them use
+`tool_use_behavior=stop_when_waiting_for_user` (`switchboard.app`): the run ends right after such a
+tool ran, without another model call, because the answer can only come from the user in a later
+request.
 
 **Client tool** (`get_user_local_time`, on every specialist) — ChatKit's client tool round trip:
 
-1. the model calls the tool; the tool does not compute anything, it records a `ClientToolRequest`
-   (name, arguments and the SDK call id) on the `AgentContext`;
-2. the run stops; at the end of the run the responder emits
+1. the model calls the tool; the tool does not compute anything, it records the request (name,
+   arguments and the SDK call id) with `ChatContext.request_client_tool`;
+2. the run stops; at the end of the run Switchboard emits
    `thread.item.done(client_tool_call, status="pending", call_id=<SDK call id>)`, which the
    conversation stores. The ChatKit client runs its `onClientTool({name, params})` handler in the
    browser and posts `threads.add_client_tool_output {thread_id, result}`;
@@ -23,9 +24,9 @@ told the browser was already asked).
 
 **Structured input** (`ask_ticket_details`, on the tech specialist):
 
-1. the model calls the tool; the tool emits `thread.item.done(structured_input, status="pending")`
-   with two questions (priority: Low / Normal / High; details: free text) through the context's
-   event sink, so the form appears while the run is still going;
+1. the model calls the tool; the tool shows the form with `ChatContext.show_form`
+   (`thread.item.done(structured_input, status="pending")`) with two questions (priority: Low /
+   Normal / High; details: free text), so the form appears while the run is still going;
 2. the run stops; no assistant message follows (the form is the turn's last item);
 3. the client posts `threads.add_structured_input`; the conversation sends
    `thread.item.replaced` with the answered (or skipped) item and runs the next turn, whose history
@@ -43,30 +44,23 @@ exception ends the run instead, and the client gets a retryable `error` event.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
 from typing import Final
 
-from agents import StopAtTools, function_tool
+from agents import function_tool
 from agents.tool_context import ToolContext
 from chatkit.types import (
-    ClientToolCallItem,
+    StructuredInput,
     StructuredInputFreeform,
-    StructuredInputItem,
     StructuredInputMultipleChoice,
     StructuredInputMultipleChoiceOption,
-    ThreadItemDoneEvent,
 )
 
-from services.agent_service.agents.context import AgentContext, ClientToolRequest
-from services.common.ids import new_id
+from switchboard.demo.state import DemoContext
 
 logger = logging.getLogger(__name__)
 
 LOCAL_TIME_TOOL: Final = "get_user_local_time"
 TICKET_TOOL: Final = "ask_ticket_details"
-
-STOP_AT_INTERACTIVE_TOOLS: Final = StopAtTools(stop_at_tool_names=[LOCAL_TIME_TOOL, TICKET_TOOL])
-"""The `tool_use_behavior` of every agent that offers one of these tools."""
 
 PRIORITY_INPUT: Final = "priority"
 DETAILS_INPUT: Final = "details"
@@ -75,40 +69,21 @@ DEFAULT_PRIORITY: Final = "Normal"
 SUMMARY_MAX_CHARS: Final = 120
 
 
-def client_tool_call_item(thread_id: str, request: ClientToolRequest) -> ClientToolCallItem:
-    """The pending item the responder emits at the end of a run that asked for a client tool."""
-    return ClientToolCallItem(
-        id=new_id("tc"),
-        thread_id=thread_id,
-        created_at=datetime.now(UTC),
-        status="pending",
-        call_id=request.call_id,
-        name=request.name,
-        arguments=request.arguments,
-    )
-
-
-def ticket_form(thread_id: str, summary: str) -> StructuredInputItem:
-    """The pending ticket form: a single-choice priority and a free-text details question."""
-    return StructuredInputItem(
-        id=new_id("msg"),
-        thread_id=thread_id,
-        created_at=datetime.now(UTC),
-        status="pending",
-        inputs=[
-            StructuredInputMultipleChoice(
-                id=PRIORITY_INPUT,
-                question="How urgent is it?",
-                options=[StructuredInputMultipleChoiceOption(value=value) for value in PRIORITY_OPTIONS],
-                multiple=False,
-            ),
-            StructuredInputFreeform(
-                id=DETAILS_INPUT,
-                question="Anything else we should know?",
-                description=f"Ticket: {summary}" if summary else None,
-            ),
-        ],
-    )
+def ticket_questions(summary: str) -> list[StructuredInput]:
+    """The ticket form's questions: a single-choice priority and a free-text details question."""
+    return [
+        StructuredInputMultipleChoice(
+            id=PRIORITY_INPUT,
+            question="How urgent is it?",
+            options=[StructuredInputMultipleChoiceOption(value=value) for value in PRIORITY_OPTIONS],
+            multiple=False,
+        ),
+        StructuredInputFreeform(
+            id=DETAILS_INPUT,
+            question="Anything else we should know?",
+            description=f"Ticket: {summary}" if summary else None,
+        ),
+    ]
 
 
 def _one_line(text: str, limit: int) -> str:
@@ -117,7 +92,7 @@ def _one_line(text: str, limit: int) -> str:
 
 
 @function_tool(name_override=LOCAL_TIME_TOOL, failure_error_function=None)
-async def get_user_local_time(ctx: ToolContext[AgentContext], include_date: bool) -> str:
+async def get_user_local_time(ctx: ToolContext[DemoContext], include_date: bool) -> str:
     """Ask the user's browser for its current local time and time zone.
 
     The browser answers after this turn ends: its answer arrives as this call's output, and you
@@ -127,17 +102,14 @@ async def get_user_local_time(ctx: ToolContext[AgentContext], include_date: bool
         include_date: Also ask for the local date.
     """
     context = ctx.context
-    if context.client_tool_call is not None:
+    if not context.request_client_tool(ctx.tool_call_id, LOCAL_TIME_TOOL, {"include_date": include_date}):
         logger.warning("Ignoring a second client tool call in thread %s", context.thread_id)
         return "The browser was already asked in this turn; wait for its answer."
-    context.client_tool_call = ClientToolRequest(
-        name=LOCAL_TIME_TOOL, arguments={"include_date": include_date}, call_id=ctx.tool_call_id
-    )
     return "Asked the user's browser for its local time."
 
 
 @function_tool(name_override=TICKET_TOOL, failure_error_function=None)
-async def ask_ticket_details(ctx: ToolContext[AgentContext], summary: str) -> str:
+async def ask_ticket_details(ctx: ToolContext[DemoContext], summary: str) -> str:
     """Show the user a form for a new support ticket: how urgent it is and anything else to add.
 
     Call it once when the user wants to open or file a ticket, and write nothing else: the answers
@@ -146,10 +118,6 @@ async def ask_ticket_details(ctx: ToolContext[AgentContext], summary: str) -> st
     Args:
         summary: What the ticket is about, in a few words taken from the user's message.
     """
-    context = ctx.context
-    if context.structured_input_id is not None:
+    if ctx.context.show_form(ticket_questions(_one_line(summary, SUMMARY_MAX_CHARS))) is None:
         return "The ticket form is already shown to the user; wait for the answers."
-    form = ticket_form(context.thread_id, _one_line(summary, SUMMARY_MAX_CHARS))
-    context.structured_input_id = form.id
-    context.emit(ThreadItemDoneEvent(item=form))
     return "The ticket form is shown to the user."

@@ -1,4 +1,4 @@
-"""Builders for Responses-API stream events, used by the local demo model.
+"""Builders for Responses-API stream events, used by the offline models (`switchboard.app.offline`).
 
 The Agents SDK consumes every model's stream as Responses events and needs exactly one terminal
 `response.completed` whose `output` drives the next step (final answer, tool call or handoff). We
@@ -39,7 +39,7 @@ from openai.types.responses import (
     ResponseTextDoneEvent,
 )
 
-MODEL_NAME = "switchboard-local-demo"
+MODEL_NAME = "switchboard-offline"
 
 
 def _hex() -> str:

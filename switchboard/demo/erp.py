@@ -5,7 +5,7 @@ the two rules that matter: **every query is scoped by tenant** (`WHERE tenant = 
 coming from the verified JWT, never from the model), and **ids repeat across tenants** so that a
 leak would be visible (both tenants have an `E1001` and an `SO-1001`, different records).
 
-The database lives at `Settings.erp_path` (`SWITCHBOARD_ERP_DATABASE_PATH`, default
+The database lives at `SWITCHBOARD_ERP_DATABASE_PATH` (default
 `<SWITCHBOARD_DATA_DIR>/erp.sqlite3`). It is created and seeded on first open; seeding is idempotent
 (`INSERT OR IGNORE`), so reopening never duplicates or overwrites rows. Access goes through
 `aiosqlite` (a worker thread per connection), so no query blocks the event loop.
