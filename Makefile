@@ -2,16 +2,21 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+EXAMPLE := examples/helpdesk
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(EXAMPLE)/pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: run test bench lint format protos clean
+.PHONY: install run test bench lint format protos clean
 
-$(STAMP): pyproject.toml
+# The example app is installed next to Switchboard, as an adopter installs theirs (the tests run it).
+$(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev]' -e $(EXAMPLE)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
+
+## install: create .venv and install Switchboard with its dev tools and the example app
+install: $(STAMP)
 
 ## run: create .venv, install, start the agent service and the edge on embedded defaults
 run: $(STAMP)
@@ -25,11 +30,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
-## lint: ruff, mypy --strict and buf lint
+## lint: ruff, mypy --strict, the layering contracts (lint-imports) and buf lint
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	cd protos && npx --yes @bufbuild/buf@1.75.0 lint
 
 format: $(STAMP)

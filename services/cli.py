@@ -43,6 +43,8 @@ def _configure_logging(settings: Settings) -> None:
 
 def _run_agent(args: argparse.Namespace) -> int:
     overrides = {"agent_listen": args.listen} if args.listen else {}
+    if args.app:
+        overrides["app"] = args.app
     settings = load_settings().model_copy(update=overrides)
     _configure_logging(settings)
     from services.agent_service.server import serve
@@ -123,11 +125,12 @@ def _migrate(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- dev stack
 
 
-def _wait_ready(url: str, timeout_s: float) -> bool:
+def _wait_ready(url: str, timeout_s: float, children: Sequence[subprocess.Popen[bytes]]) -> bool:
+    """Poll `url` until it answers 200; False after `timeout_s` or as soon as a child exits."""
     import time
 
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and all(child.poll() is None for child in children):
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -176,6 +179,8 @@ def _run_dev(args: argparse.Namespace) -> int:
         audience=settings.jwt_audience,
     )
     env = dict(os.environ)
+    if args.app:
+        env["SWITCHBOARD_APP"] = args.app
     env.setdefault("SWITCHBOARD_CORS_ORIGINS", "*")
     env.setdefault("SWITCHBOARD_DEMO_TOKEN", token)
     env.setdefault("SWITCHBOARD_AGENT_ADDRESS", settings.agent_listen)
@@ -203,7 +208,7 @@ def _run_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        if not _wait_ready(f"{base}/readyz", timeout_s=60):
+        if not _wait_ready(f"{base}/readyz", timeout_s=60, children=children):
             print("switchboard dev: the stack did not become ready; see the logs above", file=sys.stderr)
             stop()
             return 1
@@ -291,6 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     agent = commands.add_parser("agent", help="run the agent service (gRPC)")
     agent.add_argument("--listen", help="host:port to listen on (SWITCHBOARD_AGENT_LISTEN)")
+    agent.add_argument(
+        "--app",
+        metavar="MODULE:ATTR",
+        help="the app to run, e.g. helpdesk_app:app (SWITCHBOARD_APP; default: the ERP demo)",
+    )
     agent.set_defaults(func=_run_agent)
 
     upload = commands.add_parser("upload", help="run the upload service (gRPC, attachments in MinIO)")
@@ -329,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--role", default=DEV_ROLE, help=f"role claim: user, hr, admin... (default {DEV_ROLE})"
         )
         if name == "dev":
+            sub.add_argument(
+                "--app", metavar="MODULE:ATTR", help="the app the agent service runs (SWITCHBOARD_APP)"
+            )
             sub.set_defaults(func=_run_dev)
         elif name == "token":
             sub.add_argument("--ttl", type=int, default=86_400, help="lifetime in seconds (default 86400)")

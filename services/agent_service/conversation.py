@@ -405,7 +405,6 @@ class Conversation:
     async def custom_action(
         self, owner: Principal, locale: str, thread_id: str, item_id: str | None, action: Action[str, Any]
     ) -> AsyncIterator[ThreadStreamEvent]:
-        self._responder.check_action(action)
         # Loading the sender checks ownership; without one, `_leased` does.
         sender = await self._store.load_item(owner, thread_id, item_id) if item_id else None
         if sender is not None and not isinstance(sender, WidgetItem):
@@ -413,6 +412,8 @@ class Conversation:
             yield ErrorEvent(code=ErrorCode.STREAM_ERROR, allow_retry=False)
             return
         async with self._leased(owner, thread_id) as (thread, lease):
+            # Refused before the stream starts (HTTP 400), after the ownership check (404 first).
+            self._responder.check_action(action)
             request = ActionRequest(
                 thread=thread, action=action, sender=sender, principal=owner, locale=locale
             )
