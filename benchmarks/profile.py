@@ -30,7 +30,10 @@ from switchboard.demo.benchmark import benchmark_text
 
 CATEGORIES: Final = (
     # (label, substrings of a frame; the innermost frame that matches any rule decides)
-    ("benchmark model (local.py, responses.py)", ("models/local.py", "models/responses.py")),
+    (
+        "benchmark model (offline model, responses)",
+        ("demo/benchmark.py", "app/offline.py", "app/_responses.py"),
+    ),
     ("JWT auth", ("jwt/", "common/auth.py", "grpc_auth.py")),
     ("store (SQLAlchemy, aiosqlite, run lease)", ("store/", "aiosqlite/", "sqlalchemy/")),
     ("protobuf <-> chatkit codec", ("common/codec.py", "protobuf/", "edge/sse.py")),

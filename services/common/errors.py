@@ -86,15 +86,6 @@ def error_body(code: grpc.StatusCode, message: str) -> bytes:
     return json.dumps({"error": {"code": code.name, "message": message}}).encode()
 
 
-class ServiceError(Exception):
-    """An expected failure of the upload service with the gRPC status it maps to."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def not_found(what: str) -> NotFound:
     return NotFound(f"{what} not found")
 
