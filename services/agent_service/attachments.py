@@ -13,12 +13,19 @@ SwitchboardErrors the conversation can report before it writes anything:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
 import grpc
-from chatkit.types import Attachment, ImageAttachment, ThreadItem, UserMessageItem
+from chatkit.types import (
+    Attachment,
+    GeneratedImage,
+    GeneratedImageItem,
+    ImageAttachment,
+    ThreadItem,
+    UserMessageItem,
+)
 from grpc import aio
 
 from services.common import codec
@@ -34,6 +41,7 @@ STORED_PREVIEW_URL: Final = "https://attachments.invalid/{id}"
 SIZE_KEY: Final = "size"
 """Key in `Attachment.metadata` (kept in the store, never sent to clients) holding the byte size."""
 _TIMEOUT_S: Final = 10.0
+_CHUNK_BYTES: Final = 1024 * 1024
 _CHANNEL_OPTIONS: Final = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.keepalive_timeout_ms", 10_000),
@@ -117,7 +125,8 @@ class AttachmentClient:
         return {message.id: codec.attachment_from_proto(message) for message in reply.attachments}
 
     async def with_fresh_urls(self, items: Sequence[ThreadItem]) -> None:
-        """Give image attachments of user messages fresh preview URLs, in place (one batch call).
+        """Give image attachments of user messages, and generated images, fresh URLs in place (one
+        batch call).
 
         When the upload service cannot answer, the items keep their placeholders: reading a thread
         must not fail because previews are unavailable.
@@ -129,16 +138,41 @@ class AttachmentClient:
             for attachment in item.attachments
             if isinstance(attachment, ImageAttachment)
         ]
-        if not images:
+        generated = [item.image for item in items if isinstance(item, GeneratedImageItem) and item.image]
+        if not images and not generated:
             return
         try:
-            fresh = await self.fresh([image.id for image in images])
+            fresh = await self.fresh([image.id for image in images] + [image.id for image in generated])
         except SwitchboardError:
             return
         for image in images:
             minted = fresh.get(image.id)
             if isinstance(minted, ImageAttachment):
                 image.preview_url = minted.preview_url
+        for picture in generated:
+            minted = fresh.get(picture.id)
+            if isinstance(minted, ImageAttachment):
+                picture.url = str(minted.preview_url)
+
+    async def store_image(self, thread_id: str, data: bytes, mime_type: str, name: str) -> GeneratedImage:
+        """Upload a generated image as an attachment of the caller, bound to `thread_id` (so the
+        thread's deletion deletes it), and return it with a fresh URL."""
+
+        async def requests() -> AsyncIterator[upload_pb2.UploadRequest]:
+            yield upload_pb2.UploadRequest(
+                info=upload_pb2.UploadFileInfo(name=name, mime_type=mime_type, size=len(data))
+            )
+            for start in range(0, len(data), _CHUNK_BYTES):
+                yield upload_pb2.UploadRequest(chunk=data[start : start + _CHUNK_BYTES])
+
+        try:
+            reply = await self.stub.Upload(requests(), metadata=_metadata(), timeout=_TIMEOUT_S)
+        except aio.AioRpcError as error:
+            raise _service_error(error, "image") from error
+        attachment = codec.attachment_from_proto(reply.attachment)
+        await self.attach(thread_id, [attachment.id])
+        url = attachment.preview_url if isinstance(attachment, ImageAttachment) else None
+        return GeneratedImage(id=attachment.id, url=str(url or STORED_PREVIEW_URL.format(id=attachment.id)))
 
     async def read(self, attachment_id: str, max_bytes: int) -> bytes:
         """At most `max_bytes` of the attachment's content."""

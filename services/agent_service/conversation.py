@@ -52,6 +52,8 @@ from chatkit.types import (
     Attachment,
     ClientToolCallItem,
     ErrorEvent,
+    GeneratedImage,
+    GeneratedImageItem,
     HiddenContextItem,
     ImageAttachment,
     Page,
@@ -86,6 +88,7 @@ from services.common.auth import Principal
 from services.common.errors import invalid
 from services.common.ids import new_id
 from switchboard.app import PreconditionFailed, SwitchboardError
+from switchboard.app._context import ImageStore
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +225,15 @@ def _user_message(
     )
 
 
-def _for_storage(item: UserMessageItem) -> UserMessageItem:
-    """The user message as stored: image preview URLs replaced by placeholders (minted on read)."""
-    if not any(isinstance(a, ImageAttachment) for a in item.attachments):
+def _for_storage(item: ThreadItem) -> ThreadItem:
+    """The item as stored: image preview URLs and generated image URLs replaced by placeholders
+    (fresh ones are minted whenever the item is read)."""
+    if isinstance(item, GeneratedImageItem) and item.image is not None:
+        image = item.image.model_copy(update={"url": STORED_PREVIEW_URL.format(id=item.image.id)})
+        return item.model_copy(update={"image": image})
+    if not isinstance(item, UserMessageItem) or not any(
+        isinstance(a, ImageAttachment) for a in item.attachments
+    ):
         return item
     stored = item.model_copy(deep=True)
     for attachment in stored.attachments:
@@ -276,6 +285,16 @@ class Conversation:
         if self._attachments is None:
             raise invalid("attachments are not enabled on this server")
         return await self._attachments.attach(thread_id, message.attachments)
+
+    def _image_store(self, thread_id: str) -> ImageStore | None:
+        attachments = self._attachments
+        if attachments is None:
+            return None
+
+        async def store(data: bytes, mime_type: str, name: str) -> GeneratedImage:
+            return await attachments.store_image(thread_id, data, mime_type, name)
+
+        return store
 
     async def _fresh(self, items: list[ThreadItem]) -> None:
         if self._attachments is not None:
@@ -415,7 +434,12 @@ class Conversation:
             # Refused before the stream starts (HTTP 400), after the ownership check (404 first).
             self._responder.check_action(action)
             request = ActionRequest(
-                thread=thread, action=action, sender=sender, principal=owner, locale=locale
+                thread=thread,
+                action=action,
+                sender=sender,
+                principal=owner,
+                locale=locale,
+                images=self._image_store(thread.id),
             )
             async with _closing(
                 self._process(owner, thread, self._responder.action(request), lease)
@@ -508,6 +532,7 @@ class Conversation:
             locale=locale,
             input_user_message=message,
             attachments=self._attachments,
+            images=self._image_store(thread.id),
         )
 
     async def _run(
@@ -568,7 +593,7 @@ class Conversation:
                             await self._store.write(
                                 owner,
                                 thread.id,
-                                items=[item],
+                                items=[_for_storage(item)],
                                 thread=thread if changed else None,
                                 fence=lease.fence,
                             )

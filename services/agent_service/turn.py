@@ -16,6 +16,7 @@ from chatkit.actions import Action
 from chatkit.types import ThreadItem, ThreadMetadata, ThreadStreamEvent, UserMessageItem, WidgetItem
 
 from services.common.auth import Principal
+from switchboard.app._context import ImageStore
 
 ACTIVE_AGENT_KEY = "active_agent"
 """Key in `ThreadMetadata.metadata` that holds the name of the agent who answers the next turn."""
@@ -46,6 +47,8 @@ class Turn:
     """The user message this turn answers; None after a client tool output or structured input."""
     attachments: AttachmentReader | None = None
     """Reads attachment bytes for the model input, on the caller's behalf (None: no upload service)."""
+    images: ImageStore | None = None
+    """Stores generated images with this thread, on the caller's behalf (None: no upload service)."""
 
 
 @dataclass(slots=True)
@@ -57,6 +60,8 @@ class ActionRequest:
     sender: WidgetItem | None
     principal: Principal
     locale: str
+    images: ImageStore | None = None
+    """Stores generated images with this thread (None: no upload service)."""
 
 
 class Responder(Protocol):
@@ -65,7 +70,7 @@ class Responder(Protocol):
         cancelled (`RunResultStreaming.cancel()` in a `finally`)."""
         ...
 
-    def check_action(self, action: Action[str, Any]) -> object:
+    def check_action(self, action: Action[str, Any], *, streaming: bool = True) -> object:
         """Refuse an action nobody handles, or with an invalid payload, before anything runs
         (raises `InvalidRequest`); returns the validated payload."""
         ...

@@ -10,7 +10,17 @@ Its helpers put ChatKit events into the turn's stream while the tool runs, inter
 with the model's own output (a progress update arrives while its tool runs, not after):
 
 - `progress(text)`: a progress line under the composer;
+- `notice(message, level=...)`: a notice (info, warning or danger) above the composer;
+- `client_effect(name, data)`: an effect for the host page (the ChatKit UI's `onEffect`), e.g.
+  "refresh the cart"; gRPC callers receive it as a stream event too;
 - `show_widget(widget)`: a widget item in the thread (stored with it);
+- `stream_widget(widgets)`: a widget that fills in while the tool works: the first root is shown at
+  once, every later one is sent as the difference from the one before (chatkit's `diff_widget`:
+  streamed text values, component or root updates), the last one is stored;
+- `show_image(data)`: a generated image, stored with the thread's attachments (the thread's
+  deletion deletes it); its URL is minted for each reader, like an attachment preview;
+- `remove_item(item_id)`: remove an item of this thread from the user's view and from the store
+  (so from the model's history too);
 - `request_client_tool(call_id, name, arguments)`: ask the user's browser to run a client tool;
   its answer arrives as this call's output on the next turn;
 - `show_form(inputs)`: show a structured input form; the answers arrive on the next turn;
@@ -24,28 +34,41 @@ client tool and shows at most one form, as ChatKit does.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from agents import FunctionToolResult, RunContextWrapper, ToolsToFinalOutputResult
 from chatkit.icons import IconName
+from chatkit.server import stream_widget
 from chatkit.types import (
+    ClientEffectEvent,
+    GeneratedImage,
+    GeneratedImageItem,
+    NoticeEvent,
     ProgressUpdateEvent,
     StructuredInput,
     StructuredInputItem,
+    ThreadItemAddedEvent,
     ThreadItemDoneEvent,
+    ThreadItemRemovedEvent,
+    ThreadMetadata,
     ThreadStreamEvent,
     WidgetItem,
 )
 from chatkit.widgets import WidgetRoot
 
+from switchboard.app._errors import InvalidRequest, Unavailable
 from switchboard.app._ids import new_id
 
 StateT = TypeVar("StateT")
 EventSink = Callable[[ThreadStreamEvent], None]
 """Where the helpers put the events they produce (the core connects it to the turn's stream)."""
+ImageStore = Callable[[bytes, str, str], Awaitable[GeneratedImage]]
+"""Stores a generated image (bytes, MIME type, file name) with the thread; the core provides it."""
+IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+MAX_IMAGE_BYTES = 8 * 1024 * 1024
 
 
 def _discard(event: ThreadStreamEvent) -> None:
@@ -89,6 +112,8 @@ class _Emitter:
 
     thread_id: str
     sink: EventSink = field(default=_discard, repr=False, kw_only=True)
+    image_store: ImageStore | None = field(default=None, repr=False, kw_only=True)
+    """Set by the core when generated images can be stored (an upload service is configured)."""
 
     def emit(self, event: ThreadStreamEvent) -> None:
         """Send any ChatKit event to the user (non-blocking)."""
@@ -97,6 +122,67 @@ class _Emitter:
     def progress(self, text: str, *, icon: IconName | None = None) -> None:
         """Show a progress line (`progress_update`); the next item replaces it."""
         self.emit(ProgressUpdateEvent(text=text, icon=icon))
+
+    def notice(
+        self, message: str, *, level: Literal["info", "warning", "danger"] = "info", title: str | None = None
+    ) -> None:
+        """Show a notice (markdown allowed) above the composer; it is not stored with the thread."""
+        self.emit(NoticeEvent(level=level, message=message, title=title))
+
+    def client_effect(self, name: str, data: dict[str, Any] | None = None) -> None:
+        """Ask the host page to do something (`onEffect({name, data})` in the ChatKit UI)."""
+        if not name:
+            raise ValueError("a client effect needs a name")
+        self.emit(ClientEffectEvent(name=name, data=data or {}))
+
+    def remove_item(self, item_id: str) -> None:
+        """Remove an item of this thread: from the user's view now, and from the store (and so
+        from the model's history) when the core receives the event. Unknown ids change nothing."""
+        self.emit(ThreadItemRemovedEvent(item_id=item_id))
+
+    async def stream_widget(
+        self, widgets: AsyncGenerator[WidgetRoot, None], *, copy_text: str | None = None
+    ) -> WidgetItem:
+        """Show a widget that changes while the tool works (module docstring); returns the stored item.
+
+        Uses chatkit's own `stream_widget`, so the events and their order are what `ChatKitServer`
+        sends for the same widgets.
+        """
+        thread = ThreadMetadata(id=self.thread_id, created_at=datetime.now(UTC))
+        final: WidgetItem | None = None
+        async for event in stream_widget(thread, widgets, copy_text, generate_id=lambda _: new_id("msg")):
+            if isinstance(event, ThreadItemDoneEvent) and isinstance(event.item, WidgetItem):
+                final = event.item
+            self.emit(event)
+        if final is None:
+            raise ValueError("the widget generator yielded no widget")
+        return final
+
+    async def show_image(
+        self, data: bytes, *, mime_type: str = "image/png", name: str = "image.png"
+    ) -> GeneratedImageItem:
+        """Store a generated image with the thread and show it (module docstring).
+
+        The item is announced first (`thread.item.added`, no image yet: the UI shows a placeholder)
+        and completed once the image is stored; if storing fails, the placeholder is removed and the
+        error raised (`Unavailable` when this server cannot store images at all).
+        """
+        if mime_type not in IMAGE_TYPES:
+            raise InvalidRequest(f"a generated image must be one of {', '.join(sorted(IMAGE_TYPES))}")
+        if not data or len(data) > MAX_IMAGE_BYTES:
+            raise InvalidRequest(f"a generated image has 1 to {MAX_IMAGE_BYTES} bytes")
+        if self.image_store is None:
+            raise Unavailable("images cannot be stored on this server (no upload service)")
+        item = GeneratedImageItem(id=new_id("msg"), thread_id=self.thread_id, created_at=datetime.now(UTC))
+        self.emit(ThreadItemAddedEvent(item=item))
+        try:
+            image = await self.image_store(data, mime_type, name)
+        except BaseException:
+            self.emit(ThreadItemRemovedEvent(item_id=item.id))
+            raise
+        done = item.model_copy(update={"image": image})
+        self.emit(ThreadItemDoneEvent(item=done))
+        return done
 
     def show_widget(self, widget: WidgetRoot, *, copy_text: str | None = None) -> WidgetItem:
         """Add a widget to the thread (stored like every item) and return the item."""

@@ -1,6 +1,8 @@
 """Benchmark mode of the demo app: every answer is exactly N short text deltas, as fast as possible.
 
-Switched on by `SWITCHBOARD_LOCAL_REPLY_TOKENS=N` while no LLM provider is configured (offline).
+Switched on by `SWITCHBOARD_LOCAL_REPLY_TOKENS=N`; the model applies while no LLM provider is
+configured (offline), and the demo app names no threads while the variable is set, whatever the
+provider.
 Every model call, whatever agent makes it and whatever tools or handoffs it offers, answers in text
 with exactly N deltas, one short word each (`benchmark_deltas(N)`: "lorem", " ipsum", " dolor"…),
 and no delay between them (each delta still yields to the event loop once, so a run stays

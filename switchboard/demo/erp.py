@@ -191,6 +191,16 @@ class ErpDirectory:
             row = await cursor.fetchone()
         return _order(row) if row else None
 
+    async def order_counts(self, tenant: str) -> dict[OrderStatus, int]:
+        """How many of the tenant's orders are open, shipped and cancelled (every status listed)."""
+        counts: dict[OrderStatus, int] = {"open": 0, "shipped": 0, "cancelled": 0}
+        async with self._db.execute(
+            "SELECT status, COUNT(*) FROM orders WHERE tenant = ? GROUP BY status", (tenant,)
+        ) as cursor:
+            for status, count in await cursor.fetchall():
+                counts[status] = int(count)
+        return counts
+
     async def open_orders_for(self, tenant: str, employee_id: str) -> list[Order]:
         """The employee's open orders, oldest first (empty for an unknown employee)."""
         async with self._db.execute(

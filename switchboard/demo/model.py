@@ -105,6 +105,7 @@ _TIME_QUESTION: Final = re.compile(
     r"\b(?:what(?:'s| is)? the time|what time|(?:my |the )?(?:local|current) time|time ?zone)\b",
     re.IGNORECASE,
 )
+_CHART_REQUEST: Final = re.compile(r"\b(?:chart|graph|plot)\b", re.IGNORECASE)
 DEFAULT_TICKET_PRIORITY: Final = "Normal"
 _NAME_STATEMENT: Final = re.compile(r"(?i:\bmy name is)\s+([A-Za-z][\w'-]*(?:\s+[A-Z][\w'-]*)?)")
 _NAME_QUESTION: Final = re.compile(r"\b(what(?:'s| is) my name|who am i)\b", re.IGNORECASE)
@@ -384,6 +385,8 @@ def _policy(
         return Call(tool.name, _arguments(tool, "include_date", "date" in newest.lower()))
     if (match := EMPLOYEE_ID.search(newest)) and (tool := _find_tool(tools, "employee")):
         return Call(tool.name, _arguments(tool, "employee_id", match.group(1).upper()))
+    if _CHART_REQUEST.search(newest) and (tool := _find_tool(tools, "chart")):
+        return Call(tool.name, {})
     if (match := ORDER_ID.search(newest)) and (tool := _find_tool(tools, "order")):
         return Call(tool.name, _arguments(tool, "order_id", match.group(1).upper()))
     return Say(_answer(instructions, transcript))

@@ -26,6 +26,7 @@ from typing import Any, Final
 from agents import ModelBehaviorError, RunContextWrapper, function_tool
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from switchboard.demo.chart import bar_chart_png
 from switchboard.demo.erp import Employee, Order
 from switchboard.demo.state import DemoContext
 from switchboard.demo.widgets import employee_card, employee_copy_text
@@ -118,6 +119,7 @@ async def lookup_employee(ctx: RunContextWrapper[DemoContext], query: EmployeeQu
     context.progress(f"Looking up employee {query.employee_id}…", icon="search")
     employee = await context.state.erp.get_employee(context.caller.tenant, query.employee_id)
     if employee is None:
+        context.notice(f"No employee {query.employee_id} in your organisation.", level="warning")
         return f"No employee {query.employee_id} in your organisation."
     context.show_widget(employee_card(employee), copy_text=employee_copy_text(employee))
     return describe_employee(employee, context.caller.role)
@@ -137,8 +139,23 @@ async def lookup_order(ctx: RunContextWrapper[DemoContext], query: OrderQuery) -
     context.progress(f"Looking up order {query.order_id}…", icon="search")
     order = await context.state.erp.get_order(context.caller.tenant, query.order_id)
     if order is None:
+        context.notice(f"No order {query.order_id} in your organisation.", level="warning")
         return f"No order {query.order_id} in your organisation."
     return describe_order(order)
 
 
-ERP_TOOLS: Final = [lookup_employee, lookup_order]
+@function_tool(
+    name_override="show_order_chart",
+    failure_error_function=_failure("The chart takes no arguments."),
+)
+async def show_order_chart(ctx: RunContextWrapper[DemoContext]) -> str:
+    """Show a bar chart of the organisation's sales orders by status (open, shipped, cancelled)."""
+    context = ctx.context
+    context.progress("Drawing the order chart…", icon="chart")
+    counts = await context.state.erp.order_counts(context.caller.tenant)
+    await context.show_image(bar_chart_png(list(counts.values())), name="orders-by-status.png")
+    summary = ", ".join(f"{count} {status}" for status, count in counts.items())
+    return f"Chart shown: orders by status ({summary})."
+
+
+ERP_TOOLS: Final = [lookup_employee, lookup_order, show_order_chart]

@@ -18,6 +18,10 @@ from switchboard.demo.erp import Employee, EmployeeStatus
 
 SHOW_OPEN_ORDERS: Final = "erp.show_open_orders"
 """Action type of the employee card's button; payload `{"employee_id": "E1001"}`."""
+DISMISS: Final = "erp.dismiss"
+"""Action type of the order list's "Dismiss" button (no payload): removes the list from the thread."""
+ORDER_LINES_ID: Final = "orders"
+"""The order list's Markdown component, which fills in line by line (streamed text)."""
 
 _STATUS: Final[dict[EmployeeStatus, tuple[str, str]]] = {
     "active": ("Active", "success"),
@@ -64,6 +68,41 @@ def employee_card(employee: Employee) -> WidgetRoot:
             "subtitle": f"{employee.department} · {employee.id}",
             "email": employee.email,
             "action": action.model_dump(),
+        }
+    )
+
+
+ORDER_LIST: Final = WidgetTemplate(
+    {
+        "version": "1.0",
+        "name": "order_list",
+        "template": """{
+  "type": "Card",
+  "size": "md",
+  "children": [
+    {"type": "Title", "value": {{ title | tojson }}, "size": "sm"},
+    {"type": "Markdown", "id": {{ lines_id | tojson }}, "value": {{ lines | tojson }}, "streaming": true},
+    {"type": "Button", "label": "Dismiss", "variant": "outline", "onClickAction": {{ dismiss | tojson }}}
+  ]
+}""",
+        "jsonSchema": {"type": "object", "required": ["title", "lines", "lines_id", "dismiss"]},
+    }
+)
+
+
+def order_list(employee: Employee, lines: list[str]) -> WidgetRoot:
+    """The open orders of `employee` listed so far (one markdown line each) and a Dismiss button.
+
+    Built again with one more line for every order found, so it can be streamed: each version only
+    appends to the list's text (a streamed text value).
+    """
+    dismiss = ActionConfig(type=DISMISS, payload={}, handler="server")
+    return ORDER_LIST.build(
+        {
+            "title": f"Open orders · {employee.name} ({employee.id})",
+            "lines_id": ORDER_LINES_ID,
+            "lines": "\n".join(lines),
+            "dismiss": dismiss.model_dump(),
         }
     )
 

@@ -201,7 +201,7 @@ def _stream_error(error: Exception | None) -> Exception:
     while cause is not None:
         if isinstance(cause, SwitchboardError):
             return cause
-        cause = cause.__cause__ or cause.__context__
+        cause = cause.__cause__  # explicit wrapping only: a handled error stays handled
     return error or RuntimeError("the agent run failed")
 
 
@@ -259,7 +259,11 @@ class AppResponder:
     async def respond(self, turn: Turn) -> AsyncIterator[ThreadStreamEvent]:
         outbox = _Outbox()
         context = ChatContext[Any](
-            turn.thread.id, sink=outbox.emit, caller=caller_of(turn), state=self._state
+            turn.thread.id,
+            sink=outbox.emit,
+            image_store=turn.images,
+            caller=caller_of(turn),
+            state=self._state,
         )
         root = self.app.starting_agent(context.caller)
         agent = find_agent(root, turn.thread.metadata.get(ACTIVE_AGENT_KEY)) or root
@@ -320,11 +324,14 @@ class AppResponder:
 
     # ------------------------------------------------------------------------------------ actions
 
-    def check_action(self, action: Action[str, Any]) -> BaseModel:
-        """The action's validated payload; InvalidRequest for an unknown type or a bad payload."""
+    def check_action(self, action: Action[str, Any], *, streaming: bool = True) -> BaseModel:
+        """The action's validated payload; InvalidRequest for an unknown type, a bad payload, or a
+        streamed call of a type that only has a synchronous handler."""
         route = self.app.route(action.type)
         if route is None:
             raise InvalidRequest(f"unknown action type {action.type!r}")
+        if streaming and route.streaming is None:
+            raise InvalidRequest(f"action {action.type!r} is synchronous: use threads.sync_custom_action")
         try:
             return route.payload.model_validate(action.payload if action.payload is not None else {})
         except ValidationError as error:
@@ -342,6 +349,7 @@ class AppResponder:
         context = StreamingActionContext[Any](
             request.thread.id,
             sink=outbox.emit,
+            image_store=request.images,
             caller=caller_of(request),
             sender=request.sender,
             state=self._state,
@@ -364,7 +372,7 @@ class AppResponder:
     async def sync_action(self, request: ActionRequest) -> ThreadItem | None:
         """The registered synchronous handler's updated sender item; a type registered only for
         streaming validates its payload and changes nothing."""
-        payload = self.check_action(request.action)
+        payload = self.check_action(request.action, streaming=False)
         route = self.app.route(request.action.type)
         if route is None or route.sync is None:
             return None

@@ -1,4 +1,5 @@
-"""Helpers for the agent tests: build turns by hand, run the responder, check every event's wire form."""
+"""Helpers for the agent tests: build turns by hand, run the responder on the demo app, check every
+event's wire form."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from agents import Model
 from chatkit.types import (
     AssistantMessageContent,
     AssistantMessageItem,
@@ -25,9 +27,16 @@ from chatkit.types import (
 )
 from pydantic import TypeAdapter
 
+from services.agent_service.agents.responder import AppResponder
+from services.agent_service.models.factory import ConfiguredModels
 from services.agent_service.turn import AttachmentReader, Turn
 from services.common.auth import Principal
 from services.common.config import Settings
+from switchboard.app import App
+from switchboard.demo import create_app
+from switchboard.demo.erp import ErpDirectory
+from switchboard.demo.model import DemoModel
+from switchboard.demo.state import DemoState
 
 EVENT: TypeAdapter[ThreadStreamEvent] = TypeAdapter(ThreadStreamEvent)
 THREAD_ID = "thr_test"
@@ -42,10 +51,27 @@ def settings(**overrides: Any) -> Settings:
         "gemini_api_key": None,
         "local_token_delay_ms": 0,
         "max_turns": 8,
-        "erp_database_path": ":memory:",
+        "app": "switchboard.demo:create_app",
     }
     values.update(overrides)
     return Settings(**values)
+
+
+async def demo_responder(
+    model: Model | None = None,
+    *,
+    models: ConfiguredModels | None = None,
+    app: App[DemoState] | None = None,
+    max_turns: int = 8,
+) -> AppResponder:
+    """The responder running the demo app on a fresh in-memory ERP directory.
+
+    Offline on `model` (the demo model by default), or on `models` (a configured provider). Its
+    `aclose()` closes the directory (the app's shutdown) and the models.
+    """
+    erp = await ErpDirectory.open(":memory:")
+    configured = models or ConfiguredModels("local", offline=model or DemoModel())
+    return AppResponder(app or create_app(), DemoState(erp), configured, max_turns=max_turns)
 
 
 def user(text: str) -> UserMessageItem:

@@ -1,5 +1,5 @@
 """Attachments reach the model: converter output per kind, size bounds, the per-turn budget, the
-local demo model's acknowledgement, a responder turn, and the request a Chat Completions provider gets.
+demo app's model's acknowledgement, a responder turn, and the request a Chat Completions provider gets.
 
 `MemoryReader` stands in for the upload service (which has its own tests): the agents only see the
 `AttachmentReader` protocol.
@@ -13,9 +13,9 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, cast
 
-import grpc
 import pytest
 from agents import ModelSettings, ModelTracing
 from agents.models.chatcmpl_converter import Converter
@@ -40,20 +40,20 @@ from services.agent_service.agents.attachment_input import (
     MiB,
 )
 from services.agent_service.agents.converter import SwitchboardConverter
-from services.agent_service.agents.erp import ErpDirectory
-from services.agent_service.agents.responder import AgentResponder, create_responder
-from services.agent_service.agents.team import build_team
-from services.agent_service.agents.tools import ERP_TOOLS
+from services.agent_service.agents.responder import AppResponder, create_responder
 from services.agent_service.attachments import SIZE_KEY, STORED_PREVIEW_URL
-from services.agent_service.models.factory import build_model
-from services.agent_service.models.local import LocalDemoModel
-from services.common.errors import ServiceError
+from services.agent_service.models.factory import build_models
+from switchboard.app import Unavailable
+from switchboard.demo.model import DemoModel
+from switchboard.demo.team import build_team
+from switchboard.demo.tools import ERP_TOOLS
 from tests.fakes.openai_server import FakeOpenAI, fake_openai_server
 from tests.unit.agent_service.agent_support import (
     THREAD_ID,
     answers,
     assert_message_lifecycle,
     collect,
+    demo_responder,
     settings,
     turn,
 )
@@ -75,7 +75,7 @@ class MemoryReader:
         self.reads.append((attachment_id, max_bytes))
         await asyncio.sleep(0)
         if attachment_id in self.failing:
-            raise ServiceError(grpc.StatusCode.UNAVAILABLE, "the upload service is unavailable")
+            raise Unavailable("the upload service is unavailable")
         return self.files[attachment_id][:max_bytes]
 
 
@@ -339,7 +339,7 @@ async def test_each_converter_reads_once_per_attachment() -> None:
     assert sorted(reader.reads) == [("atc_notes", len(NOTES.encode())), ("atc_photo", len(PNG))]
 
 
-# ------------------------------------------------------------------------------------ local model
+# --------------------------------------------------------------------- the demo app's offline model
 
 
 async def _local_reply(
@@ -349,7 +349,7 @@ async def _local_reply(
     handoffs: list[Any] | None = None,
     system: str = SYSTEM,
 ) -> Any:
-    response = await LocalDemoModel().get_response(
+    response = await DemoModel().get_response(
         system,
         items,
         ModelSettings(),
@@ -398,7 +398,7 @@ async def test_the_local_model_says_what_it_could_not_see() -> None:
 async def test_attachments_do_not_change_routing_or_tools() -> None:
     notes = _file("atc_notes", "notes.txt", "text/plain", 30)
     reader = MemoryReader({"atc_notes": b"the api crashes with an error!"})
-    router = build_team(LocalDemoModel()).router
+    router = build_team()
 
     items = await SwitchboardConverter(reader).to_agent_input([_message("My invoice is wrong", notes)])
     call = await _local_reply(items, handoffs=router.handoffs, system="router")
@@ -426,13 +426,13 @@ async def test_only_the_newest_user_message_is_acknowledged() -> None:
 
 
 @pytest.fixture
-async def responder() -> AsyncIterator[AgentResponder]:
-    instance = await create_responder(settings())
+async def responder(tmp_path: Path) -> AsyncIterator[AppResponder]:
+    instance = await create_responder(settings(data_dir=tmp_path))
     yield instance
     await instance.aclose()
 
 
-async def test_a_turn_with_attachments_acknowledges_them(responder: AgentResponder) -> None:
+async def test_a_turn_with_attachments_acknowledges_them(responder: AppResponder) -> None:
     attachments, reader = _standard_files()
     current = turn(
         "Hello",
@@ -452,11 +452,11 @@ async def test_a_turn_with_attachments_acknowledges_them(responder: AgentRespond
     ):
         assert fact in answer
     assert "Billing here (tenant acme)." in answer, "routed by the question as usual"
-    assert current.thread.metadata["active_agent"] == "billing"
+    assert current.thread.metadata["active_agent"] == "Billing specialist"
     assert sorted(attachment_id for attachment_id, _ in reader.reads) == ["atc_notes", "atc_photo"]
 
 
-async def test_concurrent_turns_read_with_their_own_reader(responder: AgentResponder) -> None:
+async def test_concurrent_turns_read_with_their_own_reader(responder: AppResponder) -> None:
     """The responder is shared; each turn's converter holds that turn's reader."""
 
     def one(content: bytes) -> Any:
@@ -470,7 +470,7 @@ async def test_concurrent_turns_read_with_their_own_reader(responder: AgentRespo
     assert '"beta content"' in answers(second)[0] and "alpha" not in answers(second)[0]
 
 
-async def test_a_failing_reader_does_not_fail_the_turn(responder: AgentResponder) -> None:
+async def test_a_failing_reader_does_not_fail_the_turn(responder: AppResponder) -> None:
     attachments, reader = _standard_files()
     failing = MemoryReader(reader.files, failing=frozenset(reader.files))
     events = await collect(responder.respond(turn(_message("hello", *attachments), attachments=failing)))
@@ -499,18 +499,18 @@ async def test_the_provider_receives_the_image_and_the_text(fake: FakeOpenAI, pr
             "gemini_default_model": "gemini-fake",
         }
     )
-    config = settings(**overrides)
-    choice = build_model(config)
-    erp = await ErpDirectory.open(":memory:")
+    responder = await demo_responder(models=build_models(settings(**overrides)))
     attachments, reader = _standard_files()
     try:
         current = turn(
-            _message("What is in these?", *attachments), active="general", title="t", attachments=reader
+            _message("What is in these?", *attachments),
+            active="General specialist",
+            title="t",
+            attachments=reader,
         )
-        events = await collect(AgentResponder(config, choice, erp).respond(current))
+        events = await collect(responder.respond(current))
     finally:
-        await choice.aclose()
-        await erp.aclose()
+        await responder.aclose()
 
     assert answers(events)[0].startswith("Echo: What is in these?")
     [body] = fake.requests

@@ -1,15 +1,17 @@
-"""`AgentResponder` end to end on the local demo model: routing, tools, history, context, titles,
-cancellation, errors and widget actions. Every event is checked against chatkit's wire models."""
+"""`AppResponder` end to end on the demo app and its offline model: routing, tools, history, context,
+titles, cancellation, errors and widget actions. Every event is checked against chatkit's wire models."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
-from agents import MaxTurnsExceeded
+from agents import Agent, MaxTurnsExceeded, function_tool
 from agents.testing import ScriptedModel, assistant_message, function_call
 from chatkit.actions import Action
 from chatkit.errors import CustomStreamError
@@ -20,18 +22,20 @@ from chatkit.types import (
     ThreadItemUpdatedEvent,
     WidgetItem,
 )
-from pydantic import ValidationError
 
-from services.agent_service.agents.erp import ErpDirectory
-from services.agent_service.agents.responder import AgentResponder, create_responder
-from services.agent_service.models.factory import ModelChoice
-from services.agent_service.models.local import LocalDemoModel, LocalTitleModel
+from services.agent_service.agents.responder import AppResponder, create_responder
+from services.agent_service.models.factory import ConfiguredModels
+from services.agent_service.models.offline import OfflineTitleModel
 from services.agent_service.turn import ACTIVE_AGENT_KEY, ActionRequest
 from services.common.auth import Principal
+from switchboard.app import App, InvalidRequest, NotFound, show_errors_to_user
+from switchboard.demo import create_app
+from switchboard.demo.model import DemoModel
 from tests.unit.agent_service.agent_support import (
     answers,
     assert_message_lifecycle,
     collect,
+    demo_responder,
     settings,
     text_deltas,
     turn,
@@ -43,39 +47,36 @@ LONG_QUESTION = "Please explain in detail how I can reset my password after a lo
 
 
 @pytest.fixture
-async def erp() -> AsyncIterator[ErpDirectory]:
-    directory = await ErpDirectory.open(":memory:")
-    yield directory
-    await directory.aclose()
-
-
-@pytest.fixture
-async def responder() -> AsyncIterator[AgentResponder]:
-    instance = await create_responder(settings())
+async def responder(tmp_path: Path) -> AsyncIterator[AppResponder]:
+    """The service's own path: the default app (the demo) loaded and started from settings."""
+    instance = await create_responder(settings(data_dir=tmp_path))
     yield instance
     await instance.aclose()
 
 
-def _responder(erp: ErpDirectory, model: Any, title_model: Any = None, **overrides: Any) -> AgentResponder:
-    choice = ModelChoice(
-        model=model, title_model=title_model or LocalTitleModel(), provider="local", is_local=True
-    )
-    return AgentResponder(settings(**overrides), choice, erp)
+@asynccontextmanager
+async def _responder(model: Any, *, app: Any = None, max_turns: int = 8) -> AsyncIterator[AppResponder]:
+    """The demo app on `model` (offline), on a fresh in-memory ERP directory, closed afterwards."""
+    instance = await demo_responder(model, app=app, max_turns=max_turns)
+    try:
+        yield instance
+    finally:
+        await instance.aclose()
 
 
 # ---------------------------------------------------------------------------------------- routing
 
 
 @pytest.mark.parametrize(
-    ("text", "key", "label", "opening"),
+    ("text", "label", "opening"),
     [
-        ("I was charged twice on my invoice, can I get a refund?", "billing", "Billing", "Billing here"),
-        ("The app shows an error and crashes when I log in", "tech", "Tech", "Tech support here"),
-        ("What can you help me with today?", "general", "General", "Happy to help"),
+        ("I was charged twice on my invoice, can I get a refund?", "Billing", "Billing here"),
+        ("The app shows an error and crashes when I log in", "Tech", "Tech support here"),
+        ("What can you help me with today?", "General", "Happy to help"),
     ],
 )
 async def test_router_hands_off_visibly_and_the_specialist_answers(
-    responder: AgentResponder, text: str, key: str, label: str, opening: str
+    responder: AppResponder, text: str, label: str, opening: str
 ) -> None:
     current = turn(text)
     events = await collect(responder.respond(current))
@@ -87,7 +88,7 @@ async def test_router_hands_off_visibly_and_the_specialist_answers(
     assert task.icon == "agent" and task.status_indicator == "complete"
     assert workflow.workflow.summary is not None
     assert workflow.workflow.summary.title == f"{label} specialist"  # type: ignore[union-attr]
-    assert current.thread.metadata[ACTIVE_AGENT_KEY] == key
+    assert current.thread.metadata[ACTIVE_AGENT_KEY] == f"{label} specialist", "the agent's name"
 
     assert_message_lifecycle(events)
     [answer] = answers(events)
@@ -100,35 +101,39 @@ async def test_router_hands_off_visibly_and_the_specialist_answers(
     assert len(ids) == len(set(ids)) and all("__fake_id__" not in i for i in ids)
 
 
-async def test_the_active_specialist_continues_without_a_second_handoff(responder: AgentResponder) -> None:
-    current = turn("My invoice is wrong", "Billing here…", "Thanks, one more thing.", active="billing")
+async def test_the_active_specialist_continues_without_a_second_handoff(responder: AppResponder) -> None:
+    current = turn(
+        "My invoice is wrong", "Billing here…", "Thanks, one more thing.", active="Billing specialist"
+    )
     events = await collect(responder.respond(current))
     assert workflows(events) == []
     [answer] = answers(events)
     assert answer.startswith("Billing here") and "1 earlier message" in answer
-    assert current.thread.metadata == {ACTIVE_AGENT_KEY: "billing"}
+    assert current.thread.metadata == {ACTIVE_AGENT_KEY: "Billing specialist"}
 
 
-async def test_a_specialist_hands_off_to_a_peer_when_the_topic_changes(responder: AgentResponder) -> None:
-    current = turn("The app crashes at login", active="billing")
+async def test_a_specialist_hands_off_to_a_peer_when_the_topic_changes(responder: AppResponder) -> None:
+    current = turn("The app crashes at login", active="Billing specialist")
     events = await collect(responder.respond(current))
     [workflow] = workflows(events)
     assert workflow.workflow.tasks[0].title == "Routed to the Tech specialist"  # type: ignore[union-attr]
-    assert current.thread.metadata[ACTIVE_AGENT_KEY] == "tech"
+    assert current.thread.metadata[ACTIVE_AGENT_KEY] == "Tech specialist"
     assert answers(events)[0].startswith("Tech support here")
 
 
-async def test_an_unknown_active_agent_starts_with_the_router(responder: AgentResponder) -> None:
-    current = turn("Hello", active="sales")
+@pytest.mark.parametrize("active", ["sales", "billing"])
+async def test_an_unknown_active_agent_starts_with_the_router(responder: AppResponder, active: str) -> None:
+    """A name that is not in the app's handoff graph (including a specialist's old key) is ignored."""
+    current = turn("Hello", active=active)
     events = await collect(responder.respond(current))
     assert len(workflows(events)) == 1
-    assert current.thread.metadata[ACTIVE_AGENT_KEY] == "general"
+    assert current.thread.metadata[ACTIVE_AGENT_KEY] == "General specialist"
 
 
 # ------------------------------------------------------------------------------------------- ERP
 
 
-async def test_erp_answers_are_tenant_scoped_with_progress_and_a_card(responder: AgentResponder) -> None:
+async def test_erp_answers_are_tenant_scoped_with_progress_and_a_card(responder: AppResponder) -> None:
     acme = await collect(responder.respond(turn("Who is employee E1001?")))
     globex = await collect(responder.respond(turn("Who is employee E1001?", tenant="globex")))
     assert answers(acme)[0].startswith("Employee E1001 is Ada Lovelace")
@@ -147,7 +152,7 @@ async def test_erp_answers_are_tenant_scoped_with_progress_and_a_card(responder:
     assert_message_lifecycle(acme)
 
 
-async def test_other_tenants_ids_are_not_found_and_hr_sees_salaries(responder: AgentResponder) -> None:
+async def test_other_tenants_ids_are_not_found_and_hr_sees_salaries(responder: AppResponder) -> None:
     missing = await collect(responder.respond(turn("Who is E2001?", tenant="acme")))
     assert answers(missing) == ["No employee E2001 in your organisation."]
     assert widgets(missing) == []
@@ -155,7 +160,7 @@ async def test_other_tenants_ids_are_not_found_and_hr_sees_salaries(responder: A
     assert "Salary: 128,000 USD a year." in answers(hr)[0]
 
 
-async def test_tool_events_keep_item_order_with_a_responses_style_model(erp: ErpDirectory) -> None:
+async def test_tool_events_keep_item_order_with_a_responses_style_model() -> None:
     """Text and a tool call in one response, then an answer; item ids are ours, not the model's."""
     model = ScriptedModel(
         [
@@ -166,7 +171,8 @@ async def test_tool_events_keep_item_order_with_a_responses_style_model(erp: Erp
             [assistant_message("She runs Engineering.")],
         ]
     )
-    events = await collect(_responder(erp, model).respond(turn("who runs engineering?", active="general")))
+    async with _responder(model) as responder:
+        events = await collect(responder.respond(turn("who runs engineering?", active="General specialist")))
     assert answers(events) == ["Let me check.", "She runs Engineering."]
     done = [e.item.type for e in events if isinstance(e, ThreadItemDoneEvent)]
     assert done == ["assistant_message", "widget", "assistant_message"]
@@ -180,16 +186,16 @@ async def test_tool_events_keep_item_order_with_a_responses_style_model(erp: Erp
 # --------------------------------------------------------------------------- history and context
 
 
-async def test_history_reaches_the_model(responder: AgentResponder) -> None:
+async def test_history_reaches_the_model(responder: AppResponder) -> None:
     events = await collect(
         responder.respond(
-            turn("Hi, my name is Ada.", "Nice to meet you.", "What is my name?", active="general")
+            turn("Hi, my name is Ada.", "Nice to meet you.", "What is my name?", active="General specialist")
         )
     )
     assert answers(events) == ["Your name is Ada."]
 
 
-class RecordingModel(LocalDemoModel):
+class RecordingModel(DemoModel):
     """The demo model, recording what the SDK sends it."""
 
     def __init__(self, token_delay_s: float = 0.0) -> None:
@@ -214,10 +220,11 @@ def _property_names(node: Any) -> set[str]:
     return set()
 
 
-async def test_caller_context_reaches_instructions_but_never_tool_schemas(erp: ErpDirectory) -> None:
+async def test_caller_context_reaches_instructions_but_never_tool_schemas() -> None:
     model = RecordingModel()
     current = turn("Who is E1001?", tenant="globex", user_id="u-7f3q", role="hr", locale="fr-FR")
-    events = await collect(_responder(erp, model).respond(current))
+    async with _responder(model) as responder:
+        events = await collect(responder.respond(current))
     assert answers(events)[0].startswith("Employee E1001 is Hank Scorpio")
     assert len(model.instructions) == 3, "router, specialist tool call, specialist answer"
     for instructions in model.instructions:
@@ -233,7 +240,7 @@ async def test_caller_context_reaches_instructions_but_never_tool_schemas(erp: E
 # ----------------------------------------------------------------------------------------- titles
 
 
-async def test_the_first_turn_names_the_thread(responder: AgentResponder) -> None:
+async def test_the_first_turn_names_the_thread(responder: AppResponder) -> None:
     current = turn("can you help me with my March invoice?")
     await collect(responder.respond(current))
     assert current.thread.title == "Can you help me with my"
@@ -243,88 +250,123 @@ async def test_the_first_turn_names_the_thread(responder: AgentResponder) -> Non
     assert titled.thread.title == "Kept"
 
 
-async def test_no_title_without_a_user_message_and_title_failures_do_not_fail_the_turn(
-    erp: ErpDirectory,
-) -> None:
-    class Broken(LocalTitleModel):
+async def test_no_title_without_a_user_message_and_title_failures_do_not_fail_the_turn() -> None:
+    class Broken(OfflineTitleModel):
         async def get_response(self, *args: Any, **kwargs: Any) -> Any:
             raise RuntimeError("title model down")
 
-    responder = _responder(erp, LocalDemoModel(), Broken())
-    current = turn("hello there", active="general")
-    events = await collect(responder.respond(current))
+    app = create_app()
+    app.title_agent = Agent(name="Title writer", model=Broken())  # a Model instance bypasses the provider
+    current = turn("hello there", active="General specialist")
+    async with _responder(DemoModel(), app=app) as responder:
+        events = await collect(responder.respond(current))
     assert answers(events) and current.thread.title is None
 
-    after_tool = turn("hello there", active="general")
+    after_tool = turn("hello there", active="General specialist")
     after_tool.input_user_message = None
-    await collect(_responder(erp, LocalDemoModel()).respond(after_tool))
+    async with _responder(DemoModel()) as responder:
+        await collect(responder.respond(after_tool))
     assert after_tool.thread.title is None
+
+
+async def test_an_app_without_a_title_agent_names_no_thread() -> None:
+    app = create_app()
+    app.title_agent = None
+    current = turn("can you help me with my March invoice?")
+    async with _responder(DemoModel(), app=app) as responder:
+        assert answers(await collect(responder.respond(current)))
+    assert current.thread.title is None
 
 
 # ----------------------------------------------------------------------------------- cancellation
 
 
-async def _assert_stopped(model: LocalDemoModel) -> None:
+async def _assert_stopped(model: DemoModel) -> None:
     produced = model.deltas_emitted
     await asyncio.sleep(0.3)  # six more deltas at 50 ms if the run were still going
     assert model.deltas_emitted == produced, "the model kept streaming after the client left"
     assert 0 < produced < len(LONG_QUESTION.split())
 
 
-async def test_closing_the_stream_stops_the_model(erp: ErpDirectory) -> None:
-    model = LocalDemoModel(token_delay_s=0.05)
-    stream = _responder(erp, model).respond(turn(LONG_QUESTION, active="tech"))
-    seen = 0
-    async for event in stream:
-        if isinstance(event, ThreadItemUpdatedEvent) and event.update.type.endswith("text_delta"):
-            seen += 1
-            if seen == 3:
-                break
-    await stream.aclose()
-    await _assert_stopped(model)
+async def test_closing_the_stream_stops_the_model() -> None:
+    model = DemoModel(token_delay_s=0.05)
+    async with _responder(model) as responder:
+        stream = responder.respond(turn(LONG_QUESTION, active="Tech specialist"))
+        seen = 0
+        async for event in stream:
+            if isinstance(event, ThreadItemUpdatedEvent) and event.update.type.endswith("text_delta"):
+                seen += 1
+                if seen == 3:
+                    break
+        await stream.aclose()
+        await _assert_stopped(model)
 
 
-async def test_cancelling_the_consumer_stops_the_model(erp: ErpDirectory) -> None:
-    model = LocalDemoModel(token_delay_s=0.05)
+async def test_cancelling_the_consumer_stops_the_model() -> None:
+    model = DemoModel(token_delay_s=0.05)
     three_deltas = asyncio.Event()
+    responder = await demo_responder(model)
 
     async def consume() -> None:
         seen = 0
-        async for event in _responder(erp, model).respond(turn(LONG_QUESTION, active="tech")):
+        async for event in responder.respond(turn(LONG_QUESTION, active="Tech specialist")):
             if isinstance(event, ThreadItemUpdatedEvent) and event.update.type.endswith("text_delta"):
                 seen += 1
                 if seen == 3:
                     three_deltas.set()
 
     task = asyncio.create_task(consume())
-    async with asyncio.timeout(2):
-        await three_deltas.wait()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    await _assert_stopped(model)
+    try:
+        async with asyncio.timeout(2):
+            await three_deltas.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await _assert_stopped(model)
+    finally:
+        await responder.aclose()
 
 
 # ----------------------------------------------------------------------------------------- errors
 
 
-async def test_too_many_turns_is_a_retryable_custom_error(erp: ErpDirectory) -> None:
-    responder = _responder(erp, LocalDemoModel(), max_turns=1)
-    with pytest.raises(CustomStreamError) as raised:
-        await collect(responder.respond(turn("my invoice is wrong")))
+async def test_too_many_turns_is_a_retryable_custom_error() -> None:
+    async with _responder(DemoModel(), max_turns=1) as responder:
+        with pytest.raises(CustomStreamError) as raised:
+            await collect(responder.respond(turn("my invoice is wrong")))
     assert raised.value.allow_retry is True
     assert "too many steps" in raised.value.message
     assert isinstance(raised.value.__cause__, MaxTurnsExceeded)
 
 
-async def test_model_errors_propagate(erp: ErpDirectory) -> None:
-    class Failing(LocalDemoModel):
+async def test_a_domain_error_a_tool_raises_ends_the_turn_with_its_message() -> None:
+    """`show_errors_to_user`: the SDK wraps the tool's error; the responder unwraps it for the user."""
+
+    @function_tool(failure_error_function=show_errors_to_user)
+    async def fetch_record(record_id: str) -> str:
+        """Fetch a record."""
+        raise NotFound(f"No record {record_id}.")
+
+    model = ScriptedModel([[function_call("fetch_record", {"record_id": "R1"}, call_id="c1")]])
+    app = App[None](name="errors", agent=Agent(name="Clerk", tools=[fetch_record]), title_agent=None)
+    responder = AppResponder(app, None, ConfiguredModels("local", offline=model))
+    try:
+        with pytest.raises(NotFound) as raised:
+            await collect(responder.respond(turn("fetch R1")))
+    finally:
+        await responder.aclose()
+    assert raised.value.message == "No record R1." and raised.value.retryable is False
+
+
+async def test_model_errors_propagate() -> None:
+    class Failing(DemoModel):
         async def stream_response(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
             raise ConnectionError("provider unreachable")
             yield  # pragma: no cover
 
-    with pytest.raises(ConnectionError, match="provider unreachable"):
-        await collect(_responder(erp, Failing()).respond(turn("hello", active="general")))
+    async with _responder(Failing()) as responder:
+        with pytest.raises(ConnectionError, match="provider unreachable"):
+            await collect(responder.respond(turn("hello", active="General specialist")))
 
 
 # ---------------------------------------------------------------------------------------- actions
@@ -341,7 +383,7 @@ def _action(kind: str, payload: Any, tenant: str = "acme") -> ActionRequest:
     )
 
 
-async def test_show_open_orders_lists_the_tenants_open_orders(responder: AgentResponder) -> None:
+async def test_show_open_orders_lists_the_tenants_open_orders(responder: AppResponder) -> None:
     events = await collect(responder.action(_action("erp.show_open_orders", {"employee_id": "E1001"})))
     assert isinstance(events[0], ProgressUpdateEvent)
     assert_message_lifecycle(events)
@@ -367,23 +409,29 @@ async def test_show_open_orders_lists_the_tenants_open_orders(responder: AgentRe
 @pytest.mark.parametrize(
     ("kind", "payload", "message"),
     [
-        ("erp.delete_everything", {}, "Unknown action"),
-        ("erp.show_open_orders", {"employee_id": "nope"}, "Invalid payload"),
-        ("erp.show_open_orders", None, "Invalid payload"),
+        ("erp.delete_everything", {}, "unknown action type 'erp.delete_everything'"),
+        ("erp.show_open_orders", {"employee_id": "nope"}, "invalid payload for 'erp.show_open_orders'"),
+        ("erp.show_open_orders", None, "invalid payload for 'erp.show_open_orders'"),
     ],
 )
-async def test_bad_actions_raise_custom_stream_errors(
-    responder: AgentResponder, kind: str, payload: Any, message: str
+async def test_bad_actions_are_invalid_requests_before_anything_streams(
+    responder: AppResponder, kind: str, payload: Any, message: str
 ) -> None:
-    with pytest.raises(CustomStreamError) as raised:
-        await collect(responder.action(_action(kind, payload)))
+    """Refused by `check_action` (the conversation calls it before the stream: HTTP 400), and by the
+    stream itself, which emits nothing."""
+    with pytest.raises(InvalidRequest) as checked:
+        responder.check_action(Action(type=kind, payload=payload))
+    assert checked.value.message.startswith(message)
+    assert checked.value.retryable is False
+    with pytest.raises(InvalidRequest) as raised:
+        await anext(responder.action(_action(kind, payload)))  # the first step: no event before it
     assert raised.value.message.startswith(message)
-    assert raised.value.allow_retry is False
+    assert raised.value.retryable is False
 
 
-async def test_sync_action(responder: AgentResponder) -> None:
+async def test_sync_action(responder: AppResponder) -> None:
     assert await responder.sync_action(_action("erp.show_open_orders", {"employee_id": "E1001"})) is None
-    with pytest.raises(ValueError, match="Unknown action"):
+    with pytest.raises(InvalidRequest, match="unknown action type"):
         await responder.sync_action(_action("erp.other", {}))
-    with pytest.raises(ValidationError):
+    with pytest.raises(InvalidRequest, match="employee_id"):
         await responder.sync_action(_action("erp.show_open_orders", {"employee_id": "x"}))

@@ -26,8 +26,9 @@ from sqlalchemy import func, select, text
 from services.agent_service.store import Fence, LeaseLost, PostgresStore, SqliteStore, SqlStore, ThreadBusy
 from services.agent_service.store.schema import feedback, items, run_leases
 from services.common.auth import Principal
-from services.common.errors import ServiceError
+from services.common.errors import grpc_status
 from services.common.ids import new_id
+from switchboard.app import AlreadyExists, InvalidRequest, NotFound
 from tests.support.postgres import shared_postgres
 
 ALICE = Principal(tenant="acme", user="alice", role="user")
@@ -107,14 +108,13 @@ async def test_threads_are_private_to_their_owner(store: SqlStore) -> None:
     await store.create_thread(ALICE, thread)
     assert (await store.load_thread(ALICE, thread.id)).id == thread.id
     for stranger in (BOB, MALLORY):
-        with pytest.raises(ServiceError) as caught:
+        with pytest.raises(NotFound):
             await store.load_thread(stranger, thread.id)
-        assert caught.value.code == grpc.StatusCode.NOT_FOUND
-        with pytest.raises(ServiceError):
+        with pytest.raises(NotFound):
             await store.add_item(stranger, thread.id, _user(thread.id, "sneaky"))
-        with pytest.raises(ServiceError):
+        with pytest.raises(NotFound):
             await store.delete_thread(stranger, thread.id)
-        with pytest.raises(ServiceError):
+        with pytest.raises(NotFound):
             await store.write(stranger, thread.id, thread=thread)
         assert (await store.list_threads(stranger, limit=10, after=None, order="desc")).data == []
     assert len((await store.list_items(ALICE, thread.id, limit=10, after=None, order="asc")).data) == 0
@@ -177,9 +177,8 @@ async def test_an_item_id_cannot_move_to_another_thread(store: SqlStore) -> None
     await store.create_thread(ALICE, two)
     item = _user(one.id, "x")
     await store.add_item(ALICE, one.id, item)
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(InvalidRequest):
         await store.add_item(ALICE, two.id, item)
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert [i.id for i in (await store.list_items(ALICE, one.id, limit=5, after=None, order="asc")).data] == [
         item.id
     ]
@@ -197,13 +196,12 @@ async def test_delete_items_after_and_delete_thread(store: SqlStore) -> None:
     page = await store.list_items(ALICE, thread.id, limit=10, after=None, order="asc")
     assert [i.id for i in page.data] == [added[0].id, added[1].id]
     await store.delete_thread(ALICE, thread.id)
-    with pytest.raises(ServiceError):
+    with pytest.raises(NotFound):
         await store.load_thread(ALICE, thread.id)
     assert await _count(store, items) == 0, "the thread's items went with it"
     assert await _count(store, feedback) == 0, "and their feedback"
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(NotFound):
         await store.delete_thread(ALICE, thread.id)
-    assert caught.value.code == grpc.StatusCode.NOT_FOUND
 
 
 async def test_threads_list_newest_first_by_default_and_save_thread(store: SqlStore) -> None:
@@ -229,12 +227,10 @@ async def test_threads_list_newest_first_by_default_and_save_thread(store: SqlSt
 async def test_unknown_cursor_is_not_found(store: SqlStore) -> None:
     thread = _thread()
     await store.create_thread(ALICE, thread)
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(NotFound):
         await store.list_items(ALICE, thread.id, limit=5, after="msg_nope", order="asc")
-    assert caught.value.code == grpc.StatusCode.NOT_FOUND
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(NotFound):
         await store.list_threads(ALICE, limit=5, after="thr_nope", order="desc")
-    assert caught.value.code == grpc.StatusCode.NOT_FOUND
 
 
 async def test_feedback_latest_kind_wins(store: SqlStore) -> None:
@@ -245,9 +241,9 @@ async def test_feedback_latest_kind_wins(store: SqlStore) -> None:
     await store.add_feedback(ALICE, thread.id, [item.id], "positive")
     await store.add_feedback(ALICE, thread.id, [item.id], "negative")
     assert await store.feedback_for(ALICE, thread.id) == {item.id: "negative"}
-    with pytest.raises(ServiceError):
+    with pytest.raises(NotFound):
         await store.add_feedback(ALICE, thread.id, ["msg_unknown"], "positive")
-    with pytest.raises(ServiceError):
+    with pytest.raises(NotFound):
         await store.add_feedback(BOB, thread.id, [item.id], "positive")
 
 
@@ -273,11 +269,10 @@ async def test_a_failed_write_changes_nothing(store: SqlStore) -> None:
     before = _user(two.id, "before")
     await store.add_item(ALICE, two.id, before)
     two.metadata = {"active_agent": "tech"}
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(InvalidRequest):
         await store.write(
             ALICE, two.id, items=[_user(two.id, "new"), foreign], deleted=[before.id], thread=two
         )
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     page = await store.list_items(ALICE, two.id, limit=10, after=None, order="asc")
     assert [i.id for i in page.data] == [before.id], "neither the new item nor the deletion happened"
     assert (await store.load_thread(ALICE, two.id)).metadata == {}, "nor the thread state"
@@ -360,7 +355,7 @@ async def test_fenced_writes_need_the_lease(store: SqlStore) -> None:
             thread=thread,
             fence=Fence(thread.id, "run-1"),
         )
-    assert caught.value.code == grpc.StatusCode.ABORTED
+    assert grpc_status(caught.value) == grpc.StatusCode.ABORTED
     page = await store.list_items(ALICE, thread.id, limit=10, after=None, order="asc")
     assert [i.id for i in page.data] == [first.id, late.id]
     assert (await store.load_thread(ALICE, thread.id)).metadata == {}
@@ -388,9 +383,8 @@ async def test_start_thread_creates_the_thread_leased_with_its_items(store: SqlS
     assert await store.load_item(ALICE, thread.id, first.id) == first
     assert await _lease_rows(store) == {thread.id: "run-1"}
     assert not await store.acquire_lease(thread.id, "run-2", ttl_s=30), "the lease is taken"
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(NotFound):  # and the thread is the owner's only
         await store.load_thread(BOB, thread.id)
-    assert caught.value.code == grpc.StatusCode.NOT_FOUND, "and the thread is the owner's only"
     # An ordinary lease: it renews, fences and releases like one from `acquire_lease`.
     assert await store.renew_lease(thread.id, "run-1", ttl_s=30)
     second = _user(thread.id, "again")
@@ -414,10 +408,9 @@ async def test_start_thread_on_a_leased_id_is_busy_and_writes_nothing(store: Sql
     assert await store.acquire_lease(thread.id, "other", ttl_s=30)
     with pytest.raises(ThreadBusy) as caught:
         await store.start_thread(ALICE, thread, holder="run-1", ttl_s=30, items=[_user(thread.id, "x")])
-    assert caught.value.code == grpc.StatusCode.ABORTED
-    with pytest.raises(ServiceError) as not_there:
+    assert grpc_status(caught.value) == grpc.StatusCode.ABORTED
+    with pytest.raises(NotFound):  # no thread
         await store.load_thread(ALICE, thread.id)
-    assert not_there.value.code == grpc.StatusCode.NOT_FOUND, "no thread"
     assert await _count(store, items) == 0, "no items"
     assert await _lease_rows(store) == {thread.id: "other"}, "the other holder's lease is untouched"
 
@@ -438,20 +431,18 @@ async def test_start_thread_is_all_or_nothing(store: SqlStore) -> None:
     await store.release_lease(existing.id, "run-0")
 
     thread = _thread()
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(InvalidRequest):
         await store.start_thread(
             ALICE, thread, holder="run-1", ttl_s=30, items=[_user(thread.id, "new"), foreign]
         )
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    with pytest.raises(ServiceError):
+    with pytest.raises(NotFound):
         await store.load_thread(ALICE, thread.id)
     assert await _lease_rows(store) == {}, "no lease left behind"
     assert await _item_ids(store, existing.id) == [foreign.id]
     assert await _count(store, items) == 1
 
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(AlreadyExists):
         await store.start_thread(BOB, existing, holder="run-2", ttl_s=30, items=[_user(existing.id, "y")])
-    assert caught.value.code == grpc.StatusCode.ALREADY_EXISTS
     assert await _lease_rows(store) == {}
     assert await _count(store, items) == 1
 
@@ -480,18 +471,15 @@ async def test_lease_thread_of_someone_else_is_not_found_and_takes_nothing(store
     thread = _thread()
     await store.create_thread(ALICE, thread)
     for stranger in (BOB, MALLORY):
-        with pytest.raises(ServiceError) as caught:
+        with pytest.raises(NotFound):
             await store.lease_thread(stranger, thread.id, holder="stranger", ttl_s=30)
-        assert caught.value.code == grpc.StatusCode.NOT_FOUND
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(NotFound):
         await store.lease_thread(ALICE, "thr_unknown", holder="run-1", ttl_s=30)
-    assert caught.value.code == grpc.StatusCode.NOT_FOUND
     assert await _lease_rows(store) == {}, "no lease taken"
     # Busy or not, someone else's thread is NOT_FOUND, and the holder keeps its lease.
     assert await store.acquire_lease(thread.id, "run-1", ttl_s=30)
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(NotFound) as caught:
         await store.lease_thread(BOB, thread.id, holder="stranger", ttl_s=30)
-    assert caught.value.code == grpc.StatusCode.NOT_FOUND
     assert not isinstance(caught.value, ThreadBusy)
     assert await _lease_rows(store) == {thread.id: "run-1"}
     assert await store.renew_lease(thread.id, "run-1", ttl_s=30)
@@ -502,9 +490,8 @@ async def test_lease_thread_of_an_expired_lease_by_a_stranger_leaves_it(store: S
     await store.create_thread(ALICE, thread)
     assert await store.acquire_lease(thread.id, "crashed", ttl_s=0.3)
     await asyncio.sleep(0.45)
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(NotFound):
         await store.lease_thread(BOB, thread.id, holder="stranger", ttl_s=30)
-    assert caught.value.code == grpc.StatusCode.NOT_FOUND
     assert await _lease_rows(store) == {thread.id: "crashed"}, "the takeover was rolled back"
 
 
@@ -514,7 +501,7 @@ async def test_lease_thread_on_a_busy_thread_is_busy_and_changes_nothing(store: 
     assert await store.acquire_lease(thread.id, "run-1", ttl_s=30)
     with pytest.raises(ThreadBusy) as caught:
         await store.lease_thread(ALICE, thread.id, holder="run-2", ttl_s=30)
-    assert caught.value.code == grpc.StatusCode.ABORTED
+    assert grpc_status(caught.value) == grpc.StatusCode.ABORTED
     assert await _lease_rows(store) == {thread.id: "run-1"}
     assert await store.renew_lease(thread.id, "run-1", ttl_s=30)
 
@@ -587,11 +574,9 @@ async def test_write_recent_fails_as_write_does_and_changes_nothing(store: SqlSt
     foreign = _user(one.id, "in thread one")
     await store.add_item(ALICE, one.id, foreign)
     for stranger in (BOB, MALLORY):
-        with pytest.raises(ServiceError) as caught:
+        with pytest.raises(NotFound):
             await store.write_recent(stranger, one.id, items=[_user(one.id, "sneaky")], limit=20)
-        assert caught.value.code == grpc.StatusCode.NOT_FOUND
-    with pytest.raises(ServiceError) as caught:
+    with pytest.raises(InvalidRequest):
         await store.write_recent(ALICE, two.id, items=[_user(two.id, "new"), foreign], limit=20)
-    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
     assert await _item_ids(store, one.id) == [foreign.id]
     assert await _item_ids(store, two.id) == []

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
 import pytest
+from chatkit.actions import Action
 from chatkit.types import (
     AssistantMessageContent,
     AssistantMessageItem,
@@ -30,11 +30,11 @@ from chatkit.types import (
 from sqlalchemy.engine import Connection
 
 from services.agent_service.conversation import Conversation
-from services.agent_service.store import SqlStore
+from services.agent_service.store import SqlStore, ThreadBusy
 from services.agent_service.turn import ActionRequest, Turn
 from services.common.auth import Principal
-from services.common.errors import ServiceError
 from services.common.ids import new_id
+from switchboard.app import Busy, NotFound, SwitchboardError
 from tests.unit.agent_service.store_support import BACKENDS, opened_store
 
 T = TypeVar("T")
@@ -88,6 +88,9 @@ class RecordingResponder:
         raise NotImplementedError
 
     async def sync_action(self, request: ActionRequest) -> ThreadItem | None:
+        raise NotImplementedError
+
+    def check_action(self, action: Action[str, Any], *, streaming: bool = True) -> object:
         raise NotImplementedError
 
 
@@ -150,11 +153,12 @@ async def test_a_stranger_and_a_busy_thread_write_nothing(store: SqlStore) -> No
         lambda: anext(conversation.add_user_message(BOB, "en", thread_id, _message("hello?"))),
         lambda: anext(conversation.add_user_message(ALICE, "en", thread_id, _message("me too"))),
     ]
-    codes = []
+    errors: list[SwitchboardError] = []
     for call in calls:
-        with pytest.raises(ServiceError) as caught:
+        with pytest.raises(SwitchboardError) as caught:
             await call()
-        codes.append(caught.value.code)
-    assert codes == [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.ABORTED]
+        errors.append(caught.value)
+    assert [type(error) for error in errors] == [NotFound, ThreadBusy]
+    assert isinstance(errors[1], Busy)
     assert (await store.list_items(ALICE, thread_id, limit=100, after=None, order="asc")).data == before
     assert await store.renew_lease(thread_id, "someone", ttl_s=30), "the holder kept its lease"

@@ -1,4 +1,5 @@
-"""`StreamTranslator` event by event: message lifecycle, end detection, tool events, handoffs."""
+"""`StreamTranslator` event by event: message lifecycle, end detection, tool events, handoffs; and
+`find_agent`, which resumes the agent a handoff went to."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from chatkit.types import (
     ThreadMetadata,
     ThreadStreamEvent,
     WidgetItem,
+    WorkflowItem,
 )
 from openai.types.responses import (
     ResponseCompletedEvent,
@@ -21,19 +23,24 @@ from openai.types.responses import (
     ResponseTextDoneEvent,
 )
 
-from services.agent_service.agents.stream import StreamTranslator
-from services.agent_service.agents.team import build_team
-from services.agent_service.models.local import LocalDemoModel
-from services.agent_service.models.responses import ResponseStream
+from services.agent_service.agents.stream import StreamTranslator, find_agent
 from services.agent_service.turn import ACTIVE_AGENT_KEY
+from switchboard.app._responses import ResponseStream
+from switchboard.demo.team import build_team
 from tests.unit.agent_service.agent_support import answers, assert_message_lifecycle, check_wire
 
-TEAM = build_team(LocalDemoModel())
+ROUTER = build_team()
+
+
+def _agent(name: str) -> Agent[Any]:
+    agent = find_agent(ROUTER, name)
+    assert agent is not None, name
+    return agent
 
 
 def _translator() -> tuple[StreamTranslator, ThreadMetadata]:
     thread = ThreadMetadata(id="thr_1", created_at=datetime.now(UTC), metadata={"keep": 1})
-    return StreamTranslator(thread, TEAM), thread
+    return StreamTranslator(thread), thread
 
 
 def _raw(data: Any) -> RawResponsesStreamEvent:
@@ -145,26 +152,40 @@ def test_a_tool_item_closes_the_open_message_first_but_progress_does_not() -> No
     assert_message_lifecycle(events)
 
 
+def _handoff(target: Agent[Any], call_id: str) -> RunItemStreamEvent:
+    item = HandoffOutputItem(
+        agent=ROUTER,
+        raw_item={"type": "function_call_output", "call_id": call_id, "output": "{}"},  # type: ignore[typeddict-item]
+        source_agent=ROUTER,
+        target_agent=target,
+    )
+    return RunItemStreamEvent(name="handoff_occured", item=item)
+
+
 def test_handoffs_to_specialists_are_visible_and_remembered() -> None:
     translator, thread = _translator()
     original = thread.metadata
-    handoff = HandoffOutputItem(
-        agent=TEAM.router,
-        raw_item={"type": "function_call_output", "call_id": "c1", "output": "{}"},  # type: ignore[typeddict-item]
-        source_agent=TEAM.router,
-        target_agent=TEAM.specialists["tech"],
-    )
-    events = _run(translator, [RunItemStreamEvent(name="handoff_occured", item=handoff)])
+    events = _run(translator, [_handoff(_agent("Tech specialist"), "c1")])
     [done] = events
-    assert isinstance(done, ThreadItemDoneEvent) and done.item.type == "workflow"
-    assert thread.metadata == {"keep": 1, ACTIVE_AGENT_KEY: "tech"}
+    assert isinstance(done, ThreadItemDoneEvent) and isinstance(done.item, WorkflowItem)
+    assert done.item.workflow.tasks[0].title == "Routed to the Tech specialist"  # type: ignore[union-attr]
+    assert thread.metadata == {"keep": 1, ACTIVE_AGENT_KEY: "Tech specialist"}, "the agent's name"
     assert original == {"keep": 1}, "a new dict, so the conversation sees the change"
 
-    stranger = HandoffOutputItem(
-        agent=TEAM.router,
-        raw_item={"type": "function_call_output", "call_id": "c2", "output": "{}"},  # type: ignore[typeddict-item]
-        source_agent=TEAM.router,
-        target_agent=Agent(name="Someone else"),
-    )
-    assert _run(translator, [RunItemStreamEvent(name="handoff_occured", item=stranger)]) == []
-    assert thread.metadata[ACTIVE_AGENT_KEY] == "tech"
+    # The translator knows no graph: any handoff target is shown and remembered by its name. The next
+    # turn looks the name up in the app's graph (`find_agent`); a name it does not know starts over
+    # with the starting agent.
+    [again] = _run(translator, [_handoff(Agent(name="Someone else"), "c2")])
+    assert isinstance(again, ThreadItemDoneEvent) and isinstance(again.item, WorkflowItem)
+    assert thread.metadata[ACTIVE_AGENT_KEY] == "Someone else"
+    assert find_agent(ROUTER, thread.metadata[ACTIVE_AGENT_KEY]) is None
+
+
+def test_find_agent_walks_the_handoff_graph_by_name() -> None:
+    assert find_agent(ROUTER, "Router") is ROUTER
+    billing, tech, general = (_agent(f"{label} specialist") for label in ("Billing", "Tech", "General"))
+    assert len({id(billing), id(tech), id(general)}) == 3
+    assert find_agent(tech, "Billing specialist") is billing, "specialists reach their peers"
+    assert find_agent(tech, "Router") is None, "and never hand back to the router"
+    for unknown in ("billing", "", None, 42, "Nobody"):
+        assert find_agent(ROUTER, unknown) is None

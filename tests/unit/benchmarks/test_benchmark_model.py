@@ -1,24 +1,30 @@
-"""The local model's benchmark mode: exactly N short deltas, no tools, no handoff, no title."""
+"""The demo app's benchmark mode (`SWITCHBOARD_LOCAL_REPLY_TOKENS`): exactly N short deltas, no tools,
+no handoff, no title."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
-from agents import ModelSettings, ModelTracing
+from agents import ModelSettings, ModelTracing, OpenAIChatCompletionsModel
 from agents.items import TResponseInputItem
 from openai.types.responses import ResponseOutputMessage, ResponseTextDeltaEvent
 
-from services.agent_service.agents.responder import AgentResponder, benchmark_choice, create_responder
-from services.agent_service.agents.team import build_team
-from services.agent_service.agents.tools import ERP_TOOLS
-from services.agent_service.models.factory import build_model
-from services.agent_service.models.local import (
+from services.agent_service.agents.responder import AppResponder, create_responder
+from switchboard.app import DEFAULT_TITLE_AGENT, AppEnvironment
+from switchboard.demo import create_app
+from switchboard.demo.benchmark import (
     BENCHMARK_WORDS,
-    LocalDemoModel,
+    MAX_REPLY_TOKENS,
+    REPLY_TOKENS_VARIABLE,
+    BenchmarkModel,
     benchmark_deltas,
     benchmark_text,
 )
+from switchboard.demo.model import DemoModel
+from switchboard.demo.team import build_team
+from switchboard.demo.tools import ERP_TOOLS
 from tests.unit.agent_service.agent_support import (
     answers,
     assert_message_lifecycle,
@@ -34,7 +40,7 @@ def _user(text: str) -> TResponseInputItem:
     return {"role": "user", "type": "message", "content": [{"type": "input_text", "text": text}]}
 
 
-async def _stream(model: LocalDemoModel, text: str, **kw: Any) -> list[Any]:
+async def _stream(model: BenchmarkModel, text: str, **kw: Any) -> list[Any]:
     return [
         event
         async for event in model.stream_response(
@@ -60,12 +66,15 @@ def test_benchmark_deltas_are_short_words_that_add_up() -> None:
     assert "".join(deltas) == benchmark_text(45) == " ".join(d.strip() for d in deltas)
     with pytest.raises(ValueError, match="at least one delta"):
         benchmark_deltas(0)
+    with pytest.raises(ValueError, match="at least one delta"):
+        BenchmarkModel(0)
 
 
 @pytest.mark.parametrize("count", [1, 7, 64])
 async def test_every_call_streams_exactly_n_deltas_whatever_is_offered(count: int) -> None:
-    router = build_team(LocalDemoModel()).router
-    model = LocalDemoModel(token_delay_s=5.0, reply_tokens=count)  # the delay is ignored
+    router = build_team()
+    model = BenchmarkModel(count)
+    assert model.token_delay_s == 0.0, "no delay between deltas"
     # A billing question with an order id would route, hand off or call a tool in demo mode.
     for offered in ({"handoffs": router.handoffs}, {"tools": ERP_TOOLS}, {}):
         events = await _stream(model, "Where is order SO-1001? I need a refund", **offered)
@@ -78,25 +87,57 @@ async def test_every_call_streams_exactly_n_deltas_whatever_is_offered(count: in
     assert model.deltas_emitted == 3 * count
 
 
-def test_demo_mode_is_unchanged_without_reply_tokens() -> None:
-    assert not LocalDemoModel().benchmark_mode and LocalDemoModel().token_delay_s == 0.0
-    assert LocalDemoModel(0.015).token_delay_s == 0.015
-    with pytest.raises(ValueError, match="at least 1"):
-        LocalDemoModel(reply_tokens=0)
+def _environment(tmp_path: Path, delay_s: float = 0.0) -> AppEnvironment:
+    return AppEnvironment(data_dir=tmp_path, provider="local", offline_token_delay_s=delay_s)
 
 
-def test_the_setting_switches_the_local_model_only() -> None:
-    local = build_model(settings())
-    assert benchmark_choice(local, None) is local
-    chosen = benchmark_choice(local, 12)
-    assert isinstance(chosen.model, LocalDemoModel) and chosen.model.reply_tokens == 12
-    assert chosen.title_model is local.title_model and chosen.is_local
-    remote = build_model(settings(llm_provider="openai", openai_api_key="sk-test"))
-    assert benchmark_choice(remote, 12) is remote
+def test_demo_mode_is_unchanged_without_reply_tokens(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv(REPLY_TOKENS_VARIABLE, raising=False)
+    app = create_app()
+    assert app.offline_model is not None and app.title_agent is DEFAULT_TITLE_AGENT
+    model = app.offline_model(_environment(tmp_path))
+    assert isinstance(model, DemoModel) and model.token_delay_s == 0.0
+    paced = app.offline_model(_environment(tmp_path, 0.015))
+    assert isinstance(paced, DemoModel) and paced.token_delay_s == 0.015
 
 
-async def test_a_turn_in_benchmark_mode_answers_as_the_router_without_handoff_or_title() -> None:
-    responder: AgentResponder = await create_responder(settings(local_reply_tokens=16))
+def test_the_variable_switches_the_demo_app_to_benchmark_mode(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(REPLY_TOKENS_VARIABLE, "12")
+    app = create_app()
+    assert app.offline_model is not None
+    model = app.offline_model(_environment(tmp_path, 5.0))
+    assert isinstance(model, BenchmarkModel) and model.reply_tokens == 12
+    assert model.token_delay_s == 0.0, "the configured pace is ignored"
+    assert app.title_agent is None, "no title"
+
+
+async def test_the_variable_leaves_a_remote_provider_alone(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(REPLY_TOKENS_VARIABLE, "12")
+    remote = await create_responder(
+        settings(llm_provider="openai", openai_api_key="sk-test", data_dir=tmp_path)
+    )
+    try:
+        assert isinstance(remote._models.get_model(None), OpenAIChatCompletionsModel)
+    finally:
+        await remote.aclose()
+
+
+@pytest.mark.parametrize("value", ["0", "abc", str(MAX_REPLY_TOKENS + 1), "-3", "1.5"])
+def test_a_bad_reply_token_count_is_refused(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(REPLY_TOKENS_VARIABLE, value)
+    with pytest.raises(ValueError, match=REPLY_TOKENS_VARIABLE):
+        create_app()
+
+
+async def test_a_turn_in_benchmark_mode_answers_as_the_router_without_handoff_or_title(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(REPLY_TOKENS_VARIABLE, "16")
+    responder: AppResponder = await create_responder(settings(data_dir=tmp_path))
     try:
         current = turn("My invoice is wrong and the API crashes, E1001 SO-1001")
         events = await collect(responder.respond(current))

@@ -16,18 +16,19 @@ from chatkit.types import (
 )
 from openai.types.responses import ResponseRefusalDeltaEvent, ResponseTextDeltaEvent
 
-from services.agent_service.agents.responder import AgentResponder, _Outbox, _RunEnded, _Text
-from services.agent_service.models.factory import ModelChoice
-from services.agent_service.models.local import LocalDemoModel, LocalTitleModel, benchmark_text
+from services.agent_service.agents.responder import AppResponder, _Outbox, _RunEnded, _Text
 from services.agent_service.server import event_to_proto
 from services.common import codec
 from services.edge.sse import encode_event, encode_model, encode_text_delta
+from switchboard.app.offline import ScriptedModel
+from switchboard.demo.benchmark import BenchmarkModel, benchmark_text
+from switchboard.demo.model import DemoModel
 from tests.support.chatkit_wire import parse_sse
 from tests.unit.agent_service.agent_support import (
     answers,
     assert_message_lifecycle,
     check_wire,
-    settings,
+    demo_responder,
     text_deltas,
     turn,
 )
@@ -82,30 +83,24 @@ async def test_the_outbox_merges_text_that_queued_up_back_to_back_and_keeps_orde
     assert await waiter == [_Text(["again"])]
 
 
-def _responder(model: LocalDemoModel) -> AgentResponder:
-    choice = ModelChoice(model=model, title_model=LocalTitleModel(), provider="local", is_local=True)
-
-    class _NoErp:
-        async def aclose(self) -> None:
-            pass
-
-    return AgentResponder(settings(), choice, _NoErp())  # type: ignore[arg-type]
-
-
-async def _consume(responder: AgentResponder, pause_s: float) -> list[ThreadStreamEvent]:
+async def _consume(model: ScriptedModel, pause_s: float) -> list[ThreadStreamEvent]:
+    """One turn of the demo app on `model`, read by a consumer that pauses after every event."""
+    responder: AppResponder = await demo_responder(model)
     events = []
-    async for event in responder.respond(turn("hello")):
-        check_wire(event)
-        events.append(event)
-        if pause_s:
-            await asyncio.sleep(pause_s)  # a consumer busy writing to a slow network
+    try:
+        async for event in responder.respond(turn("hello")):
+            check_wire(event)
+            events.append(event)
+            if pause_s:
+                await asyncio.sleep(pause_s)  # a consumer busy writing to a slow network
+    finally:
+        await responder.aclose()
     return events
 
 
 @pytest.mark.parametrize("pause_s", [0.0, 0.002])
 async def test_coalesced_deltas_add_up_to_the_final_text(pause_s: float) -> None:
-    responder = _responder(LocalDemoModel(reply_tokens=200))
-    events = await _consume(responder, pause_s)
+    events = await _consume(BenchmarkModel(200), pause_s)
     assert answers(events) == [benchmark_text(200)]
     assert "".join(text_deltas(events)) == benchmark_text(200)
     assert_message_lifecycle(events)
@@ -115,8 +110,7 @@ async def test_coalesced_deltas_add_up_to_the_final_text(pause_s: float) -> None
 
 async def test_a_consumer_that_keeps_up_gets_the_text_as_it_comes() -> None:
     # With a real token pace the consumer is idle when a token arrives: one delta per token.
-    responder = _responder(LocalDemoModel(token_delay_s=0.003))
-    events = await _consume(responder, 0.0)
+    events = await _consume(DemoModel(token_delay_s=0.003), 0.0)
     [answer] = answers(events)
     words = answer.split(" ")
     assert "".join(text_deltas(events)) == answer

@@ -18,7 +18,7 @@ from chatkit.types import (
 
 from benchmarks import ceiling_server, reference_server
 from benchmarks.workload import SECOND_TEXT, USER_TEXT, SseTurnReader, add_message_body, create_body
-from services.agent_service.models.local import benchmark_text
+from switchboard.demo.benchmark import benchmark_text
 from tests.support.chatkit_wire import THREAD_PAGE, assistant_text, parse_sse
 
 TOKENS = 12

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from services.common.errors import ServiceError
+from services.common.errors import grpc_status
 from services.upload_service.validation import (
     MAX_NAME_CHARS,
     ContentMismatch,
@@ -15,6 +15,7 @@ from services.upload_service.validation import (
     normalize_mime_type,
     storage_name,
 )
+from switchboard.app import InvalidRequest, LimitExceeded, SwitchboardError
 from tests.unit.upload_service.conftest import PDF, make_settings, png_bytes
 
 POLICY = UploadPolicy(max_bytes=1000, allowed_types=frozenset({"image/png", "text/plain", "image/*"}))
@@ -52,9 +53,8 @@ def test_display_name_keeps_the_original_but_bounded() -> None:
     assert len(long) == MAX_NAME_CHARS and long.endswith("x.txt")
     assert len(display_name("y" * 10_000)) == MAX_NAME_CHARS
     assert display_name("") == "file"
-    with pytest.raises(ServiceError) as raised:
+    with pytest.raises(InvalidRequest):
         display_name("a\x00b")
-    assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_mime_types_are_normalised_and_checked() -> None:
@@ -62,24 +62,24 @@ def test_mime_types_are_normalised_and_checked() -> None:
     assert normalize_mime_type("image/jpg") == "image/jpeg"
     assert POLICY.check_type("image/webp") == "image/webp"  # through image/*
     for bad in ("", "text", "text/", "a b/c", "text/plain/x", "application/pdf"):
-        with pytest.raises(ServiceError) as raised:
+        with pytest.raises(InvalidRequest):
             POLICY.check_type(bad)
-        assert raised.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_sizes() -> None:
     POLICY.check_declared_size(0, required=False)
     POLICY.check_declared_size(1000, required=True)
-    for size, required, code in [
-        (0, True, grpc.StatusCode.INVALID_ARGUMENT),
-        (-1, False, grpc.StatusCode.INVALID_ARGUMENT),
-        (1001, False, grpc.StatusCode.RESOURCE_EXHAUSTED),
-    ]:
-        with pytest.raises(ServiceError) as raised:
+    refusals: list[tuple[int, bool, type[SwitchboardError]]] = [
+        (0, True, InvalidRequest),
+        (-1, False, InvalidRequest),
+        (1001, False, LimitExceeded),
+    ]
+    for size, required, kind in refusals:
+        with pytest.raises(kind) as raised:
             POLICY.check_declared_size(size, required=required)
-        assert raised.value.code == code
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if kind is LimitExceeded:
             assert "too large" in raised.value.message
+            assert grpc_status(raised.value) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_policy_from_settings() -> None:

@@ -12,11 +12,11 @@ from agents import Agent, RunConfig, Runner
 from agents.testing import ScriptedModel, assistant_message, function_call
 from chatkit.types import ProgressUpdateEvent, ThreadItemDoneEvent, ThreadStreamEvent, WidgetItem
 
-from services.agent_service.agents.context import AgentContext
-from services.agent_service.agents.erp import ErpDirectory
-from services.agent_service.agents.tools import ERP_TOOLS
-from services.agent_service.agents.widgets import SHOW_OPEN_ORDERS
-from services.common.auth import Principal
+from switchboard.app import Caller
+from switchboard.demo.erp import ErpDirectory
+from switchboard.demo.state import DemoContext, DemoState
+from switchboard.demo.tools import ERP_TOOLS
+from switchboard.demo.widgets import SHOW_OPEN_ORDERS
 from tests.unit.agent_service.agent_support import check_wire
 
 
@@ -73,14 +73,13 @@ async def _call_tool(
     """Run one tool call through the real Agents SDK; return its output and the events it emitted."""
     model = ScriptedModel([[function_call(name, arguments, call_id="call_1")], [assistant_message("done")]])
     emitted: list[ThreadStreamEvent] = []
-    context = AgentContext(
-        principal=Principal(tenant=tenant, user="u1", role=role),
-        locale="en-US",
-        thread_id="thr_1",
-        erp=erp,
+    context = DemoContext(
+        "thr_1",
         sink=emitted.append,
+        caller=Caller(tenant=tenant, user="u1", role=role, locale="en-US"),
+        state=DemoState(erp),
     )
-    agent = Agent[AgentContext](name="tester", tools=list(ERP_TOOLS), model=model)
+    agent = Agent[DemoContext](name="tester", tools=list(ERP_TOOLS), model=model)
     await Runner.run(agent, "go", context=context, run_config=RunConfig(tracing_disabled=True))
     [output] = [item for item in model.calls[1].input if item.get("type") == "function_call_output"]
     return str(output["output"]), emitted

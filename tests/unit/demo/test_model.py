@@ -1,4 +1,4 @@
-"""The offline demo model: its policy, its Responses event stream, and cancellation."""
+"""The demo app's offline model (`DemoModel`): its policy, its Responses event stream, and cancellation."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import pytest
 from agents import ModelSettings, ModelTracing
 from openai.types.responses import ResponseFunctionToolCall, ResponseOutputMessage
 
-from services.agent_service.agents.team import build_team
-from services.agent_service.agents.tools import ERP_TOOLS
-from services.agent_service.models.local import LocalDemoModel, LocalTitleModel, classify
+from services.agent_service.agents.stream import find_agent
+from switchboard.demo.model import DemoModel, classify
+from switchboard.demo.team import build_team
+from switchboard.demo.tools import ERP_TOOLS
 
 SYSTEM = (
     "You are the Billing specialist of Switchboard.\nCaller: tenant=acme; user=ada; role=user; locale=en-US"
@@ -24,7 +25,7 @@ def _user(text: str) -> dict[str, Any]:
     return {"role": "user", "type": "message", "content": [{"type": "input_text", "text": text}]}
 
 
-async def _respond(model: LocalDemoModel | LocalTitleModel, items: list[Any], **kw: Any) -> Any:
+async def _respond(model: DemoModel, items: list[Any], **kw: Any) -> Any:
     return await model.get_response(
         kw.get("system", SYSTEM),
         items,
@@ -39,7 +40,7 @@ async def _respond(model: LocalDemoModel | LocalTitleModel, items: list[Any], **
     )
 
 
-async def _stream(model: LocalDemoModel, items: list[Any], **kw: Any) -> list[Any]:
+async def _stream(model: DemoModel, items: list[Any], **kw: Any) -> list[Any]:
     return [
         event
         async for event in model.stream_response(
@@ -75,15 +76,15 @@ def test_classify(text: str, expected: str | None) -> None:
     [("My invoice is wrong", "billing"), ("It crashes on install", "tech"), ("Hello!", "general")],
 )
 async def test_router_calls_the_matching_handoff(text: str, specialist: str) -> None:
-    router = build_team(LocalDemoModel()).router
-    response = await _respond(LocalDemoModel(), [_user(text)], handoffs=router.handoffs, system="router")
+    router = build_team()
+    response = await _respond(DemoModel(), [_user(text)], handoffs=router.handoffs, system="router")
     [call] = response.output
     assert isinstance(call, ResponseFunctionToolCall)
     assert call.name == f"transfer_to_{specialist}_specialist"
 
 
 async def test_specialist_calls_a_tool_once_then_answers_from_its_output() -> None:
-    model = LocalDemoModel()
+    model = DemoModel()
     first = await _respond(model, [_user("who is e1001?")], tools=ERP_TOOLS)
     [call] = first.output
     assert isinstance(call, ResponseFunctionToolCall) and call.name == "lookup_employee"
@@ -101,7 +102,7 @@ async def test_specialist_calls_a_tool_once_then_answers_from_its_output() -> No
 
 
 async def test_order_ids_call_the_order_tool() -> None:
-    response = await _respond(LocalDemoModel(), [_user("status of so-1004 please")], tools=ERP_TOOLS)
+    response = await _respond(DemoModel(), [_user("status of so-1004 please")], tools=ERP_TOOLS)
     [call] = response.output
     assert call.name == "lookup_order"
     assert json.loads(call.arguments) == {"query": {"order_id": "SO-1004"}}
@@ -114,10 +115,10 @@ async def test_answers_use_history_context_and_ignore_context_messages() -> None
         _user("What is my name?"),
         _user("A message was displayed to the user that the following task was performed: routed"),
     ]
-    response = await _respond(LocalDemoModel(), history)
+    response = await _respond(DemoModel(), history)
     assert response.output[0].content[0].text == "Your name is Ada Lovelace."
 
-    canned = await _respond(LocalDemoModel(), [_user("first"), _user("Can you help with billing?")])
+    canned = await _respond(DemoModel(), [_user("first"), _user("Can you help with billing?")])
     text = canned.output[0].content[0].text
     assert text.startswith("Billing here (tenant acme).")
     assert '"Can you help with billing?"' in text
@@ -126,7 +127,7 @@ async def test_answers_use_history_context_and_ignore_context_messages() -> None
 
 
 async def test_stream_is_full_fidelity_with_unique_ids() -> None:
-    model = LocalDemoModel()
+    model = DemoModel()
     events = await _stream(model, [_user("hello there")])
     kinds = [event.type for event in events]
     deltas = kinds.count("response.output_text.delta")
@@ -163,7 +164,7 @@ async def test_stream_is_full_fidelity_with_unique_ids() -> None:
 
 
 async def test_token_delay_is_cancellable() -> None:
-    model = LocalDemoModel(token_delay_s=10)
+    model = DemoModel(token_delay_s=10)
     task = asyncio.create_task(_stream(model, [_user("a long question")]))
     await asyncio.sleep(0.05)
     started = time.monotonic()
@@ -172,14 +173,6 @@ async def test_token_delay_is_cancellable() -> None:
         await task
     assert time.monotonic() - started < 0.5
     assert model.deltas_emitted == 0
-
-
-async def test_title_model_takes_the_first_words_of_the_first_user_message() -> None:
-    items = [_user("can you help me with my invoice from March, please?"), _user("second")]
-    response = await _respond(LocalTitleModel(), items)
-    assert response.output[0].content[0].text == "Can you help me with my"
-    short = await _respond(LocalTitleModel(), [_user("refund?!")])
-    assert short.output[0].content[0].text == "Refund"
 
 
 @pytest.mark.parametrize(
@@ -194,8 +187,10 @@ def test_classify_sends_ticket_requests_to_tech(text: str, expected: str | None)
     assert classify(text) == expected
 
 
-def _team_tools(key: str) -> list[Any]:
-    return list(build_team(LocalDemoModel()).specialists[key].tools)
+def _team_tools(label: str) -> list[Any]:
+    specialist = find_agent(build_team(), f"{label} specialist")
+    assert specialist is not None
+    return list(specialist.tools)
 
 
 @pytest.mark.parametrize(
@@ -207,7 +202,7 @@ def _team_tools(key: str) -> list[Any]:
     ],
 )
 async def test_time_questions_call_the_client_tool(text: str, include_date: bool) -> None:
-    response = await _respond(LocalDemoModel(), [_user(text)], tools=_team_tools("general"))
+    response = await _respond(DemoModel(), [_user(text)], tools=_team_tools("General"))
     [call] = response.output
     assert isinstance(call, ResponseFunctionToolCall) and call.name == "get_user_local_time"
     assert json.loads(call.arguments) == {"include_date": include_date}
@@ -215,7 +210,7 @@ async def test_time_questions_call_the_client_tool(text: str, include_date: bool
 
 async def test_ticket_requests_call_the_form_tool_with_a_summary() -> None:
     text = "Please open a ticket, my app keeps crashing"
-    response = await _respond(LocalDemoModel(), [_user(text)], tools=_team_tools("tech"))
+    response = await _respond(DemoModel(), [_user(text)], tools=_team_tools("Tech"))
     [call] = response.output
     assert isinstance(call, ResponseFunctionToolCall) and call.name == "ask_ticket_details"
     assert json.loads(call.arguments) == {"summary": text}
@@ -232,21 +227,21 @@ def _form(status: str, priority: str, details: str) -> dict[str, Any]:
 
 
 async def test_an_answered_form_is_confirmed_until_the_user_writes_again() -> None:
-    tools = _team_tools("tech")
+    tools = _team_tools("Tech")
     ask = "open a ticket please"
     answered = [_user(ask), _form("answered", '["High"]', '["Crashes: always, on start"]')]
-    response = await _respond(LocalDemoModel(), answered, tools=tools)
+    response = await _respond(DemoModel(), answered, tools=tools)
     expected = "Ticket opened with priority High. Details: Crashes: always, on start."
     assert response.output[0].content[0].text == expected
 
     skipped = [_user(ask), _form("skipped", "skipped", "skipped")]
-    response = await _respond(LocalDemoModel(), skipped, tools=tools)
+    response = await _respond(DemoModel(), skipped, tools=tools)
     assert response.output[0].content[0].text == "Ticket opened with default priority (Normal)."
 
     later = [*answered, _user("thanks!")]
-    response = await _respond(LocalDemoModel(), later, tools=tools)
+    response = await _respond(DemoModel(), later, tools=tools)
     assert response.output[0].content[0].text.startswith("Billing here"), "only the newest turn counts"
 
     pending = [_user("hello"), _form("pending", "unanswered", "unanswered")]
-    response = await _respond(LocalDemoModel(), pending, tools=tools)
+    response = await _respond(DemoModel(), pending, tools=tools)
     assert "Ticket opened" not in response.output[0].content[0].text
