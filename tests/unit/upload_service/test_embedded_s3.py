@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import socket
 import stat
 import sys
@@ -105,4 +106,5 @@ def test_objects_credentials_and_ports_survive_a_restart(tmp_path: Path) -> None
     assert any((root / "log").iterdir()), "SeaweedFS's own logs belong under the root"
     # The master keeps its state in a directory named after its port: one, because the port was reused.
     assert ports is not None
-    assert [p.name for p in (root / "data").iterdir() if p.name.startswith("m")] == [f"m{ports.master}"]
+    master_dirs = [p.name for p in (root / "data").iterdir() if re.fullmatch(r"m\d+", p.name)]
+    assert master_dirs == [f"m{ports.master}"]
