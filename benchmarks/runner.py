@@ -1,7 +1,7 @@
 """`python -m benchmarks` (`make bench`): every system, every concurrency, one run, one table.
 
 Order of work:
-1. start all systems (Switchboard's stack on moto S3, Switchboard on PostgreSQL with one and with two
+1. start all systems (Switchboard's stack on SeaweedFS S3, Switchboard on PostgreSQL with one and with two
    agent replicas, the reference, the ceiling), each in its own process(es) on 127.0.0.1, so they are
    measured under the same conditions;
 2. warm each one up, then take every process's idle RSS (the baseline of the growth figures);
@@ -306,7 +306,7 @@ def start_systems(
     targets: dict[str, Target] = {}
     sqlite = None
     if SWITCHBOARD in names or GRPC_DIRECT in names:
-        log("starting Switchboard on SQLite (upload, agent, edge on moto S3)")
+        log("starting Switchboard on SQLite (upload, agent, edge on SeaweedFS S3)")
         sqlite = systems.enter_context(switchboard(work / "switchboard", reply_tokens, UPLOAD_MAX_BYTES))
         targets.update({target.name: target for target in switchboard_targets(sqlite)})
     for name, replicas in PG_REPLICAS.items():

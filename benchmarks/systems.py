@@ -1,7 +1,7 @@
 """The systems under test, each started as real processes on free loopback ports.
 
 Switchboard runs exactly as the tests run it (`tests.support.processes.running_stack`: upload
-service, agent service and edge from `switchboard`'s CLI, on a moto S3 server), with the local model
+service, agent service and edge from `switchboard`'s CLI, on SeaweedFS), with the local model
 in benchmark mode. Its two entry points are two systems: `switchboard` (ChatKit over the edge) and
 `grpc-direct` (ChatService on the agent service). The reference and the ceiling are one aiohttp
 process each (`python -m benchmarks.reference_server` / `benchmarks.ceiling_server`).
@@ -75,7 +75,7 @@ def switchboard_env(reply_tokens: int, upload_max_bytes: int) -> dict[str, str]:
 
 @contextmanager
 def switchboard(data_dir: Path, reply_tokens: int, upload_max_bytes: int) -> Iterator[Stack]:
-    """Upload service, agent service and edge (with moto S3) in benchmark mode, as the tests run them."""
+    """Upload service, agent service and edge (on SeaweedFS) in benchmark mode, as the tests run them."""
     env = switchboard_env(reply_tokens, upload_max_bytes)
     with running_stack(
         data_dir,

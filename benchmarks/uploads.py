@@ -3,10 +3,10 @@
 - **edge**: `POST /chatkit/api/upload` (multipart field `file`, `text/csv`), streamed by the edge
   into the upload service's client-streaming RPC and from there into an S3 multipart upload;
 - **direct**: the `minio` SDK's `put_object` of the same file (5 MiB parts, as the upload service
-  uses) from the benchmark process to the same moto S3 server.
+  uses) from the benchmark process to the same S3 server (SeaweedFS, as the tests use).
 
 Rounds alternate (direct, edge, direct, edge…) after a 12 MiB warm-up of each path; each object is
-deleted right after its round, so the in-memory S3 server does not grow. The figures: MiB/s of each
+deleted right after its round, so the S3 server does not grow. The figures: MiB/s of each
 path (best round), their ratio (edge / direct), and the peak RSS growth of the edge and the upload
 service during the edge rounds (sampled every 10 ms, from their RSS just before the round).
 """
@@ -66,9 +66,7 @@ async def measure(
     stack: Stack, *, size_mib: int, rounds: int, log: Callable[[str], None], work: Path
 ) -> dict[str, Any]:
     bucket = stack.env["MINIO_BUCKET"]
-    client = Minio(
-        stack.s3_endpoint, access_key="bench", secret_key="bench-secret", secure=False, region="us-east-1"
-    )
+    client = stack.s3.client()
     big, small = work / "upload-big.csv", work / "upload-warmup.csv"
     size = write_csv(big, size_mib)
     write_csv(small, WARMUP_MIB)

@@ -16,10 +16,14 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Sequence
-from typing import Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from services.common.auth import mint_token
 from services.common.config import Settings, grpc_target, load_settings
+
+if TYPE_CHECKING:
+    from services.upload_service.embedded_s3 import SeaweedFS
 
 DEV_TENANT: Final = "acme"
 DEV_USER: Final = "demo"
@@ -158,9 +162,9 @@ def _run_dev(args: argparse.Namespace) -> int:
     """Start the whole stack as child processes on embedded defaults.
 
     The database is migrated first (the embedded SQLite file, or the PostgreSQL database of
-    SWITCHBOARD_DATABASE_URL). Without MINIO_ENDPOINT, a local S3 server (moto, from the dev extras)
-    stands in for MinIO on port 9000; then the upload service, the agent service and the edge, each
-    once the one before listens.
+    SWITCHBOARD_DATABASE_URL). Without MINIO_ENDPOINT, the embedded S3 server stands in for MinIO
+    (see `_start_embedded_s3`); then the upload service, the agent service and the edge, each once
+    the one before listens. Object storage stops last, after the services have drained.
     """
     settings = load_settings()
     _configure_logging(settings)
@@ -187,11 +191,19 @@ def _run_dev(args: argparse.Namespace) -> int:
     env.setdefault("SWITCHBOARD_UPLOAD_ADDRESS", settings.upload_listen)
     python = sys.executable
     children: list[subprocess.Popen[bytes]] = []
+    embedded: SeaweedFS | None = None
+    storage_note = "MinIO at " + (settings.minio_endpoint or "")
     if not settings.minio_endpoint:
-        # Embedded object storage: moto's S3 server, in memory (files vanish when it stops).
-        children.append(_spawn([python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(DEV_S3_PORT)], env))
-        env["MINIO_ENDPOINT"] = f"127.0.0.1:{DEV_S3_PORT}"
-        _wait_listening("127.0.0.1", DEV_S3_PORT, children[-1])
+        embedded = _start_embedded_s3(settings.data_dir / "s3", args.s3_port, env)
+        if embedded is not None:
+            storage_note = f"SeaweedFS at {env['MINIO_ENDPOINT']}, files kept in {embedded.root}"
+        else:
+            children.append(
+                _spawn([python, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(args.s3_port)], env)
+            )
+            env["MINIO_ENDPOINT"] = f"127.0.0.1:{args.s3_port}"
+            storage_note = f"moto at {env['MINIO_ENDPOINT']}, in memory: files vanish when it stops"
+            _wait_listening("127.0.0.1", args.s3_port, children[-1])
     # Start each service once the one before listens, so readiness probes are not polled into the log.
     for command, listen in (("upload", settings.upload_listen), ("agent", settings.agent_listen)):
         children.append(_spawn([python, "-m", "services.cli", command], env))
@@ -218,7 +230,7 @@ def _run_dev(args: argparse.Namespace) -> int:
             f"  edge:          {base}  (ChatKit endpoint {base}/chatkit/api)\n"
             f"  demo page:     {base}/  (the ChatKit UI loads from OpenAI's CDN: needs internet)\n"
             f"  agent (gRPC):  {settings.agent_listen}\n"
-            f"  upload (gRPC): {settings.upload_listen}, files in {env['MINIO_ENDPOINT']}\n"
+            f"  upload (gRPC): {settings.upload_listen}, files in {storage_note}\n"
             f"  dev token:     tenant={args.tenant} user={args.user} role={args.role}\n\n"
             "Try it:\n"
             f"  curl -N {base}/chatkit/api -H 'Authorization: Bearer {token}' "
@@ -226,11 +238,13 @@ def _run_dev(args: argparse.Namespace) -> int:
             "Press Ctrl-C to stop.\n",
             flush=True,
         )
-        while all(child.poll() is None for child in children):
+        while all(child.poll() is None for child in children) and (embedded is None or embedded.running()):
             try:
                 children[-1].wait(timeout=0.5)
             except Exception:
                 continue
+        if embedded is not None and not embedded.running():
+            print(f"switchboard dev: SeaweedFS exited; see {embedded.log_path}", file=sys.stderr)
     finally:
         stop()
         for child in children:
@@ -238,7 +252,36 @@ def _run_dev(args: argparse.Namespace) -> int:
                 child.wait(timeout=settings.shutdown_grace_s + 5)
             except Exception:
                 child.kill()
+        if embedded is not None:
+            embedded.stop()
     return max((child.returncode or 0) for child in children)
+
+
+def _start_embedded_s3(root: Path, port: int, env: dict[str, str]) -> SeaweedFS | None:
+    """Start SeaweedFS on 127.0.0.1:`port` with its files under `root` and point the services'
+    environment at it (endpoint and its generated credentials, which replace any MINIO_ACCESS_KEY
+    or MINIO_SECRET_KEY: the embedded server only knows its own).
+
+    None when it cannot start: the reason and a warning are printed, and the caller falls back to
+    moto's in-memory server, so `make run` still works, just without persistent files.
+    """
+    from services.upload_service.embedded_s3 import EmbeddedS3Error, SeaweedFS
+
+    server = SeaweedFS(root, s3_port=port)
+    try:
+        server.start()
+    except EmbeddedS3Error as error:
+        print(f"switchboard dev: cannot start the embedded S3 server (SeaweedFS): {error}", file=sys.stderr)
+        print(
+            "switchboard dev: WARNING: falling back to moto's in-memory S3 server; uploaded files will "
+            "NOT persist when the stack stops",
+            file=sys.stderr,
+        )
+        return None
+    env["MINIO_ENDPOINT"] = server.endpoint
+    env["MINIO_ACCESS_KEY"] = server.credentials.access_key
+    env["MINIO_SECRET_KEY"] = server.credentials.secret_key
+    return server
 
 
 def _spawn(command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -341,6 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "dev":
             sub.add_argument(
                 "--app", metavar="MODULE:ATTR", help="the app the agent service runs (SWITCHBOARD_APP)"
+            )
+            sub.add_argument(
+                "--s3-port",
+                type=int,
+                default=DEV_S3_PORT,
+                help=f"port of the embedded S3 server, without MINIO_ENDPOINT (default {DEV_S3_PORT})",
             )
             sub.set_defaults(func=_run_dev)
         elif name == "token":

@@ -117,7 +117,9 @@ class Settings(BaseSettings):
         ],
         validation_alias=_env("SWITCHBOARD_UPLOAD_ALLOWED_TYPES"),
     )
-    presign_ttl_s: int = Field(300, ge=10, le=7 * 86_400, validation_alias=_env("SWITCHBOARD_PRESIGN_TTL_S"))
+    presign_ttl_s: int = Field(300, ge=1, le=7 * 86_400, validation_alias=_env("SWITCHBOARD_PRESIGN_TTL_S"))
+    """Lifetime of presigned upload and preview URLs. S3 allows 1 s to 7 days; a few seconds only
+    make sense in tests of expiry (a browser needs time to start its PUT or GET)."""
     minio_endpoint: str | None = Field(None, validation_alias=_env("MINIO_ENDPOINT"))
     """host:port of the S3 API; unset in `switchboard dev` means: start a local S3 server."""
     minio_public_endpoint: str | None = Field(None, validation_alias=_env("MINIO_PUBLIC_ENDPOINT"))

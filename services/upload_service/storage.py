@@ -33,8 +33,11 @@ Failures. urllib3 is configured to fail fast: 0.8 s connect timeout, one connect
 retries, two quick retries of idempotent requests on 5xx. An unreachable store therefore surfaces
 within two seconds (at once when the port refuses connections) as
 `Unavailable("object storage unavailable")`, instead of after the SDK's default five retries with
-five-minute timeouts. S3 server errors (5xx) are `Unavailable` as well; any other S3 error (access
-denied, missing bucket) is a misconfiguration: `StorageRefused` (INTERNAL at the gRPC boundary).
+five-minute timeouts. S3 server errors (5xx) are `Unavailable` as well, and so are refused
+credentials (AccessDenied, InvalidAccessKeyId, SignatureDoesNotMatch): the store is unusable until
+an operator fixes MINIO_ACCESS_KEY/MINIO_SECRET_KEY, which is an outage for clients (503, try
+later), not a fault of their request; the log says which setting to check. Any other S3 error (a
+missing bucket, say) is unexpected: `StorageRefused` (INTERNAL at the gRPC boundary).
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ DEFAULT_THREADS: Final = 32
 CONNECT_TIMEOUT_S: Final = 0.8
 READ_TIMEOUT_S: Final = 30.0
 _MISSING: Final = frozenset({"NoSuchKey", "NoSuchObject", "NoSuchVersion"})
+_CREDENTIALS_REFUSED: Final = frozenset({"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"})
 _UNAVAILABLE: Final = "object storage unavailable"
 
 _T = TypeVar("_T")
@@ -123,10 +127,19 @@ class StorageRefused(SwitchboardError):
     caller's fault (no domain class maps it, so the gRPC boundary answers INTERNAL)."""
 
 
-def _translate(error: Exception) -> SwitchboardError:
+def _translate(error: Exception, endpoint: str) -> SwitchboardError:
     """The SwitchboardError for an SDK or transport failure (see the module docstring)."""
     if isinstance(error, S3Error):
         status = getattr(error.response, "status", 0) or 0
+        if error.code in _CREDENTIALS_REFUSED:
+            log.error(
+                "object storage at %s refused the upload service's credentials (%s, HTTP %s): check "
+                "MINIO_ACCESS_KEY and MINIO_SECRET_KEY, and that they may use the bucket",
+                endpoint,
+                error.code,
+                status,
+            )
+            return Unavailable(_UNAVAILABLE)
         if status >= 500:
             log.warning("object storage error %s (HTTP %s): %s", error.code, status, error.message)
             return Unavailable(_UNAVAILABLE)
@@ -226,7 +239,7 @@ class ObjectStorage:
         try:
             return await loop.run_in_executor(self._executor, functools.partial(function, *args, **kwargs))
         except _FAILURES as error:
-            raise _translate(error) from error
+            raise _translate(error, self.endpoint) from error
 
     async def close(self) -> None:
         """Wait for pending cleanups, then release the threads and connections."""

@@ -1,7 +1,8 @@
 """Attachments end to end: both ChatKit upload strategies through the edge, S3 over HTTP, the model.
 
-The stack runs on a real S3 server (moto) with the default upload limit of 100 MiB: an 80 MiB direct
-upload fits, and a larger one is refused while streaming.
+The stack runs on SeaweedFS (strict like MinIO: signatures, credentials and expiry are checked) with
+the default upload limit of 100 MiB: an 80 MiB direct upload fits, and a larger one is refused while
+streaming. Presigned URL expiry and tampering: test_presigned_urls.py.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,11 @@ from pydantic import TypeAdapter
 from switchboard.v1 import chat_pb2, chat_pb2_grpc, thread_pb2, upload_pb2, upload_pb2_grpc
 from tests.support.chatkit_wire import assistant_text, call, error_of, request, stream, user_input, wire
 from tests.support.processes import Stack, running_stack
-from tests.support.s3 import running_s3
+from tests.support.s3 import running_seaweedfs
 from tests.unit.upload_service.conftest import PDF, png_bytes
 
 ATTACHMENT = TypeAdapter[Attachment](Attachment)
 MiB = 1024 * 1024
-BUCKET = "switchboard-test"
 LIMIT = 100 * MiB
 BIG = 80  # MiB: more than the memory bound below, so a whole-file buffer cannot pass unnoticed
 
@@ -43,12 +43,20 @@ def upload_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 @pytest.fixture
-def s3(upload_stack: Stack) -> Minio:
-    return Minio(upload_stack.s3_endpoint, access_key="x", secret_key="y", secure=False, region="us-east-1")
+def s3(upload_stack: Stack) -> Bucket:
+    return Bucket(upload_stack.s3.client(), upload_stack.bucket)
 
 
-def _objects(s3: Minio) -> set[str]:
-    return {str(o.object_name) for o in s3.list_objects(BUCKET, recursive=True)}
+@dataclass(frozen=True)
+class Bucket:
+    """The stack's bucket, read directly with the server's credentials."""
+
+    client: Minio
+    name: str
+
+
+def _objects(s3: Bucket) -> set[str]:
+    return {str(o.object_name) for o in s3.client.list_objects(s3.name, recursive=True)}
 
 
 async def _upload(
@@ -106,7 +114,7 @@ async def _file_chunks(path: Path) -> AsyncIterator[bytes]:
 
 
 async def test_an_80_mib_direct_upload_streams_with_bounded_memory(
-    http: aiohttp.ClientSession, upload_stack: Stack, s3: Minio, tmp_path: Path
+    http: aiohttp.ClientSession, upload_stack: Stack, s3: Bucket, tmp_path: Path
 ) -> None:
     path = tmp_path / "big.csv"
     digest = hashlib.sha256()
@@ -126,7 +134,7 @@ async def test_an_80_mib_direct_upload_streams_with_bounded_memory(
     parsed = ATTACHMENT.validate_python(attachment)
     assert parsed.name == "big.csv"
     assert parsed.type == "file"
-    stored = s3.get_object(BUCKET, f"objects/acme/{parsed.id}")
+    stored = s3.client.get_object(s3.name, f"objects/acme/{parsed.id}")
     try:
         remote = hashlib.sha256()
         for chunk in stored.stream(MiB):
@@ -218,7 +226,7 @@ async def test_images_get_working_preview_urls_minted_on_read(
 
 
 async def test_other_tenants_cannot_use_or_delete_an_attachment(
-    http: aiohttp.ClientSession, upload_stack: Stack, s3: Minio
+    http: aiohttp.ClientSession, upload_stack: Stack, s3: Bucket
 ) -> None:
     mine = await _upload(http, upload_stack, b"private text", name="secret.txt")
     for who in ({"tenant": "globex"}, {"user": "mallory"}):
@@ -249,7 +257,7 @@ async def test_other_tenants_cannot_use_or_delete_an_attachment(
 async def test_bad_uploads_are_refused_and_leave_nothing(
     http: aiohttp.ClientSession,
     upload_stack: Stack,
-    s3: Minio,
+    s3: Bucket,
     case: str,
     content: bytes,
     name: str,
@@ -267,7 +275,7 @@ async def test_bad_uploads_are_refused_and_leave_nothing(
 
 
 async def test_a_hostile_name_is_kept_for_display_but_never_used_as_a_key(
-    http: aiohttp.ClientSession, upload_stack: Stack, s3: Minio
+    http: aiohttp.ClientSession, upload_stack: Stack, s3: Bucket
 ) -> None:
     attachment = await _upload(http, upload_stack, b"ok", name="../../etc/passwd")
     assert attachment["name"] == "../../etc/passwd"
@@ -285,7 +293,7 @@ async def test_a_hostile_name_is_kept_for_display_but_never_used_as_a_key(
 
 
 async def test_too_large_is_413_while_streaming_and_leaves_nothing(
-    http: aiohttp.ClientSession, upload_stack: Stack, s3: Minio
+    http: aiohttp.ClientSession, upload_stack: Stack, s3: Bucket
 ) -> None:
     before = _objects(s3)
 
@@ -314,7 +322,7 @@ async def test_too_large_is_413_while_streaming_and_leaves_nothing(
 
 
 async def test_delete_attachment_and_thread_remove_the_bytes(
-    http: aiohttp.ClientSession, upload_stack: Stack, s3: Minio
+    http: aiohttp.ClientSession, upload_stack: Stack, s3: Bucket
 ) -> None:
     loose = await _upload(http, upload_stack, b"loose", name="loose.txt")
     assert (
@@ -387,30 +395,28 @@ async def test_internal_callers_upload_over_grpc_and_reference_it(upload_stack: 
 async def test_storage_down_means_503_for_uploads_while_chat_works(
     http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    with ExitStack() as storage:
-        endpoint = storage.enter_context(running_s3())
-        with running_stack(tmp_path / "s3-outage", s3=endpoint) as stack:
-            await _upload(http, stack, b"before the outage")
-            storage.close()  # object storage goes away while everything else keeps running
-            started = time.monotonic()
-            body = await _upload(http, stack, b"hello", status=503)
-            assert error_of(body)[0] == "UNAVAILABLE"
-            payload = await call(
-                http,
-                stack.edge_url,
-                request("attachments.create", name="a.txt", size=5, mime_type="text/plain"),
-                stack.headers(),
-                status=503,
-            )
-            assert error_of(payload)[0] == "UNAVAILABLE"
-            assert time.monotonic() - started < 6
-            events = await stream(
-                http,
-                stack.edge_url,
-                request("threads.create", input=user_input("still chatting?")),
-                stack.headers(),
-            )
-            assert assistant_text(events)
+    with running_seaweedfs() as (server, process), running_stack(tmp_path / "s3-outage", s3=server) as stack:
+        await _upload(http, stack, b"before the outage")
+        process.kill()  # object storage goes away while everything else keeps running
+        started = time.monotonic()
+        body = await _upload(http, stack, b"hello", status=503)
+        assert error_of(body)[0] == "UNAVAILABLE"
+        payload = await call(
+            http,
+            stack.edge_url,
+            request("attachments.create", name="a.txt", size=5, mime_type="text/plain"),
+            stack.headers(),
+            status=503,
+        )
+        assert error_of(payload)[0] == "UNAVAILABLE"
+        assert time.monotonic() - started < 6
+        events = await stream(
+            http,
+            stack.edge_url,
+            request("threads.create", input=user_input("still chatting?")),
+            stack.headers(),
+        )
+        assert assistant_text(events)
 
 
 def test_module_uses_real_processes(upload_stack: Stack) -> None:

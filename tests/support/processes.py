@@ -1,8 +1,9 @@
 """Start Switchboard's real processes on free loopback ports, the way `switchboard dev` does.
 
-`running_stack` runs the upload service, the agent service and the edge on a real S3 server, with
-the embedded SQLite store by default. For the scale-out shape, give it a PostgreSQL database and
-several agent replicas; the edge then balances over all of them:
+`running_stack` runs the upload service, the agent service and the edge on a real S3 server (the
+session's SeaweedFS, a bucket of its own per stack), with the embedded SQLite store by default. For
+the scale-out shape, give it a PostgreSQL database and several agent replicas; the edge then
+balances over all of them:
 
     from tests.support.postgres import shared_postgres
     url = shared_postgres().create_database("bench")
@@ -23,12 +24,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.common.auth import mint_token
-from tests.support.s3 import running_s3
+from tests.support.s3 import S3Server, shared_seaweedfs
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "test-secret-" + "x" * 40
@@ -83,7 +84,7 @@ class Stack:
     agent_address: str
     """The first agent replica's address (all of them: `agent_addresses`)."""
     upload_address: str
-    s3_endpoint: str
+    s3: S3Server
     edge_url: str
     env: dict[str, str]
     services: dict[str, Service] = field(default_factory=dict)
@@ -115,9 +116,28 @@ class Stack:
     def store_path(self) -> Path:
         return self.data_dir / "switchboard.sqlite3"
 
+    @property
+    def s3_endpoint(self) -> str:
+        return self.s3.endpoint
+
+    @property
+    def bucket(self) -> str:
+        """The stack's own bucket (MINIO_BUCKET)."""
+        return self.env["MINIO_BUCKET"]
+
+
+# Where a stack without uploads points MINIO_ENDPOINT: the discard port, nothing answers there.
+NO_S3 = S3Server("127.0.0.1:9", "unused", "unused-secret")
+
 
 def service_env(
-    data_dir: Path, agent_port: int, edge_port: int, upload_port: int, s3_endpoint: str, **extra: str
+    data_dir: Path,
+    agent_port: int,
+    edge_port: int,
+    upload_port: int,
+    s3: S3Server,
+    bucket: str = "switchboard-test",
+    **extra: str,
 ) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("SWITCHBOARD_", "LLM_"))}
     for key in [*env]:
@@ -131,14 +151,13 @@ def service_env(
             "SWITCHBOARD_AGENT_ADDRESS": f"127.0.0.1:{agent_port}",
             "SWITCHBOARD_UPLOAD_LISTEN": f"127.0.0.1:{upload_port}",
             "SWITCHBOARD_UPLOAD_ADDRESS": f"127.0.0.1:{upload_port}",
-            "MINIO_ENDPOINT": s3_endpoint,
-            "MINIO_BUCKET": "switchboard-test",
             "SWITCHBOARD_EDGE_HOST": "127.0.0.1",
             "SWITCHBOARD_EDGE_PORT": str(edge_port),
             "SWITCHBOARD_LOCAL_TOKEN_DELAY_MS": "2",
             "SWITCHBOARD_SHUTDOWN_GRACE_S": "5",
             "SWITCHBOARD_LOG_LEVEL": "INFO",
             "PYTHONUNBUFFERED": "1",
+            **s3.env(bucket),
         }
     )
     env.update(extra)
@@ -214,14 +233,15 @@ def running_stack(
     *,
     agent: bool = True,
     uploads: bool = True,
-    s3: str | None = None,
+    s3: S3Server | None = None,
     agent_replicas: int = 1,
     database_url: str | None = None,
     **extra_env: str,
 ) -> Iterator[Stack]:
     """The upload service, the agent service and the edge as real processes, on a real S3 server
-    (moto, started here unless `s3` names an endpoint, or not at all without uploads); all stopped
-    (SIGTERM) afterwards.
+    (`s3`, else the session's SeaweedFS; none without uploads) in a bucket of the stack's own; all
+    stopped (SIGTERM) afterwards. `MINIO_*` in `extra_env` override the server's (wrong credentials,
+    a fixed bucket).
 
     `agent_replicas` agent services listen on ports of their own; the edge gets them all as
     `SWITCHBOARD_AGENT_ADDRESS=127.0.0.1:p1,127.0.0.1:p2` and balances over them. `database_url`
@@ -229,46 +249,46 @@ def running_stack(
     migrate`, then shared by every replica; without it each stack has its SQLite file in `data_dir`.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as resources:
-        s3_endpoint = s3 or (resources.enter_context(running_s3()) if uploads else "127.0.0.1:9")
-        agent_ports = [free_port() for _ in range(max(agent_replicas, 1))]
-        edge_port, upload_port = free_port(), free_port()
+    s3_server = s3 or (shared_seaweedfs() if uploads else NO_S3)
+    agent_ports = [free_port() for _ in range(max(agent_replicas, 1))]
+    edge_port, upload_port = free_port(), free_port()
+    if database_url is not None:
+        extra_env = {"SWITCHBOARD_DATABASE_URL": database_url, **extra_env}
+    bucket = S3Server.new_bucket()
+    env = service_env(data_dir, agent_ports[0], edge_port, upload_port, s3_server, bucket, **extra_env)
+    addresses = [f"127.0.0.1:{port}" for port in agent_ports]
+    env["SWITCHBOARD_AGENT_ADDRESS"] = ",".join(addresses)
+    stack = Stack(
+        data_dir,
+        addresses[0],
+        f"127.0.0.1:{upload_port}",
+        s3_server,
+        f"http://127.0.0.1:{edge_port}",
+        env,
+        agent_addresses=addresses,
+        database_url=database_url,
+    )
+    for index, address in enumerate(addresses):
+        name = "agent" if index == 0 else f"agent-{index + 1}"
+        stack.agent_envs[name] = {**env, "SWITCHBOARD_AGENT_LISTEN": address}
+    try:
         if database_url is not None:
-            extra_env = {"SWITCHBOARD_DATABASE_URL": database_url, **extra_env}
-        env = service_env(data_dir, agent_ports[0], edge_port, upload_port, s3_endpoint, **extra_env)
-        addresses = [f"127.0.0.1:{port}" for port in agent_ports]
-        env["SWITCHBOARD_AGENT_ADDRESS"] = ",".join(addresses)
-        stack = Stack(
-            data_dir,
-            addresses[0],
-            f"127.0.0.1:{upload_port}",
-            s3_endpoint,
-            f"http://127.0.0.1:{edge_port}",
-            env,
-            agent_addresses=addresses,
-            database_url=database_url,
-        )
-        for index, address in enumerate(addresses):
-            name = "agent" if index == 0 else f"agent-{index + 1}"
-            stack.agent_envs[name] = {**env, "SWITCHBOARD_AGENT_LISTEN": address}
-        try:
-            if database_url is not None:
-                migrate(env)
-            if uploads:
-                stack.services["upload"] = start("upload", env, data_dir)
-                wait_port(upload_port, stack.services["upload"])
-            if agent:
-                # The replicas and the edge start together (the edge connects lazily).
-                for name in stack.agent_envs:
-                    stack.services[name] = start(name, stack.agent_envs[name], data_dir, command="agent")
-            stack.services["edge"] = start("edge", env, data_dir)
-            if agent:
-                for name in stack.agent_envs:
-                    port = int(stack.agent_envs[name]["SWITCHBOARD_AGENT_LISTEN"].rsplit(":", 1)[1])
-                    wait_port(port, stack.services[name])
-            wait_http(f"{stack.edge_url}/healthz", stack.services["edge"])
-            if agent:
-                wait_http(f"{stack.edge_url}/readyz", stack.services["edge"])
-            yield stack
-        finally:
-            stop_all(reversed(list(stack.services.values())))
+            migrate(env)
+        if uploads:
+            stack.services["upload"] = start("upload", env, data_dir)
+            wait_port(upload_port, stack.services["upload"])
+        if agent:
+            # The replicas and the edge start together (the edge connects lazily).
+            for name in stack.agent_envs:
+                stack.services[name] = start(name, stack.agent_envs[name], data_dir, command="agent")
+        stack.services["edge"] = start("edge", env, data_dir)
+        if agent:
+            for name in stack.agent_envs:
+                port = int(stack.agent_envs[name]["SWITCHBOARD_AGENT_LISTEN"].rsplit(":", 1)[1])
+                wait_port(port, stack.services[name])
+        wait_http(f"{stack.edge_url}/healthz", stack.services["edge"])
+        if agent:
+            wait_http(f"{stack.edge_url}/readyz", stack.services["edge"])
+        yield stack
+    finally:
+        stop_all(reversed(list(stack.services.values())))

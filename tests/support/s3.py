@@ -1,23 +1,39 @@
-"""A real S3 endpoint for tests: moto's S3 server as a child process on a loopback port.
+"""Real S3 endpoints for tests: SeaweedFS (strict, the default) and moto (lenient, fast).
 
-No MinIO binary can be installed on these machines, so tests that need object storage talk to
-`moto_server` through the real `minio` SDK and plain HTTP. moto keeps everything in memory, accepts
-any credentials and does not check presigned signatures or expiry (test those offline).
+SeaweedFS (`shared_seaweedfs`, `running_seaweedfs`) checks what MinIO checks: signatures,
+credentials, presigned URL expiry. The upload and attachment tests run against it. One server
+serves the whole test session (it starts in about a second and stops in two to seven); each stack
+or fixture takes a bucket of its own (`S3Server.new_bucket`), so tests never see each other's
+objects. When the `weed` binary is missing, the tests that need it fail with a message that says
+what to install: strictness is part of what the suite proves, so it is never silently skipped.
+
+moto (`running_s3`) keeps everything in memory, accepts any credentials and does not check
+presigned signatures or expiry; it stays for tests where that does not matter (the Kubernetes
+rehearsal).
 """
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+
+from minio import Minio
+
+from services.upload_service.embedded_s3 import REGION, SeaweedFS
 
 START_TIMEOUT_S = 20.0
 
@@ -74,3 +90,80 @@ def running_s3(port: int | None = None) -> Iterator[str]:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """Where an S3 server answers and the credentials it accepts."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+
+    def client(self, *, secret_key: str | None = None) -> Minio:
+        """A `minio` client for direct access (assertions, seeding); another secret on request."""
+        return Minio(
+            self.endpoint,
+            access_key=self.access_key,
+            secret_key=secret_key or self.secret_key,
+            secure=False,
+            region=REGION,
+        )
+
+    def env(self, bucket: str) -> dict[str, str]:
+        """The services' MINIO_* variables for `bucket` on this server."""
+        return {
+            "MINIO_ENDPOINT": self.endpoint,
+            "MINIO_ACCESS_KEY": self.access_key,
+            "MINIO_SECRET_KEY": self.secret_key,
+            "MINIO_BUCKET": bucket,
+        }
+
+    @staticmethod
+    def new_bucket(prefix: str = "t") -> str:
+        """A bucket name no other test uses (the upload service creates it on start)."""
+        return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def _as_server(server: SeaweedFS) -> S3Server:
+    return S3Server(server.endpoint, server.credentials.access_key, server.credentials.secret_key)
+
+
+@contextmanager
+def running_seaweedfs() -> Iterator[tuple[S3Server, SeaweedFS]]:
+    """A private SeaweedFS in a fresh temporary directory (for tests that stop or kill it); removed
+    afterwards. Fails with EmbeddedS3Error (what to install) when `weed` is missing."""
+    root = Path(tempfile.mkdtemp(prefix="sb-s3-"))
+    server = SeaweedFS(root)
+    try:
+        server.start()
+        yield _as_server(server), server
+    finally:
+        server.kill()  # its files are thrown away: no need to wait for a graceful flush
+        shutil.rmtree(root, ignore_errors=True)
+
+
+_shared: S3Server | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_seaweedfs() -> S3Server:
+    """The session's SeaweedFS, started on first use and stopped (files removed) at exit."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            root = Path(tempfile.mkdtemp(prefix="sb-s3-"))
+            server = SeaweedFS(root)
+            try:
+                server.start()
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+
+            def stop() -> None:
+                server.kill()
+                shutil.rmtree(root, ignore_errors=True)
+
+            atexit.register(stop)
+            _shared = _as_server(server)
+        return _shared

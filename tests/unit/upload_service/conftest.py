@@ -1,5 +1,6 @@
-"""Fixtures: a real S3 server (moto, a child process), the real minio SDK, and the upload service on
-a real gRPC socket in the test process. Tests talk to it through the generated async stub.
+"""Fixtures: a real S3 server (the session's SeaweedFS, a child process, strict like MinIO), the real
+minio SDK, and the upload service on a real gRPC socket in the test process. Tests talk to it through
+the generated async stub.
 
 Object storage is shared by the whole package (one bucket); tests that assert "nothing left behind"
 compare a snapshot of every key and every unfinished multipart upload before and after.
@@ -12,7 +13,7 @@ import socket
 import struct
 import urllib.request
 import zlib
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +32,7 @@ from services.common.config import Settings
 from services.upload_service.server import build_server
 from services.upload_service.storage import ObjectStorage
 from switchboard.v1 import thread_pb2, upload_pb2, upload_pb2_grpc
-from tests.support.s3 import running_s3
+from tests.support.s3 import S3Server, shared_seaweedfs
 
 SECRET = "upload-test-secret-" + "u" * 32
 BUCKET = "switchboard-test"
@@ -104,8 +105,12 @@ async def http(method: str, url: str, body: bytes | None = None, content_type: s
 class S3:
     """Direct access to the bucket, for assertions (sync SDK calls run in threads)."""
 
-    endpoint: str
+    server: S3Server
     client: Minio
+
+    @property
+    def endpoint(self) -> str:
+        return self.server.endpoint
 
     async def keys(self) -> set[str]:
         def list_all() -> set[str]:
@@ -161,19 +166,20 @@ class UploadServer:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    with running_s3() as endpoint:
-        yield endpoint
+def s3_server() -> S3Server:
+    return shared_seaweedfs()
 
 
 @pytest.fixture(scope="session")
-def s3(s3_endpoint: str) -> S3:
-    return S3(s3_endpoint, Minio(s3_endpoint, "test", "test", secure=False, region="us-east-1"))
+def s3(s3_server: S3Server) -> S3:
+    return S3(s3_server, s3_server.client())
 
 
 @pytest_asyncio.fixture(scope="session")
-async def storage(s3_endpoint: str) -> AsyncIterator[ObjectStorage]:
-    store = ObjectStorage(s3_endpoint, access_key="test", secret_key="test", bucket=BUCKET)
+async def storage(s3_server: S3Server) -> AsyncIterator[ObjectStorage]:
+    store = ObjectStorage(
+        s3_server.endpoint, access_key=s3_server.access_key, secret_key=s3_server.secret_key, bucket=BUCKET
+    )
     await store.ensure_bucket()
     await store.ensure_bucket()  # idempotent
     try:

@@ -64,10 +64,7 @@ async def test_switchboard_upload_serves_and_stops_on_sigterm(s3: S3) -> None:
                 "SWITCHBOARD_JWT_SECRET": SECRET,
                 "SWITCHBOARD_UPLOAD_LISTEN": listen,
                 "SWITCHBOARD_SHUTDOWN_GRACE_S": "2",
-                "MINIO_ENDPOINT": s3.endpoint,
-                "MINIO_ACCESS_KEY": "test",
-                "MINIO_SECRET_KEY": "test",
-                "MINIO_BUCKET": bucket,
+                **s3.server.env(bucket),
             }
         )
         process = await asyncio.create_subprocess_exec(

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from services.upload_service.storage import ObjectStorage
-from switchboard.app import InvalidRequest, NotFound
+from switchboard.app import InvalidRequest, NotFound, Unavailable
 from tests.unit.upload_service.conftest import BUCKET, S3, MiB, make_settings, unused_endpoint
 
 
@@ -99,3 +99,25 @@ async def test_reads(storage: ObjectStorage) -> None:
     await storage.remove("test/read")  # idempotent
     assert "test/read" not in await storage.list_keys("test/")
     assert storage.bucket == BUCKET
+
+
+@pytest.mark.parametrize("wrong", ["access_key", "secret_key"])
+async def test_refused_credentials_are_unavailable_and_logged_with_what_to_check(
+    s3: S3, wrong: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SeaweedFS, like MinIO, checks every signature: a wrong key is an outage of storage (503 for
+    clients), not an internal error, and the log names the settings to fix."""
+    keys = {"access_key": s3.server.access_key, "secret_key": s3.server.secret_key}
+    keys[wrong] = "wrong-" + keys[wrong]
+    storage = ObjectStorage(s3.endpoint, bucket=BUCKET, **keys)
+    try:
+        for call in (storage.ensure_bucket(), storage.stat("objects/acme/x"), storage.list_keys("objects/")):
+            with pytest.raises(Unavailable) as raised:
+                await call
+            assert raised.value.message == "object storage unavailable"
+    finally:
+        await storage.close()
+    refusals = [r for r in caplog.records if "refused the upload service's credentials" in r.getMessage()]
+    assert len(refusals) == 3
+    assert all("MINIO_ACCESS_KEY and MINIO_SECRET_KEY" in r.getMessage() for r in refusals)
+    assert all(keys["secret_key"] not in r.getMessage() for r in caplog.records)
