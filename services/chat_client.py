@@ -9,6 +9,8 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from services.common.config import Settings
+from services.common.grpc_tls import client_channel
 from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
 
@@ -75,9 +77,18 @@ async def send(
     return thread_id
 
 
-async def chat(address: str, token: str, *, thread_id: str | None, message: str | None, locale: str) -> int:
+async def chat(
+    address: str,
+    token: str,
+    *,
+    thread_id: str | None,
+    message: str | None,
+    locale: str,
+    settings: Settings | None = None,
+) -> int:
+    """Chat with the agent service at `address`, over TLS when `settings` configure it."""
     metadata = (("authorization", f"Bearer {token}"), ("accept-language", locale))
-    async with aio.insecure_channel(address) as channel:
+    async with client_channel(address, settings) as channel:
         stub = chat_pb2_grpc.ChatServiceStub(channel)
         try:
             if message is not None:

@@ -178,7 +178,7 @@ def _run_dev(args: argparse.Namespace) -> int:
         tenant=args.tenant,
         user=args.user,
         role=args.role,
-        ttl_s=7 * 86_400,
+        ttl_s=settings.jwt_max_lifetime_s,
         issuer=settings.jwt_issuer,
         audience=settings.jwt_audience,
     )
@@ -186,6 +186,7 @@ def _run_dev(args: argparse.Namespace) -> int:
     if args.app:
         env["SWITCHBOARD_APP"] = args.app
     env.setdefault("SWITCHBOARD_CORS_ORIGINS", "*")
+    env["SWITCHBOARD_DEV_STACK"] = "true"  # HS256 is expected here: no warning
     env.setdefault("SWITCHBOARD_DEMO_TOKEN", token)
     env.setdefault("SWITCHBOARD_AGENT_ADDRESS", settings.agent_listen)
     env.setdefault("SWITCHBOARD_UPLOAD_ADDRESS", settings.upload_listen)
@@ -299,7 +300,7 @@ def _token(args: argparse.Namespace) -> int:
             tenant=args.tenant,
             user=args.user,
             role=args.role,
-            ttl_s=args.ttl,
+            ttl_s=min(args.ttl, settings.jwt_max_lifetime_s),
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
         )
@@ -322,7 +323,14 @@ def _chat(args: argparse.Namespace) -> int:
     address = args.agent_address or settings.agent_address
     message = " ".join(args.message) if args.message else None
     return asyncio.run(
-        chat(grpc_target(address), token, thread_id=args.thread, message=message, locale=args.locale)
+        chat(
+            grpc_target(address),
+            token,
+            thread_id=args.thread,
+            message=message,
+            locale=args.locale,
+            settings=settings,
+        )
     )
 
 
@@ -393,7 +401,12 @@ def build_parser() -> argparse.ArgumentParser:
             )
             sub.set_defaults(func=_run_dev)
         elif name == "token":
-            sub.add_argument("--ttl", type=int, default=86_400, help="lifetime in seconds (default 86400)")
+            sub.add_argument(
+                "--ttl",
+                type=int,
+                default=86_400,
+                help="lifetime in seconds (default 86400, at most SWITCHBOARD_JWT_MAX_LIFETIME_S)",
+            )
             sub.set_defaults(func=_token)
         else:
             sub.add_argument("--agent-address", help="agent service host:port (SWITCHBOARD_AGENT_ADDRESS)")

@@ -29,9 +29,10 @@ from chatkit.types import (
 from grpc import aio
 
 from services.common import codec
-from services.common.config import grpc_target
+from services.common.config import Settings, grpc_target
 from services.common.errors import from_grpc_status
 from services.common.grpc_auth import current_authorization, current_request_id
+from services.common.grpc_tls import client_channel
 from switchboard.app import NotFound, SwitchboardError, Unavailable
 from switchboard.v1 import upload_pb2, upload_pb2_grpc
 
@@ -72,13 +73,15 @@ class AttachmentClient:
     """gRPC calls to the upload service on the current caller's behalf."""
 
     address: str
+    settings: Settings | None = None
+    """Transport security for the channel (see `services.common.grpc_tls`); None: plaintext."""
     _channel: aio.Channel | None = None
     _stub: upload_pb2_grpc.UploadServiceAsyncStub | None = None
 
     @property
     def stub(self) -> upload_pb2_grpc.UploadServiceAsyncStub:
         if self._stub is None:
-            self._channel = aio.insecure_channel(grpc_target(self.address), options=_CHANNEL_OPTIONS)
+            self._channel = client_channel(grpc_target(self.address), self.settings, options=_CHANNEL_OPTIONS)
             self._stub = upload_pb2_grpc.UploadServiceStub(self._channel)
         return self._stub
 

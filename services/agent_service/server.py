@@ -31,7 +31,6 @@ from chatkit.types import (
 from google.protobuf.message import Message
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError
 
@@ -41,11 +40,13 @@ from services.agent_service.store import SchemaError, Store, create_store, datab
 from services.agent_service.store.migrate import redacted
 from services.agent_service.turn import Responder
 from services.common import codec
-from services.common.auth import Principal, TokenVerifier
+from services.common.auth import Principal
 from services.common.config import Settings
 from services.common.grpc_auth import AuthInterceptor, current_locale, current_principal
-from services.common.grpc_server import abort_with, serve_until_signalled
+from services.common.grpc_server import abort_with, enable_reflection, serve_until_signalled
 from services.common.grpc_server import server_options as common_server_options
+from services.common.grpc_tls import bind
+from services.common.identity import build_verifier
 from switchboard.app import InvalidRequest, SwitchboardError
 from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
@@ -322,9 +323,7 @@ async def build_server(
     listen: str | None = None,
 ) -> tuple[aio.Server, health.aio.HealthServicer, int]:
     """A started gRPC server with every service registered; returns it, its health servicer and port."""
-    verifier = TokenVerifier(
-        settings.resolve_jwt_secret(), issuer=settings.jwt_issuer, audience=settings.jwt_audience
-    )
+    verifier = build_verifier(settings)
     server = aio.server(interceptors=[AuthInterceptor(verifier)], options=server_options(settings))
     conversation = Conversation(
         store,
@@ -337,8 +336,8 @@ async def build_server(
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatService(conversation), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
-    port = server.add_insecure_port(listen or settings.agent_listen)
+    enable_reflection(server, [SERVICE_NAME], settings)
+    port = bind(server, listen or settings.agent_listen, settings)
     if port == 0:
         raise OSError(f"cannot listen on {listen or settings.agent_listen}")
     # SERVING before the first connection: clients with client-side health checking (the edge)
@@ -383,7 +382,7 @@ async def serve(settings: Settings) -> None:
         await store.close()
         log.error("cannot start: %s", error)
         raise SystemExit(2) from None
-    attachments = AttachmentClient(settings.upload_address)
+    attachments = AttachmentClient(settings.upload_address, settings)
     server, health_servicer, port = await build_server(settings, store, responder, attachments=attachments)
     log.info(
         "agent service listening on %s (port %d), store %s",

@@ -1,13 +1,20 @@
 """Bearer JWT verification and minting (PyJWT). Tenant, user and role come from the claims.
 
-Claims: `sub` (the user), `tenant`, `role` (default `user`), `exp` (required). HS256 with a shared
-secret; issuer and audience are checked when configured. Verified tokens are remembered for a while
-(see `TokenVerifier`), as clients send the same bearer token on every request.
+Two modes, chosen by configuration (see `services.common.identity.build_verifier`):
+- OIDC: tokens from an identity provider, signed with its asymmetric keys (RS256, PS256, ES256,
+  EdDSA; a `kid` is required), the public keys fetched from its JWKS (`services.common.jwks`);
+  `iss` and `aud` are required and checked;
+- HS256 with a shared secret: development (`switchboard token`, `switchboard dev`).
+
+In both, `exp` and `iat` are required and a token may live at most `TokenPolicy.max_lifetime_s`
+(`exp - iat`), so a stolen long-lived token is refused however it was minted. Where the tenant,
+user and role are read from is `ClaimMapping`'s business. Verified tokens are remembered for a
+while (see `TokenVerifier`), as clients send the same bearer token on every request.
 """
 
 from __future__ import annotations
 
-import re
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -16,33 +23,57 @@ from typing import Final
 
 import jwt
 
-ALGORITHM: Final = "HS256"
-DEFAULT_ROLE: Final = "user"
+from services.common.claims import ClaimMapping
+from services.common.principal import DEFAULT_ROLE, AuthError, Principal
+from services.common.signing_keys import HMAC_ALGORITHM, KeySource, SharedSecret, SigningKey
+
+ALGORITHM: Final = HMAC_ALGORITHM
+"""What `mint_token` signs with."""
 LEEWAY_S: Final = 5
-"""Clock skew allowed on `exp`, `nbf` and `iat`, both by PyJWT and by the cache of verified tokens."""
+"""Default clock skew allowed on `exp`, `nbf` and `iat`, by PyJWT and by the cache alike."""
+MAX_LEEWAY_S: Final = 300
+DEFAULT_MAX_LIFETIME_S: Final = 86_400
 DEFAULT_CACHE_SIZE: Final = 1024
-# Ids travel into storage keys and logs: keep them to a safe, bounded alphabet.
-_ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
 
-
-class AuthError(Exception):
-    """The request carries no usable credentials."""
+__all__ = [
+    "ALGORITHM",
+    "DEFAULT_ROLE",
+    "LEEWAY_S",
+    "AuthError",
+    "ClaimMapping",
+    "Principal",
+    "TokenPolicy",
+    "TokenVerifier",
+    "mint_token",
+]
 
 
 @dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: every store access is scoped by `tenant` and `user`."""
+class TokenPolicy:
+    """What a token must satisfy besides its signature.
 
-    tenant: str
-    user: str
-    role: str
+    `issuer`/`audience`, when set, must match `iss`/`aud`; `require_issuer_audience` (OIDC mode)
+    makes both claims mandatory, so a token minted for another application of the same IdP is
+    refused. `leeway_s` is the clock skew allowed on `exp`, `nbf` and `iat`.
+    """
 
+    issuer: str | None = None
+    audience: str | None = None
+    require_issuer_audience: bool = False
+    leeway_s: float = LEEWAY_S
+    max_lifetime_s: int = DEFAULT_MAX_LIFETIME_S
 
-def _identifier(claims: dict[str, object], name: str, default: str | None = None) -> str:
-    value = claims.get(name, default)
-    if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value):
-        raise AuthError(f"invalid token: claim {name!r} must be a short identifier")
-    return value
+    def __post_init__(self) -> None:
+        if not 0 <= self.leeway_s <= MAX_LEEWAY_S:
+            raise ValueError(f"the leeway must be between 0 and {MAX_LEEWAY_S} s")
+        if self.max_lifetime_s < 1:
+            raise ValueError("the maximum token lifetime must be at least 1 s")
+        if self.require_issuer_audience and not (self.issuer and self.audience):
+            raise ValueError("an issuer and an audience are required to verify identity-provider tokens")
+
+    @property
+    def required_claims(self) -> list[str]:
+        return ["exp", "iat", "iss", "aud"] if self.require_issuer_audience else ["exp", "iat"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,8 +81,9 @@ class _Verified:
     """A cached verification: who the token names, and the time window in which it is valid."""
 
     principal: Principal
-    not_before: float  # `nbf`/`iat` (the later one), as PyJWT reads them; -inf without either
-    expires: int  # `exp`, as PyJWT reads it
+    not_before: float  # `nbf`/`iat` (the later one), as PyJWT reads them
+    expires: float  # `exp`, as PyJWT reads it
+    key_valid_until: float  # the signing key's cache expiry (OIDC), +inf for a shared secret
 
 
 def _int_claim(claims: dict[str, object], name: str) -> int:
@@ -66,35 +98,35 @@ class TokenVerifier:
 
     Clients send the same token on every request, and the edge and the agent service each verify
     every request; the cache spares them one `jwt.decode` (signature and claims) per request. A hit
-    is served only while `not_before - LEEWAY_S <= clock() < exp + LEEWAY_S`, the window in which
-    `jwt.decode` would accept the token; outside it the entry is dropped and the token is verified
-    again, so it then fails as usual (e.g. "Signature has expired"). Only successful verifications
-    are cached; a failure is never remembered and is decided afresh each time.
+    is served only while `not_before - leeway <= clock() < exp + leeway`, the window in which
+    `jwt.decode` would accept the token, and (OIDC) while the signing key is still cached, so a key
+    the IdP withdraws stops its tokens once the key cache expires. Outside that window the entry is
+    dropped and the token is verified again, so it then fails as usual (e.g. "Signature has
+    expired"). Only successful verifications are cached; a failure is decided afresh each time.
 
     Why this is safe: the key is the whole token string, header, claims and signature, so a token
     that differs in any byte (another signature, tampered claims) is another key and goes through
-    `jwt.decode`. The secret, issuer and audience are fixed for the verifier's lifetime, so a cached
-    result stays what `jwt.decode` would say until the token's time window ends; rotating or revoking
-    the secret means a restart (a new verifier, an empty cache) anyway.
+    `jwt.decode`. The policy and the claim mapping are fixed for the verifier's lifetime.
 
-    Not thread-safe: each process verifies on its one event loop thread. `cache_size=0` disables the
-    cache. `clock` (seconds since the epoch) is for tests; it should agree with PyJWT's clock.
+    `keys` is a `KeySource`, or a string: an HS256 secret. Not thread-safe: each process verifies
+    on its one event loop. `cache_size=0` disables the cache. `clock` (seconds since the epoch) is
+    for tests; it should agree with PyJWT's clock.
     """
 
     def __init__(
         self,
-        secret: str,
+        keys: KeySource | str,
         *,
-        issuer: str | None = None,
-        audience: str | None = None,
+        policy: TokenPolicy | None = None,
+        claims: ClaimMapping | None = None,
         cache_size: int = DEFAULT_CACHE_SIZE,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
-        self._secret = secret
-        self._issuer = issuer
-        self._audience = audience
+        self.keys: KeySource = SharedSecret(keys) if isinstance(keys, str) else keys
+        self.policy = policy or TokenPolicy()
+        self.claims = claims or ClaimMapping()
         self._cache_size = cache_size
         self._clock = clock
         self._cache: OrderedDict[str, _Verified] = OrderedDict()
@@ -104,56 +136,72 @@ class TokenVerifier:
         """How many verified tokens are remembered (at most `cache_size`)."""
         return len(self._cache)
 
-    def verify(self, token: str) -> Principal:
+    async def verify(self, token: str) -> Principal:
         cached = self._cache.get(token)
         if cached is not None:
             now = self._clock()
-            if cached.not_before - LEEWAY_S <= now < cached.expires + LEEWAY_S:
+            leeway = self.policy.leeway_s
+            if cached.not_before - leeway <= now < min(cached.expires + leeway, cached.key_valid_until):
                 self._cache.move_to_end(token)
                 return cached.principal
             del self._cache[token]
-        claims = self._decode(token)
-        principal = Principal(
-            tenant=_identifier(claims, "tenant"),
-            user=_identifier(claims, "sub"),
-            role=_identifier(claims, "role", DEFAULT_ROLE),
-        )
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as error:
+            raise AuthError(f"invalid token: {error}") from error
+        key = await self.keys.key_for(header)
+        claims = self._decode(token, key)
+        principal = self.claims.principal(claims)
         if self._cache_size:
-            self._remember(token, principal, claims)
+            self._remember(token, principal, claims, key.valid_until)
         return principal
 
-    def _decode(self, token: str) -> dict[str, object]:
+    def _decode(self, token: str, key: SigningKey) -> dict[str, object]:
+        policy = self.policy
         try:
             claims: dict[str, object] = jwt.decode(
                 token,
-                self._secret,
-                algorithms=[ALGORITHM],
-                issuer=self._issuer,
-                audience=self._audience,
-                options={"require": ["exp", "sub", "tenant"], "verify_aud": self._audience is not None},
-                leeway=LEEWAY_S,
+                key.key,
+                algorithms=[key.algorithm],
+                issuer=policy.issuer,
+                audience=policy.audience,
+                options={
+                    "require": policy.required_claims,
+                    "verify_aud": policy.audience is not None,
+                    "enforce_minimum_key_length": True,
+                },
+                leeway=policy.leeway_s,
             )
         except jwt.PyJWTError as error:
             raise AuthError(f"invalid token: {error}") from error
+        lifetime = _int_claim(claims, "exp") - _int_claim(claims, "iat")
+        if lifetime > policy.max_lifetime_s:
+            raise AuthError(
+                f"invalid token: it lives {lifetime} s (exp - iat), "
+                f"more than the {policy.max_lifetime_s} s allowed"
+            )
         return claims
 
-    def _remember(self, token: str, principal: Principal, claims: dict[str, object]) -> None:
+    def _remember(
+        self, token: str, principal: Principal, claims: dict[str, object], key_valid_until: float
+    ) -> None:
         # jwt.decode has checked these claims, and reads them the same way: int(value).
         not_before = max(
-            (_int_claim(claims, name) for name in ("nbf", "iat") if name in claims), default=float("-inf")
+            (_int_claim(claims, name) for name in ("nbf", "iat") if name in claims), default=-math.inf
         )
-        self._cache[token] = _Verified(principal, not_before, _int_claim(claims, "exp"))  # newest: last
+        verified = _Verified(principal, not_before, _int_claim(claims, "exp"), key_valid_until)
+        self._cache[token] = verified  # newest: last
         while len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
 
-    def verify_header(self, header: str | None) -> Principal:
+    async def verify_header(self, header: str | None) -> Principal:
         """Verify an `Authorization: Bearer <token>` value."""
         if not header:
             raise AuthError("missing bearer token")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise AuthError("the authorization header must be 'Bearer <token>'")
-        return self.verify(token.strip())
+        return await self.verify(token.strip())
 
 
 def mint_token(

@@ -33,6 +33,38 @@ class Settings(BaseSettings):
     jwt_secret: str | None = Field(None, validation_alias=_env("SWITCHBOARD_JWT_SECRET"))
     jwt_issuer: str | None = Field(None, validation_alias=_env("SWITCHBOARD_JWT_ISSUER"))
     jwt_audience: str | None = Field(None, validation_alias=_env("SWITCHBOARD_JWT_AUDIENCE"))
+    jwt_leeway_s: float = Field(5.0, ge=0, le=300, validation_alias=_env("SWITCHBOARD_JWT_LEEWAY_S"))
+    """Clock skew allowed on `exp`, `nbf` and `iat`."""
+    jwt_max_lifetime_s: int = Field(
+        86_400, ge=60, le=30 * 86_400, validation_alias=_env("SWITCHBOARD_JWT_MAX_LIFETIME_S")
+    )
+    """Tokens whose `exp - iat` is longer are refused, in every mode."""
+    oidc_issuer: str | None = Field(None, validation_alias=_env("SWITCHBOARD_OIDC_ISSUER"))
+    """The identity provider's issuer URL: keys are found through its OIDC discovery document."""
+    jwks_url: str | None = Field(None, validation_alias=_env("SWITCHBOARD_JWKS_URL"))
+    """The identity provider's JWKS address, when there is no discovery document to find it in."""
+    jwks_cache_ttl_s: float = Field(
+        300.0, ge=1, le=86_400, validation_alias=_env("SWITCHBOARD_JWKS_CACHE_TTL_S")
+    )
+    """How long fetched keys are used before the JWKS is fetched again (a removed kid dies then)."""
+    jwks_min_refresh_s: float = Field(
+        30.0, ge=0, le=3600, validation_alias=_env("SWITCHBOARD_JWKS_MIN_REFRESH_S")
+    )
+    """At most one JWKS refetch per this interval for tokens with an unknown `kid`."""
+    tenant_claim: str = Field("tenant", min_length=1, validation_alias=_env("SWITCHBOARD_TENANT_CLAIM"))
+    user_claim: str = Field("sub", min_length=1, validation_alias=_env("SWITCHBOARD_USER_CLAIM"))
+    role_claim: str = Field("role", min_length=1, validation_alias=_env("SWITCHBOARD_ROLE_CLAIM"))
+    role_map: str = Field("", validation_alias=_env("SWITCHBOARD_ROLE_MAP"))
+    """`IdPRole=ourrole,...`; with a map, a role not in it becomes `user`."""
+    dev_stack: bool = Field(False, validation_alias=_env("SWITCHBOARD_DEV_STACK"))
+    """Set by `switchboard dev` for its children: HS256 is expected there, so no warning."""
+
+    # gRPC transport security, servers and clients alike
+    grpc_tls_cert: Path | None = Field(None, validation_alias=_env("SWITCHBOARD_GRPC_TLS_CERT"))
+    grpc_tls_key: Path | None = Field(None, validation_alias=_env("SWITCHBOARD_GRPC_TLS_KEY"))
+    grpc_tls_ca: Path | None = Field(None, validation_alias=_env("SWITCHBOARD_GRPC_TLS_CA"))
+    grpc_tls_server_name: str | None = Field(None, validation_alias=_env("SWITCHBOARD_GRPC_TLS_SERVER_NAME"))
+    grpc_reflection: bool = Field(True, validation_alias=_env("SWITCHBOARD_GRPC_REFLECTION"))
 
     # Agent service
     agent_listen: str = Field("127.0.0.1:50051", validation_alias=_env("SWITCHBOARD_AGENT_LISTEN"))
@@ -182,7 +214,10 @@ class Settings(BaseSettings):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48))
-        return path.read_text().strip()
+        secret = path.read_text().strip()
+        if len(secret) < 32:
+            raise ValueError(f"the JWT secret in {path} must be at least 32 characters")
+        return secret
 
 
 _TARGET_SCHEMES: Final = ("dns:", "ipv4:", "ipv6:", "unix:", "unix-abstract:", "vsock:", "xds:")

@@ -77,7 +77,7 @@ class AuthInterceptor(aio.ServerInterceptor):
             current_locale.set(locale.split(",")[0].split(";")[0].strip()[:35] or "en")
         authorization = _metadata_value(handler_call_details, "authorization")
         try:
-            principal = self._verifier.verify_header(authorization)
+            principal = await self._verifier.verify_header(authorization)
         except AuthError as error:
             return _aborting_handler(handler, str(error))
         current_principal.set(principal)

@@ -1,14 +1,16 @@
-"""What every Switchboard gRPC server shares: channel arguments and the graceful stop on a signal."""
+"""What every Switchboard gRPC server shares: channel arguments, reflection and the graceful stop."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+from collections.abc import Sequence
 from typing import Any, Final, NoReturn
 
 from grpc import aio
 from grpc_health.v1 import health
+from grpc_reflection.v1alpha import reflection
 
 from services.common.config import Settings
 from services.common.errors import grpc_status
@@ -82,6 +84,15 @@ async def serve_until_signalled(
         stopper.cancel()
         for signum in signals:
             loop.remove_signal_handler(signum)
+
+
+def enable_reflection(server: aio.Server, service_names: Sequence[str], settings: Settings) -> None:
+    """Serve gRPC reflection for `service_names` (and health), unless `SWITCHBOARD_GRPC_REFLECTION`
+    is off: handy for grpcurl in development, a map of the API for anyone who can connect in
+    production."""
+    if settings.grpc_reflection:
+        names = [*service_names, reflection.SERVICE_NAME, health.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
 
 
 async def abort_with(context: aio.ServicerContext[Any, Any], error: SwitchboardError) -> NoReturn:

@@ -43,9 +43,11 @@ from grpc_health.v1 import health_pb2
 from pydantic import ValidationError
 
 from services.common import codec
-from services.common.auth import AuthError, TokenVerifier
+from services.common.auth import AuthError
 from services.common.config import Settings
 from services.common.errors import error_body, http_status
+from services.common.grpc_tls import client_channel
+from services.common.identity import build_verifier
 from services.edge.chatkit import (
     BadRequest,
     InvalidReply,
@@ -341,9 +343,7 @@ class Edge:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.verifier = TokenVerifier(
-            settings.resolve_jwt_secret(), issuer=settings.jwt_issuer, audience=settings.jwt_audience
-        )
+        self.verifier = build_verifier(settings)
         self.demo_page: str | None = None
         if settings.demo_token:
             self.demo_page = render_demo_page(
@@ -365,9 +365,9 @@ class Edge:
 
     async def channel_context(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: open the channels on startup, close them on cleanup."""
-        channel = aio.insecure_channel(self.agent_target, options=AGENT_CHANNEL_OPTIONS)
-        probe_channel = aio.insecure_channel(self.agent_target, options=CHANNEL_OPTIONS)
-        upload_channel = aio.insecure_channel(self.upload_target, options=CHANNEL_OPTIONS)
+        channel = client_channel(self.agent_target, self.settings, options=AGENT_CHANNEL_OPTIONS)
+        probe_channel = client_channel(self.agent_target, self.settings, options=CHANNEL_OPTIONS)
+        upload_channel = client_channel(self.upload_target, self.settings, options=CHANNEL_OPTIONS)
         self._stub = chat_pb2_grpc.ChatServiceStub(channel)
         self._uploads = upload_pb2_grpc.UploadServiceStub(upload_channel)
         self._health_check = probe_channel.unary_unary(
@@ -457,7 +457,7 @@ class Edge:
         request_id = request[REQUEST_ID]
         authorization = request.headers.get(hdrs.AUTHORIZATION)
         try:
-            principal = self.verifier.verify_header(authorization)
+            principal = await self.verifier.verify_header(authorization)
         except AuthError as error:
             return _unauthenticated(str(error), invalid=bool(authorization))
         assert authorization is not None
@@ -497,7 +497,7 @@ class Edge:
         request_id = request[REQUEST_ID]
         authorization = request.headers.get(hdrs.AUTHORIZATION)
         try:
-            self.verifier.verify_header(authorization)
+            await self.verifier.verify_header(authorization)
         except AuthError as error:
             return _unauthenticated(str(error), invalid=bool(authorization))
         assert authorization is not None

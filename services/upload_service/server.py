@@ -24,13 +24,14 @@ import grpc
 from google.protobuf.message import Message
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
-from services.common.auth import Principal, TokenVerifier
+from services.common.auth import Principal
 from services.common.config import Settings
 from services.common.errors import invalid
 from services.common.grpc_auth import AuthInterceptor, current_principal, current_request_id
-from services.common.grpc_server import abort_with, serve_until_signalled, server_options
+from services.common.grpc_server import abort_with, enable_reflection, serve_until_signalled, server_options
+from services.common.grpc_tls import bind
+from services.common.identity import build_verifier
 from services.upload_service.attachments import Attachments, Presented
 from services.upload_service.records import AttachmentRecord
 from services.upload_service.storage import ObjectStorage
@@ -200,9 +201,7 @@ async def build_server(
     With `serving=False` the health status starts NOT_SERVING (`serve` flips it once the bucket
     exists); calls are answered either way, and fail with UNAVAILABLE while storage is down.
     """
-    verifier = TokenVerifier(
-        settings.resolve_jwt_secret(), issuer=settings.jwt_issuer, audience=settings.jwt_audience
-    )
+    verifier = build_verifier(settings)
     server = aio.server(
         interceptors=[AuthInterceptor(verifier)],
         options=server_options(settings, max_message_bytes=MAX_MESSAGE_BYTES),
@@ -213,8 +212,8 @@ async def build_server(
     upload_pb2_grpc.add_UploadServiceServicer_to_server(UploadService(attachments), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection([SERVICE_NAME, reflection.SERVICE_NAME, health.SERVICE_NAME], server)
-    port = server.add_insecure_port(listen or settings.upload_listen)
+    enable_reflection(server, [SERVICE_NAME], settings)
+    port = bind(server, listen or settings.upload_listen, settings)
     if port == 0:
         raise OSError(f"cannot listen on {listen or settings.upload_listen}")
     await server.start()

@@ -34,6 +34,7 @@ from tests.k8s.manifests import (
     Rendered,
     field_default,
     listen_port,
+    render_text,
     selector_matches,
     service_refs,
     setting_aliases,
@@ -49,10 +50,11 @@ HEALTH_SERVICE: Final = {"agent": agent_server.SERVICE_NAME, "upload": upload_se
 LISTEN: Final = {"agent": "agent_listen", "upload": "upload_listen"}
 # Settings a service needs in a cluster although they have defaults: the defaults are the embedded
 # one-machine setup (a random per-process JWT key in ./var, SQLite in ./var, dev MinIO keys).
+# How tokens are verified is checked on its own (test_every_service_verifies_tokens_the_same_way).
 REQUIRED: Final = {
-    "agent": {"jwt_secret", "agent_listen", "upload_address", "database_url", "data_dir"},
-    "upload": {"jwt_secret", "upload_listen", "minio_endpoint", "minio_access_key", "minio_secret_key"},
-    "edge": {"jwt_secret", "edge_host", "agent_address", "upload_address"},
+    "agent": {"agent_listen", "upload_address", "database_url", "data_dir"},
+    "upload": {"upload_listen", "minio_endpoint", "minio_access_key", "minio_secret_key"},
+    "edge": {"edge_host", "agent_address", "upload_address"},
 }
 # Settings whose values are credentials: only ever from a Secret.
 SECRET_FIELD: Final = re.compile(r"secret|api_key|access_key|password|database_url")
@@ -253,6 +255,22 @@ def test_every_required_setting_is_set(overlay: Rendered) -> None:
             mounts = {m["mountPath"] for m in container.spec.get("volumeMounts") or []}
             assert data_dir.is_absolute() and str(data_dir) in mounts, (
                 f"{container.name}: data dir {data_dir} is not a volume"
+            )
+
+
+def test_every_service_verifies_tokens_the_same_way(overlay: Rendered) -> None:
+    """Either the identity provider's keys (issuer or JWKS URL, and an audience) or, in dev, the
+    shared secret from a Secret: every service the same (test_settings_shared_by_services_agree)."""
+    for service, container in overlay.service_containers().items():
+        assert "jwt_secret" in settings_read_by(service) and "oidc_issuer" in settings_read_by(service)
+        env = container.env
+        if "SWITCHBOARD_OIDC_ISSUER" in env or "SWITCHBOARD_JWKS_URL" in env:
+            assert env.get("SWITCHBOARD_JWT_AUDIENCE"), f"{container.name}: provider tokens need an audience"
+            if "SWITCHBOARD_JWKS_URL" in env:
+                assert env.get("SWITCHBOARD_JWT_ISSUER"), f"{container.name}: a JWKS URL needs an issuer"
+        else:
+            assert "SWITCHBOARD_JWT_SECRET" in container.secret_vars, (
+                f"{container.name} has neither an identity provider nor a shared secret from a Secret"
             )
 
 
@@ -461,6 +479,7 @@ def test_network_policies_deny_by_default_and_allow_only_the_wiring(overlay: Ren
     )
     internal = Peer({"switchboard/grpc-client": "true"}, {"kubernetes.io/metadata.name": "billing"})
     stranger = Peer({"app": "other"}, {"kubernetes.io/metadata.name": "other"})
+    labelled_stranger = Peer({"switchboard/grpc-client": "true"}, {"kubernetes.io/metadata.name": "other"})
     allowed = [
         (controller, pod["edge"], edge_port),
         (pod["edge"], pod["agent"], agent_port),
@@ -496,6 +515,11 @@ def test_network_policies_deny_by_default_and_allow_only_the_wiring(overlay: Ren
             (stranger, pod["postgres"], 5432),
         ]
     else:
+        # Production admits internal callers from named namespaces only: the label is not enough.
+        denied += [
+            (labelled_stranger, pod["agent"], agent_port),
+            (labelled_stranger, pod["upload"], upload_port),
+        ]
         minio_port = int(str(_value(services["upload"], "minio_endpoint")).rpartition(":")[2])
         database = [p for p in policies.policies if p["metadata"]["name"] == "switchboard-database-clients"]
         storage = [p for p in policies.policies if p["metadata"]["name"] == "switchboard-storage-clients"]
@@ -663,3 +687,54 @@ def test_agent_pools_fit_the_database_at_maximum_scale(production: Rendered) -> 
     assert hpa["spec"]["maxReplicas"] * per_pod + jobs <= DATABASE_CONNECTIONS, (
         f"{hpa['spec']['maxReplicas']} agents x {per_pod} connections exceed PostgreSQL's default limit"
     )
+
+
+# --------------------------------------------------------------------------- production identity
+
+
+def _peers(policy: Obj) -> list[Obj]:
+    spec = policy["spec"]
+    return [
+        peer
+        for direction, side in (("ingress", "from"), ("egress", "to"))
+        for rule in spec.get(direction) or []
+        for peer in rule.get(side) or []
+    ]
+
+
+def test_production_admits_only_named_namespaces(production: Rendered) -> None:
+    for policy in production.of_kind("NetworkPolicy"):
+        for peer in _peers(policy):
+            if "namespaceSelector" not in peer:
+                continue
+            selector = peer["namespaceSelector"] or {}
+            name = policy["metadata"]["name"]
+            assert selector, f"{name}: an empty namespaceSelector admits every namespace"
+            labels = selector.get("matchLabels") or {}
+            expressions = selector.get("matchExpressions") or []
+            by_name = set(labels) == {"kubernetes.io/metadata.name"} and not expressions
+            by_names = (
+                not labels
+                and len(expressions) == 1
+                and expressions[0]["key"] == "kubernetes.io/metadata.name"
+                and expressions[0]["operator"] == "In"
+                and expressions[0]["values"]
+            )
+            assert by_name or by_names, f"{name}: namespaces must be named (kubernetes.io/metadata.name)"
+
+
+def test_production_turns_grpc_reflection_off(production: Rendered) -> None:
+    for service in ("agent", "upload"):
+        container = production.service_containers()[service]
+        value = container.env.get("SWITCHBOARD_GRPC_REFLECTION", "")
+        assert value.lower() in ("false", "0", "no", "off"), f"{container.name}: reflection is on"
+
+
+def test_production_has_no_shared_jwt_secret(production: Rendered) -> None:
+    for container in production.containers():
+        assert "SWITCHBOARD_JWT_SECRET" not in container.env, f"{container.name} has a shared JWT secret"
+        assert "SWITCHBOARD_JWT_SECRET" not in container.secret_vars, container.name
+    assert "switchboard-jwt" not in render_text("production"), "production still references the JWT Secret"
+    for container in production.service_containers().values():
+        issuer = container.env.get("SWITCHBOARD_OIDC_ISSUER") or container.env.get("SWITCHBOARD_JWKS_URL", "")
+        assert issuer.startswith("https://"), f"{container.name}: tokens must come from an identity provider"

@@ -7,20 +7,24 @@ import time
 import jwt
 import pytest
 
-from services.common.auth import AuthError, TokenVerifier, mint_token
+from services.common.auth import AuthError, TokenPolicy, TokenVerifier, mint_token
 
 SECRET = "s" * 40
 
 
-def test_a_minted_token_verifies_to_its_principal() -> None:
+async def test_a_minted_token_verifies_to_its_principal() -> None:
     token = mint_token(SECRET, tenant="acme", user="alice", role="hr")
-    principal = TokenVerifier(SECRET).verify_header(f"Bearer {token}")
+    principal = await TokenVerifier(SECRET).verify_header(f"Bearer {token}")
     assert (principal.tenant, principal.user, principal.role) == ("acme", "alice", "hr")
 
 
-def test_role_defaults_to_user() -> None:
-    token = jwt.encode({"sub": "a", "tenant": "t", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
-    assert TokenVerifier(SECRET).verify(token).role == "user"
+async def test_role_defaults_to_user() -> None:
+    token = jwt.encode(
+        {"sub": "a", "tenant": "t", "iat": int(time.time()), "exp": int(time.time()) + 60},
+        SECRET,
+        algorithm="HS256",
+    )
+    assert (await TokenVerifier(SECRET).verify(token)).role == "user"
 
 
 @pytest.mark.parametrize(
@@ -33,47 +37,55 @@ def test_role_defaults_to_user() -> None:
         ("Bearer not-a-jwt", "invalid token"),
     ],
 )
-def test_malformed_headers_are_refused(header: str | None, reason: str) -> None:
+async def test_malformed_headers_are_refused(header: str | None, reason: str) -> None:
     with pytest.raises(AuthError, match=reason):
-        TokenVerifier(SECRET).verify_header(header)
+        await TokenVerifier(SECRET).verify_header(header)
 
 
-def test_wrong_secret_expired_and_missing_claims_are_refused() -> None:
+async def test_wrong_secret_expired_and_missing_claims_are_refused() -> None:
     verifier = TokenVerifier(SECRET)
     with pytest.raises(AuthError):
-        verifier.verify(mint_token("x" * 40, tenant="acme", user="alice"))
+        await verifier.verify(mint_token("x" * 40, tenant="acme", user="alice"))
     with pytest.raises(AuthError, match="expired"):
-        verifier.verify(mint_token(SECRET, tenant="acme", user="alice", ttl_s=-60))
-    no_tenant = jwt.encode({"sub": "a", "exp": int(time.time()) + 60}, SECRET, algorithm="HS256")
+        await verifier.verify(mint_token(SECRET, tenant="acme", user="alice", ttl_s=-60))
+    no_tenant = jwt.encode(
+        {"sub": "a", "iat": int(time.time()), "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"
+    )
     with pytest.raises(AuthError, match="tenant"):
-        verifier.verify(no_tenant)
-    no_exp = jwt.encode({"sub": "a", "tenant": "t"}, SECRET, algorithm="HS256")
+        await verifier.verify(no_tenant)
+    no_exp = jwt.encode({"sub": "a", "tenant": "t", "iat": int(time.time())}, SECRET, algorithm="HS256")
     with pytest.raises(AuthError, match="exp"):
-        verifier.verify(no_exp)
+        await verifier.verify(no_exp)
 
 
-def test_unsigned_tokens_are_refused() -> None:
-    unsigned = jwt.encode({"sub": "a", "tenant": "t", "exp": int(time.time()) + 60}, None, algorithm="none")
+async def test_unsigned_tokens_are_refused() -> None:
+    unsigned = jwt.encode(
+        {"sub": "a", "tenant": "t", "iat": int(time.time()), "exp": int(time.time()) + 60},
+        None,
+        algorithm="none",
+    )
     with pytest.raises(AuthError):
-        TokenVerifier(SECRET).verify(unsigned)
+        await TokenVerifier(SECRET).verify(unsigned)
 
 
 @pytest.mark.parametrize("tenant", ["../etc", "a b", "", "x" * 200, "tenant\n"])
-def test_claims_must_be_short_identifiers(tenant: str) -> None:
+async def test_claims_must_be_short_identifiers(tenant: str) -> None:
     token = jwt.encode(
-        {"sub": "a", "tenant": tenant, "exp": int(time.time()) + 60}, SECRET, algorithm="HS256"
+        {"sub": "a", "tenant": tenant, "iat": int(time.time()), "exp": int(time.time()) + 60},
+        SECRET,
+        algorithm="HS256",
     )
     with pytest.raises(AuthError):
-        TokenVerifier(SECRET).verify(token)
+        await TokenVerifier(SECRET).verify(token)
 
 
-def test_issuer_and_audience_are_checked_when_configured() -> None:
-    verifier = TokenVerifier(SECRET, issuer="https://idp", audience="switchboard")
+async def test_issuer_and_audience_are_checked_when_configured() -> None:
+    verifier = TokenVerifier(SECRET, policy=TokenPolicy(issuer="https://idp", audience="switchboard"))
     good = mint_token(SECRET, tenant="t", user="u", issuer="https://idp", audience="switchboard")
-    assert verifier.verify(good).user == "u"
+    assert (await verifier.verify(good)).user == "u"
     with pytest.raises(AuthError):
-        verifier.verify(
+        await verifier.verify(
             mint_token(SECRET, tenant="t", user="u", issuer="https://other", audience="switchboard")
         )
     with pytest.raises(AuthError):
-        verifier.verify(mint_token(SECRET, tenant="t", user="u"))
+        await verifier.verify(mint_token(SECRET, tenant="t", user="u"))

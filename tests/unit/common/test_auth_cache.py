@@ -56,98 +56,98 @@ def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def _token(clock: Clock, **claims: Any) -> str:
-    payload = {"sub": "alice", "tenant": "acme", "exp": int(clock.now) + 3, **claims}
+    payload = {"sub": "alice", "tenant": "acme", "iat": int(clock.now), "exp": int(clock.now) + 3, **claims}
     return jwt.encode(payload, SECRET, algorithm="HS256")
 
 
-def test_a_hit_skips_the_second_decode(clock: Clock, decodes: list[str]) -> None:
+async def test_a_hit_skips_the_second_decode(clock: Clock, decodes: list[str]) -> None:
     verifier = TokenVerifier(SECRET, clock=clock)
     token = mint_token(SECRET, tenant="acme", user="alice", role="hr")
-    first = verifier.verify_header(f"Bearer {token}")
-    second = verifier.verify_header(f"bearer  {token} ")
+    first = await verifier.verify_header(f"Bearer {token}")
+    second = await verifier.verify_header(f"bearer  {token} ")
     assert second is first
     assert (second.tenant, second.user, second.role) == ("acme", "alice", "hr")
     assert decodes == [token]
 
 
-def test_an_expired_cached_token_is_refused(clock: Clock, decodes: list[str]) -> None:
+async def test_an_expired_cached_token_is_refused(clock: Clock, decodes: list[str]) -> None:
     verifier = TokenVerifier(SECRET, clock=clock)
     token = _token(clock)  # exp three seconds ahead
-    verifier.verify(token)
+    await verifier.verify(token)
     clock.now = int(clock.now) + 3 + LEEWAY_S - 0.5  # still within the leeway: a hit
-    assert verifier.verify(token).user == "alice"
+    assert (await verifier.verify(token)).user == "alice"
     assert decodes == [token]
 
     clock.now += 0.5  # now == exp + leeway: jwt.decode would refuse it, so must the cache
     with pytest.raises(AuthError, match="expired"):
-        verifier.verify(token)
+        await verifier.verify(token)
     assert decodes == [token, token]
     assert verifier.cached_tokens == 0
 
 
-def test_a_not_yet_valid_cached_token_is_refused(clock: Clock, decodes: list[str]) -> None:
+async def test_a_not_yet_valid_cached_token_is_refused(clock: Clock, decodes: list[str]) -> None:
     verifier = TokenVerifier(SECRET, clock=clock)
     token = _token(clock, nbf=int(clock.now), exp=int(clock.now) + 60)
-    verifier.verify(token)
+    await verifier.verify(token)
     clock.now = int(clock.now) - LEEWAY_S  # a clock stepped back, but within the leeway: a hit
-    verifier.verify(token)
+    await verifier.verify(token)
     assert decodes == [token]
 
     clock.now -= 1
     with pytest.raises(AuthError, match="not yet valid"):
-        verifier.verify(token)
+        await verifier.verify(token)
     assert decodes == [token, token]
 
 
-def test_a_tampered_token_is_not_served_from_the_cache(clock: Clock, decodes: list[str]) -> None:
+async def test_a_tampered_token_is_not_served_from_the_cache(clock: Clock, decodes: list[str]) -> None:
     verifier = TokenVerifier(SECRET, clock=clock)
     token = _token(clock, exp=int(clock.now) + 60)
-    verifier.verify(token)
+    await verifier.verify(token)
     header, _, signature = token.split(".")
     claims = {"sub": "alice", "tenant": "other", "exp": int(clock.now) + 60}
     payload = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     tampered = f"{header}.{payload}.{signature}"
     with pytest.raises(AuthError, match="Signature verification failed"):
-        verifier.verify(tampered)
+        await verifier.verify(tampered)
     assert decodes == [token, tampered]
-    assert verifier.verify(token).tenant == "acme"  # the genuine token is still a hit
+    assert (await verifier.verify(token)).tenant == "acme"  # the genuine token is still a hit
     assert decodes == [token, tampered]
 
 
-def test_failures_are_not_cached(clock: Clock, decodes: list[str]) -> None:
+async def test_failures_are_not_cached(clock: Clock, decodes: list[str]) -> None:
     verifier = TokenVerifier(SECRET, clock=clock)
     wrong_secret = mint_token("x" * 40, tenant="acme", user="alice")
     bad_claim = _token(clock, tenant="../etc")  # decodes, then fails the identifier check
     for token in (wrong_secret, bad_claim):
         for _ in range(2):
             with pytest.raises(AuthError):
-                verifier.verify(token)
+                await verifier.verify(token)
     assert decodes == [wrong_secret, wrong_secret, bad_claim, bad_claim]
     assert verifier.cached_tokens == 0
 
 
-def test_the_cache_is_a_bounded_lru(clock: Clock, decodes: list[str]) -> None:
+async def test_the_cache_is_a_bounded_lru(clock: Clock, decodes: list[str]) -> None:
     verifier = TokenVerifier(SECRET, cache_size=2, clock=clock)
     a, b, c = (_token(clock, sub=user) for user in ("a", "b", "c"))
-    verifier.verify(a)
-    verifier.verify(b)
-    verifier.verify(a)  # a hit: a is now the most recently used
-    verifier.verify(c)  # evicts b
+    await verifier.verify(a)
+    await verifier.verify(b)
+    await verifier.verify(a)  # a hit: a is now the most recently used
+    await verifier.verify(c)  # evicts b
     assert verifier.cached_tokens == 2
-    verifier.verify(a)
-    verifier.verify(b)
+    await verifier.verify(a)
+    await verifier.verify(b)
     assert decodes == [a, b, c, b]
 
     for user in range(50):
-        verifier.verify(_token(clock, sub=f"user{user}"))
+        await verifier.verify(_token(clock, sub=f"user{user}"))
     assert verifier.cached_tokens == 2
 
 
-def test_cache_size_zero_disables_the_cache(clock: Clock, decodes: list[str]) -> None:
+async def test_cache_size_zero_disables_the_cache(clock: Clock, decodes: list[str]) -> None:
     verifier = TokenVerifier(SECRET, cache_size=0, clock=clock)
     token = _token(clock)
-    verifier.verify(token)
-    verifier.verify(token)
+    await verifier.verify(token)
+    await verifier.verify(token)
     assert decodes == [token, token]
     assert verifier.cached_tokens == 0
     with pytest.raises(ValueError, match="cache_size"):
