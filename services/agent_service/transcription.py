@@ -28,7 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from openai import APIConnectionError, APIStatusError, AsyncOpenAI
+from openai import APIConnectionError, APIStatusError, APITimeoutError, AsyncOpenAI
 
 from services.common.audio import FILE_EXTENSIONS, audio_problem, media_type
 from switchboard.app import AudioInput, Caller, InvalidRequest, Unavailable
@@ -109,6 +109,11 @@ class Transcriber:
             raise Unavailable(
                 f"transcription is unavailable: the provider answered HTTP {error.status_code}; "
                 "try again later"
+            ) from None
+        except APITimeoutError:
+            log.warning("transcription with %s took longer than %.0f s", self.model, self.timeout_s)
+            raise Unavailable(
+                f"transcription did not finish within {self.timeout_s:g} s; try a shorter recording"
             ) from None
         except APIConnectionError as error:
             log.warning("transcription with %s failed: %s", self.model, error)
