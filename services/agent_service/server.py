@@ -38,6 +38,7 @@ from services.agent_service.attachments import AttachmentClient
 from services.agent_service.conversation import Conversation
 from services.agent_service.store import SchemaError, Store, create_store, database_url
 from services.agent_service.store.migrate import redacted
+from services.agent_service.transcription import Transcriber
 from services.agent_service.turn import Responder
 from services.common import codec
 from services.common.auth import Principal
@@ -47,7 +48,7 @@ from services.common.grpc_server import abort_with, enable_reflection, serve_unt
 from services.common.grpc_server import server_options as common_server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
-from switchboard.app import InvalidRequest, SwitchboardError
+from switchboard.app import Caller, InvalidRequest, SwitchboardError
 from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
 log = logging.getLogger(__name__)
@@ -122,8 +123,9 @@ def event_to_proto(event: ThreadStreamEvent) -> events_pb2.ThreadStreamEvent:
 
 
 class ChatService(chat_pb2_grpc.ChatServiceServicer):
-    def __init__(self, conversation: Conversation) -> None:
+    def __init__(self, conversation: Conversation, transcriber: Transcriber | None = None) -> None:
         self._conversation = conversation
+        self._transcriber = transcriber or Transcriber()
 
     async def _stream(
         self, context: Context, open_events: Callable[[], AsyncIterator[ThreadStreamEvent]]
@@ -313,6 +315,18 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
 
         return await self._unary(context, call)
 
+    async def Transcribe(
+        self, request: chat_pb2.TranscribeRequest, context: Context
+    ) -> chat_pb2.TranscribeResponse:
+        owner, locale = _caller()
+        caller = Caller(tenant=owner.tenant, user=owner.user, role=owner.role, locale=locale)
+
+        async def call() -> chat_pb2.TranscribeResponse:
+            text = await self._transcriber.transcribe(request.audio, request.mime_type, caller)
+            return chat_pb2.TranscribeResponse(text=text)
+
+        return await self._unary(context, call)
+
 
 async def build_server(
     settings: Settings,
@@ -320,9 +334,13 @@ async def build_server(
     responder: Responder,
     *,
     attachments: AttachmentClient | None = None,
+    transcriber: Transcriber | None = None,
     listen: str | None = None,
 ) -> tuple[aio.Server, health.aio.HealthServicer, int]:
-    """A started gRPC server with every service registered; returns it, its health servicer and port."""
+    """A started gRPC server with every service registered; returns it, its health servicer and port.
+
+    Without a `transcriber`, dictation answers with the offline placeholder.
+    """
     verifier = build_verifier(settings)
     server = aio.server(interceptors=[AuthInterceptor(verifier)], options=server_options(settings))
     conversation = Conversation(
@@ -333,7 +351,7 @@ async def build_server(
         lease_ttl_s=settings.run_lease_ttl_s,
         lease_wait_s=settings.run_lease_wait_s,
     )
-    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatService(conversation), server)
+    chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatService(conversation, transcriber), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     enable_reflection(server, [SERVICE_NAME], settings)
@@ -383,7 +401,9 @@ async def serve(settings: Settings) -> None:
         log.error("cannot start: %s", error)
         raise SystemExit(2) from None
     attachments = AttachmentClient(settings.upload_address, settings)
-    server, health_servicer, port = await build_server(settings, store, responder, attachments=attachments)
+    server, health_servicer, port = await build_server(
+        settings, store, responder, attachments=attachments, transcriber=responder.transcriber
+    )
     log.info(
         "agent service listening on %s (port %d), store %s",
         settings.agent_listen,

@@ -129,6 +129,23 @@ class Settings(BaseSettings):
         15.0, ge=0, le=10_000, validation_alias=_env("SWITCHBOARD_LOCAL_TOKEN_DELAY_MS")
     )
 
+    # Dictation (input.transcribe)
+    transcribe_model: str = Field(
+        "gpt-4o-mini-transcribe", min_length=1, validation_alias=_env("SWITCHBOARD_TRANSCRIBE_MODEL")
+    )
+    """The provider's speech-to-text model (its OpenAI-compatible `/audio/transcriptions`)."""
+    transcribe_max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, le=15 * 1024 * 1024, validation_alias=_env("SWITCHBOARD_TRANSCRIBE_MAX_BYTES")
+    )
+    """The largest recording accepted (decoded bytes). At most 15 MiB: one gRPC message carries it.
+    The edge reads `input.transcribe` bodies up to this size in base64, whatever
+    `SWITCHBOARD_MAX_BODY_BYTES` says (that limit applies to every other operation)."""
+    transcribe_timeout_s: float = Field(
+        60.0, gt=0, le=600, validation_alias=_env("SWITCHBOARD_TRANSCRIBE_TIMEOUT_S")
+    )
+    """How long the provider (or the app) may take to transcribe one recording; the edge waits this
+    long plus a few seconds."""
+
     # Upload service and object storage
     upload_listen: str = Field("127.0.0.1:50052", validation_alias=_env("SWITCHBOARD_UPLOAD_LISTEN"))
     upload_address: str = Field("127.0.0.1:50052", validation_alias=_env("SWITCHBOARD_UPLOAD_ADDRESS"))

@@ -5,10 +5,17 @@ any gRPC traffic, and the original header is forwarded so the agent service veri
 the body within `max_body_bytes`, parse and route it (chatkit.py), then run the one RPC:
 
 - unary operations answer `application/json`, rendered exactly as ChatKitServer renders them;
+  dictation (`input.transcribe`) is one of them: the edge decodes and checks the audio first, and
+  waits up to `transcribe_timeout_s` (plus a margin) instead of `rpc_timeout_s`;
 - streaming operations read the FIRST event before committing the HTTP response, so failures that
   happen before anything was produced (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE...) become real HTTP
   statuses with the JSON error body. Once the SSE response has started, a failure becomes a final
   ChatKit `error` event and the body ends cleanly, which is what ChatKitServer does.
+
+Body limits: `max_body_bytes` (1 MiB) bounds every ChatKit request except `input.transcribe`,
+whose body carries the recording in base64 and may reach `transcribe_max_bytes` of audio (10 MiB,
+about 13.4 MiB of JSON). The edge reads at most the larger of the two, then answers 413 for any
+other operation over `max_body_bytes`.
 
 Cancellation: the server runs with `handler_cancellation=True`, so a browser that goes away cancels
 the handler at once (not at the next write); the `finally: call.cancel()` around every RPC then
@@ -38,11 +45,13 @@ from typing import Any, Final
 import aiohttp_cors
 import grpc
 from aiohttp import hdrs, web
+from chatkit.types import InputTranscribeReq
 from grpc import aio
 from grpc_health.v1 import health_pb2
 from pydantic import ValidationError
 
 from services.common import codec
+from services.common.audio import transcribe_body_limit
 from services.common.auth import AuthError
 from services.common.config import Settings
 from services.common.errors import error_body, http_status
@@ -147,6 +156,10 @@ _PRIVATE_DETAILS: Final = {
 _MAX_DETAILS_CHARS: Final = 500
 # RPCs served by the upload service: their failures name it, and "too large" is HTTP 413 there.
 UPLOAD_RPCS: Final = frozenset({"Upload", "CreateAttachment", "DeleteAttachment"})
+TRANSCRIBE_RPC: Final = "Transcribe"
+TRANSCRIBE_DEADLINE_MARGIN_S: Final = 5.0
+"""The edge waits for a transcription `SWITCHBOARD_TRANSCRIBE_TIMEOUT_S` plus this (the agent
+service enforces the timeout itself and answers UNAVAILABLE with a reason)."""
 
 # What an HTTP status means as a gRPC status name, for errors aiohttp raises itself.
 _CODE_FOR_HTTP: Final = {
@@ -212,6 +225,8 @@ def rpc_error_response(error: aio.AioRpcError, request_id: str, rpc: str) -> web
         message = message.replace("the agent service", "the upload service")
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
             return json_error(code, message, status=413)
+    if rpc == TRANSCRIBE_RPC and code == grpc.StatusCode.UNAVAILABLE:
+        message = "dictation is unavailable right now; try again later"
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return _unauthenticated(message, invalid=True)
     return json_error(code, message)
@@ -357,6 +372,8 @@ class Edge:
             aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse] | None
         ) = None
         self._draining = False
+        self.transcribe_body_bytes = transcribe_body_limit(settings.transcribe_max_bytes)
+        """The largest `input.transcribe` body read (the audio in base64 and the rest of the JSON)."""
         # Parsed here so that a bad address list stops the edge at startup with the reason.
         self.agent_target = settings.agent_target
         self.upload_target = settings.upload_target
@@ -463,12 +480,29 @@ class Edge:
         assert authorization is not None
 
         limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-        body = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+        read_limit = max(limit, self.transcribe_body_bytes)  # see "Body limits" above
+        if request.content_length is not None and request.content_length > read_limit:
+            return self._too_large()
+        try:
+            body = await request.read()  # raises HTTPRequestEntityTooLarge past client_max_size
+        except web.HTTPRequestEntityTooLarge:
+            return self._too_large()
 
         try:
-            operation = route(parse_request(body), self._require_stub(), self._uploads)
+            parsed = parse_request(body)
+        except BadRequest as error:
+            if len(body) > limit:
+                return self._too_large()
+            return json_error(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        if len(body) > limit and not isinstance(parsed, InputTranscribeReq):
+            return self._too_large()
+        try:
+            operation = route(
+                parsed,
+                self._require_stub(),
+                self._uploads,
+                max_audio_bytes=self.settings.transcribe_max_bytes,
+            )
         except BadRequest as error:
             return json_error(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         request[OPERATION] = operation.type
@@ -481,8 +515,11 @@ class Edge:
             case StreamingOperation():
                 return await self._stream(request, operation, metadata)
             case UnaryOperation():
+                deadline_s = self.settings.rpc_timeout_s
+                if operation.rpc == TRANSCRIBE_RPC:
+                    deadline_s = self.settings.transcribe_timeout_s + TRANSCRIBE_DEADLINE_MARGIN_S
                 try:
-                    payload = await operation.run(metadata, deadline_s=self.settings.rpc_timeout_s)
+                    payload = await operation.run(metadata, deadline_s=deadline_s)
                 except aio.AioRpcError as error:
                     return rpc_error_response(error, request_id, operation.rpc)
                 except InvalidReply:
@@ -520,6 +557,13 @@ class Edge:
             log.exception("[%s] the upload service sent an invalid attachment", request_id)
             return json_error(grpc.StatusCode.INTERNAL, "the upload service sent an invalid reply")
         return web.Response(body=body, content_type="application/json")
+
+    def _too_large(self) -> web.Response:
+        message = (
+            f"the request body exceeds the limit of {self.settings.max_body_bytes} bytes "
+            f"({self.transcribe_body_bytes} bytes for input.transcribe)"
+        )
+        return json_error(grpc.StatusCode.RESOURCE_EXHAUSTED, message, status=413)
 
     def _require_stub(self) -> chat_pb2_grpc.ChatServiceAsyncStub:
         if self._stub is None:
@@ -616,7 +660,7 @@ def create_app(settings: Settings) -> web.Application:
     """
     edge = Edge(settings)
     app = web.Application(
-        client_max_size=settings.max_body_bytes,
+        client_max_size=max(settings.max_body_bytes, edge.transcribe_body_bytes),
         middlewares=[request_context_middleware, error_middleware],
     )
     app[EDGE] = edge

@@ -9,12 +9,15 @@ The result of `route` is a plan, not a started call, so the HTTP layer (app.py) 
 (deadline, metadata, cancellation) and how to turn failures into HTTP:
 - `StreamingOperation`: a server-streaming RPC whose events become SSE frames;
 - `UnaryOperation`: a unary RPC whose reply is rendered into the JSON body ChatKitServer would send
-  (`Thread`, `Page[Thread]`, `Page[ThreadItem]`, `SyncCustomActionResponse` or `{}`);
+  (`Thread`, `Page[Thread]`, `Page[ThreadItem]`, `SyncCustomActionResponse`, `TranscriptionResult`
+  or `{}`);
 - `UnsupportedOperation`: a ChatKit operation this server does not offer (501).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +45,7 @@ from chatkit.types import (
     ThreadsRetryAfterItemReq,
     ThreadsSyncCustomActionReq,
     ThreadsUpdateReq,
+    TranscriptionResult,
 )
 from google.protobuf import json_format
 from google.protobuf.message import Message
@@ -49,6 +53,7 @@ from grpc import aio
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from services.common import codec
+from services.common.audio import audio_problem
 from services.edge.sse import encode_model
 from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2, upload_pb2, upload_pb2_grpc
 
@@ -191,6 +196,10 @@ def _render_attachment(reply: upload_pb2.CreateAttachmentResponse) -> bytes:
     return encode_model(_decode(lambda message: codec.attachment_from_proto(message.attachment), reply))
 
 
+def _render_transcription(reply: chat_pb2.TranscribeResponse) -> bytes:
+    return encode_model(TranscriptionResult(text=reply.text))
+
+
 def _render_empty(_reply: Message) -> bytes:
     return _EMPTY_JSON
 
@@ -215,6 +224,19 @@ def _proto(params: BaseModel, message: _Req) -> _Req:
         return codec.to_proto(params, message)
     except (codec.CodecError, json_format.ParseError, ValueError, TypeError) as error:
         raise BadRequest(f"invalid ChatKit request: {str(error)[:_MAX_MESSAGE_CHARS]}") from None
+
+
+def _transcribe_request(audio_base64: str, mime_type: str, max_bytes: int) -> chat_pb2.TranscribeRequest:
+    """Decode and check the audio before any RPC: undecodable base64, an unsupported media type,
+    empty or oversized audio are 400s."""
+    try:
+        audio = base64.b64decode(audio_base64, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest("invalid input.transcribe request: audio_base64 is not valid base64") from None
+    problem = audio_problem(len(audio), mime_type, max_bytes)
+    if problem is not None:
+        raise BadRequest(f"invalid input.transcribe request: {problem}")
+    return chat_pb2.TranscribeRequest(audio=audio, mime_type=mime_type)
 
 
 def _streaming(
@@ -246,10 +268,13 @@ def route(
     request: ChatKitReq,
     stub: chat_pb2_grpc.ChatServiceAsyncStub,
     uploads: upload_pb2_grpc.UploadServiceAsyncStub | None = None,
+    *,
+    max_audio_bytes: int = 10 * 1024 * 1024,
 ) -> Operation:
     """The one RPC that serves a ChatKit request (nothing is sent yet).
 
     `attachments.*` go to the upload service; without an upload stub they are unsupported (501).
+    `input.transcribe` is decoded and checked here (at most `max_audio_bytes` of audio).
 
     Raises `BadRequest` when the params do not fit the proto request.
     """
@@ -362,9 +387,14 @@ def route(
                 _proto(params, upload_pb2.DeleteAttachmentRequest()),
                 _render_empty,
             )
-        case InputTranscribeReq():
-            return UnsupportedOperation(
-                type=kind, message="dictation (input.transcribe) is not supported by this server"
+        # Dictation: the agent service transcribes (the app, the provider, or offline).
+        case InputTranscribeReq(params=params):
+            return _unary(
+                kind,
+                stub.Transcribe,
+                "Transcribe",
+                _transcribe_request(params.audio_base64, params.mime_type, max_audio_bytes),
+                _render_transcription,
             )
         case _:
             assert_never(request)

@@ -24,6 +24,8 @@ is an `App` object in your own package, loaded by the agent service from
   from an action handler to show the user its message; from a tool, give the tool
   `failure_error_function=show_errors_to_user` so that the error ends the turn with that message
   instead of going back to the model.
+- Dictation: `App(transcribe=...)` replaces the provider's transcription with the app's own
+  (it receives an `AudioInput`).
 - `switchboard.app.offline` builds deterministic offline models for demos and tests.
 
 See the README section "Your own agents" for a walkthrough.
@@ -38,6 +40,7 @@ from agents import RunContextWrapper
 
 from switchboard.app._actions import ActionContext, StreamingActionContext
 from switchboard.app._app import DEFAULT_TITLE_AGENT, TITLE_INSTRUCTIONS, App, AppEnvironment, Provider
+from switchboard.app._audio import AudioInput
 from switchboard.app._context import (
     Caller,
     ChatContext,
@@ -80,6 +83,7 @@ __all__ = [
     "AlreadyExists",
     "App",
     "AppEnvironment",
+    "AudioInput",
     "Busy",
     "Caller",
     "ChatContext",

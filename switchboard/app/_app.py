@@ -12,6 +12,10 @@ Models: an agent with `model=None` runs on the configured provider's default mod
 another model of that provider (`model="gpt-4.1"`); a `Model` instance is used as is. Without a
 provider (offline), every agent runs on `offline_model(environment)` when the app has one, else on
 Switchboard's plain offline model.
+
+Dictation (ChatKit's `input.transcribe`): the audio goes to the configured provider's
+OpenAI-compatible `/audio/transcriptions` endpoint (`SWITCHBOARD_TRANSCRIBE_MODEL`), unless the app
+brings its own `transcribe`; offline, the text is a deterministic placeholder.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from agents import Agent, Model
 from pydantic import BaseModel
 
 from switchboard.app._actions import ActionRoute, PayloadT, StreamingHandler, SyncHandler
+from switchboard.app._audio import TranscribeFunction
 from switchboard.app._context import Caller, ChatContext, StateT
 
 Provider = Literal["openai", "gemini", "local"]
@@ -64,6 +69,11 @@ class App(Generic[StateT]):
     - `shutdown(state)`: closes them when the service stops.
     - `title_agent`: names untitled threads after their first message; None names none.
     - `offline_model`: the model every agent runs on when no provider is configured.
+    - `transcribe(audio)`: dictation by the app itself, instead of the provider's
+      `/audio/transcriptions` (or the offline placeholder). It receives an `AudioInput` (bytes,
+      MIME type and the verified caller; already checked for size and media type) and returns the
+      text the composer shows. Raise `InvalidRequest` for audio it cannot use (HTTP 400) and
+      `Unavailable` when its backend fails (HTTP 503); None (the default) uses the provider.
 
     A turn that continues a conversation starts with the agent that answered last (the active agent
     after a handoff), found by name in the starting agent's handoff graph; names must be unique in
@@ -79,6 +89,7 @@ class App(Generic[StateT]):
         shutdown: Callable[[StateT], Awaitable[None]] | None = None,
         title_agent: Agent[Any] | None = DEFAULT_TITLE_AGENT,
         offline_model: Callable[[AppEnvironment], Model] | None = None,
+        transcribe: TranscribeFunction | None = None,
     ) -> None:
         self.name = name
         self._agent = agent
@@ -86,6 +97,7 @@ class App(Generic[StateT]):
         self.shutdown = shutdown
         self.title_agent = title_agent
         self.offline_model = offline_model
+        self.transcribe = transcribe
         self._routes: dict[str, ActionRoute[StateT]] = {}
 
     def starting_agent(self, caller: Caller) -> Agent[ChatContext[StateT]]:

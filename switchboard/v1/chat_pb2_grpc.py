@@ -101,6 +101,11 @@ class ChatServiceStub:
                 request_serializer=switchboard_dot_v1_dot_chat__pb2.AddFeedbackRequest.SerializeToString,
                 response_deserializer=switchboard_dot_v1_dot_chat__pb2.AddFeedbackResponse.FromString,
                 _registered_method=True)
+        self.Transcribe = channel.unary_unary(
+                '/switchboard.v1.ChatService/Transcribe',
+                request_serializer=switchboard_dot_v1_dot_chat__pb2.TranscribeRequest.SerializeToString,
+                response_deserializer=switchboard_dot_v1_dot_chat__pb2.TranscribeResponse.FromString,
+                _registered_method=True)
 
 
 class ChatServiceServicer:
@@ -197,6 +202,16 @@ class ChatServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Transcribe(self, request, context):
+        """input.transcribe: dictation, speech audio to the text the composer shows. Stateless (no thread
+        is read or written). INVALID_ARGUMENT for empty or oversized audio, a media type other than
+        audio/webm, audio/ogg or audio/mp4, or audio the transcription provider refuses; UNAVAILABLE
+        when the provider fails or cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -264,6 +279,11 @@ def add_ChatServiceServicer_to_server(servicer, server):
                     servicer.AddFeedback,
                     request_deserializer=switchboard_dot_v1_dot_chat__pb2.AddFeedbackRequest.FromString,
                     response_serializer=switchboard_dot_v1_dot_chat__pb2.AddFeedbackResponse.SerializeToString,
+            ),
+            'Transcribe': grpc.unary_unary_rpc_method_handler(
+                    servicer.Transcribe,
+                    request_deserializer=switchboard_dot_v1_dot_chat__pb2.TranscribeRequest.FromString,
+                    response_serializer=switchboard_dot_v1_dot_chat__pb2.TranscribeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -617,6 +637,33 @@ class ChatService:
             '/switchboard.v1.ChatService/AddFeedback',
             switchboard_dot_v1_dot_chat__pb2.AddFeedbackRequest.SerializeToString,
             switchboard_dot_v1_dot_chat__pb2.AddFeedbackResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Transcribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/switchboard.v1.ChatService/Transcribe',
+            switchboard_dot_v1_dot_chat__pb2.TranscribeRequest.SerializeToString,
+            switchboard_dot_v1_dot_chat__pb2.TranscribeResponse.FromString,
             options,
             channel_credentials,
             insecure,

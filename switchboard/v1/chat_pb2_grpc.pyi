@@ -66,6 +66,12 @@ class ChatServiceStub:
     """items.list: a page of a thread's items (hidden items left out after paging, as ChatKit does)."""
     AddFeedback: _grpc.UnaryUnaryMultiCallable[_chat_pb2.AddFeedbackRequest, _chat_pb2.AddFeedbackResponse]
     """items.feedback: records thumbs up or down on assistant items."""
+    Transcribe: _grpc.UnaryUnaryMultiCallable[_chat_pb2.TranscribeRequest, _chat_pb2.TranscribeResponse]
+    """input.transcribe: dictation, speech audio to the text the composer shows. Stateless (no thread
+    is read or written). INVALID_ARGUMENT for empty or oversized audio, a media type other than
+    audio/webm, audio/ogg or audio/mp4, or audio the transcription provider refuses; UNAVAILABLE
+    when the provider fails or cannot be reached.
+    """
 
 @_typing.type_check_only
 class ChatServiceAsyncStub(ChatServiceStub):
@@ -96,6 +102,12 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """items.list: a page of a thread's items (hidden items left out after paging, as ChatKit does)."""
     AddFeedback: _aio.UnaryUnaryMultiCallable[_chat_pb2.AddFeedbackRequest, _chat_pb2.AddFeedbackResponse]  # type: ignore[assignment]
     """items.feedback: records thumbs up or down on assistant items."""
+    Transcribe: _aio.UnaryUnaryMultiCallable[_chat_pb2.TranscribeRequest, _chat_pb2.TranscribeResponse]  # type: ignore[assignment]
+    """input.transcribe: dictation, speech audio to the text the composer shows. Stateless (no thread
+    is read or written). INVALID_ARGUMENT for empty or oversized audio, a media type other than
+    audio/webm, audio/ogg or audio/mp4, or audio the transcription provider refuses; UNAVAILABLE
+    when the provider fails or cannot be reached.
+    """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -201,5 +213,17 @@ class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_chat_pb2.AddFeedbackResponse, _abc.Awaitable[_chat_pb2.AddFeedbackResponse]]:
         """items.feedback: records thumbs up or down on assistant items."""
+
+    @_abc_1.abstractmethod
+    def Transcribe(
+        self,
+        request: _chat_pb2.TranscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_chat_pb2.TranscribeResponse, _abc.Awaitable[_chat_pb2.TranscribeResponse]]:
+        """input.transcribe: dictation, speech audio to the text the composer shows. Stateless (no thread
+        is read or written). INVALID_ARGUMENT for empty or oversized audio, a media type other than
+        audio/webm, audio/ogg or audio/mp4, or audio the transcription provider refuses; UNAVAILABLE
+        when the provider fails or cannot be reached.
+        """
 
 def add_ChatServiceServicer_to_server(servicer: ChatServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

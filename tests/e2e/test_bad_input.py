@@ -173,12 +173,6 @@ async def test_wrong_state_is_400_and_writes_nothing(http: aiohttp.ClientSession
     assert _counts(stack) == before
 
 
-async def test_unsupported_operations_are_501(http: aiohttp.ClientSession, stack: Stack) -> None:
-    for body in (request("input.transcribe", audio_base64="AAAA", mime_type="audio/webm"),):
-        payload = await call(http, stack.edge_url, body, stack.headers(), status=501)
-        assert error_of(payload)[0] == "UNIMPLEMENTED"
-
-
 async def test_still_serving_after_all_that(http: aiohttp.ClientSession, stack: Stack) -> None:
     events = await stream(
         http, stack.edge_url, request("threads.create", input=user_input("still there?")), stack.headers()

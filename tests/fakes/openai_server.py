@@ -1,4 +1,5 @@
-"""A small fake OpenAI-compatible server: `POST /v1/chat/completions`, streamed and not.
+"""A small fake OpenAI-compatible server: `POST /v1/chat/completions`, streamed and not, and
+`POST /v1/audio/transcriptions` (multipart, as the `openai` client sends it).
 
 It is a real aiohttp server on 127.0.0.1 (port chosen by the OS), so the code under test goes
 through the real `openai` client, its HTTP transport and the Agents SDK's Chat Completions stream
@@ -13,6 +14,10 @@ Policy (deterministic, per request):
 4. otherwise answer `Echo: <user text>`.
 Text is streamed word by word; tool calls are streamed as a first chunk with id and name followed
 by several argument fragments, as OpenAI does. Every request body is recorded in `requests`.
+
+Transcriptions are recorded in `transcriptions` (model, file name, content type, bytes) and answer
+`{"text": "heard <n> bytes of <content type>"}`; audio that starts with `REFUSE` gets OpenAI's 400
+error body (bad audio), audio that starts with `FAIL` a 500.
 """
 
 from __future__ import annotations
@@ -25,15 +30,24 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 
 _KEYWORDS = {"billing": ("invoice", "refund", "billing", "order"), "tech": ("error", "crash", "login", "api")}
+
+
+@dataclass(frozen=True)
+class Transcription:
+    model: str
+    filename: str
+    content_type: str
+    data: bytes
 
 
 @dataclass
 class FakeOpenAI:
     base_url: str = ""
     requests: list[dict[str, Any]] = field(default_factory=list)
+    transcriptions: list[Transcription] = field(default_factory=list)
 
     def system_prompts(self) -> list[str]:
         return [
@@ -149,6 +163,32 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
     return response
 
 
+async def _transcriptions(request: web.Request) -> web.Response:
+    fields: dict[str, str] = {}
+    audio: tuple[str, str, bytes] | None = None
+    reader = await request.multipart()
+    while (part := await reader.next()) is not None:
+        assert isinstance(part, BodyPartReader)
+        if part.name == "file":
+            audio = (part.filename or "", part.headers.get("Content-Type", ""), await part.read())
+        elif part.name:
+            fields[part.name] = await part.text()
+    if audio is None or "model" not in fields:
+        return _openai_error(400, "file and model are required")
+    filename, content_type, data = audio
+    request.app[_FAKE].transcriptions.append(Transcription(fields["model"], filename, content_type, data))
+    if data.startswith(b"REFUSE"):
+        return _openai_error(400, "Audio file might be corrupted or unsupported")
+    if data.startswith(b"FAIL"):
+        return _openai_error(500, "The server had an error while processing your request")
+    return web.json_response({"text": f"heard {len(data)} bytes of {content_type}"})
+
+
+def _openai_error(status: int, message: str) -> web.Response:
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": None}
+    return web.json_response({"error": error}, status=status)
+
+
 @asynccontextmanager
 async def fake_openai_server() -> AsyncIterator[FakeOpenAI]:
     """Serve the fake on 127.0.0.1:<free port>; yields its `base_url` (ending in `/v1`) and records."""
@@ -156,6 +196,7 @@ async def fake_openai_server() -> AsyncIterator[FakeOpenAI]:
     app = web.Application()
     app[_FAKE] = fake
     app.router.add_post("/v1/chat/completions", _chat_completions)
+    app.router.add_post("/v1/audio/transcriptions", _transcriptions)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

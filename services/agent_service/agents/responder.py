@@ -81,6 +81,7 @@ from services.agent_service.agents.converter import SwitchboardConverter
 from services.agent_service.agents.loader import AppLoadError, load_app
 from services.agent_service.agents.stream import StreamTranslator, find_agent
 from services.agent_service.models.factory import ConfiguredModels, build_models, title_models
+from services.agent_service.transcription import Transcriber
 from services.agent_service.turn import ACTIVE_AGENT_KEY, ActionRequest, Turn
 from services.common.config import Settings
 from services.common.ids import new_id
@@ -234,7 +235,15 @@ def clean_title(raw: str) -> str:
 class AppResponder:
     """Runs the loaded app for a turn and streams ChatKit events (see the module docstring)."""
 
-    def __init__(self, app: App[Any], state: Any, models: ConfiguredModels, *, max_turns: int = 8) -> None:
+    def __init__(
+        self,
+        app: App[Any],
+        state: Any,
+        models: ConfiguredModels,
+        *,
+        max_turns: int = 8,
+        transcriber: Transcriber | None = None,
+    ) -> None:
         self.app = app
         self._state = state
         self._models = models
@@ -243,6 +252,8 @@ class AppResponder:
         self._title_config = RunConfig(model_provider=title_models(models), tracing_disabled=True)
         self.attachment_limits = AttachmentLimits()
         """What one turn may put into the model input from attachments (`attachment_input.py`)."""
+        self.transcriber = transcriber or Transcriber(models.client, app_transcribe=app.transcribe)
+        """Dictation: the app's own `transcribe`, else the provider's (same client), else offline."""
 
     async def aclose(self) -> None:
         """Shut the app down (its failure is logged), then close the provider's HTTP client."""
@@ -413,4 +424,11 @@ async def create_responder(settings: Settings, app: App[Any] | None = None) -> A
         await models.aclose()
         raise AppLoadError(settings.app, f"the app {app.name!r} failed to start: {error!r}") from error
     logger.info("Serving the app %r (%s)", app.name, settings.app)
-    return AppResponder(app, state, models, max_turns=settings.max_turns)
+    transcriber = Transcriber(
+        models.client,
+        app_transcribe=app.transcribe,
+        model=settings.transcribe_model,
+        max_bytes=settings.transcribe_max_bytes,
+        timeout_s=settings.transcribe_timeout_s,
+    )
+    return AppResponder(app, state, models, max_turns=settings.max_turns, transcriber=transcriber)

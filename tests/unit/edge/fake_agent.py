@@ -116,6 +116,7 @@ def default_replies() -> dict[str, Message]:
         "SyncCustomAction": chat_pb2.SyncCustomActionResponse(
             updated_item=codec.item_to_proto(ASSISTANT_MESSAGE)
         ),
+        "Transcribe": chat_pb2.TranscribeResponse(text="hello from the microphone"),
     }
 
 
@@ -240,6 +241,9 @@ class ScriptedChatService(chat_pb2_grpc.ChatServiceServicer):
 
     async def AddFeedback(self, request: Any, context: Any) -> Any:
         return await self._unary("AddFeedback", request, context)
+
+    async def Transcribe(self, request: Any, context: Any) -> Any:
+        return await self._unary("Transcribe", request, context)
 
 
 @dataclass

@@ -1,17 +1,26 @@
 """POST /chatkit/api over real HTTP against a scripted agent on a real gRPC socket.
 
 Covers: every ChatKit request type -> the right RPC and proto request; SSE framing and bytes; JSON
-bodies; forwarded metadata and deadlines; 400/401/413/501 without any gRPC call.
+bodies; forwarded metadata and deadlines; 400/401/413 without any gRPC call; dictation.
 """
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from typing import Any
 
+import grpc
 import pytest
-from chatkit.types import Page, SyncCustomActionResponse, Thread, ThreadItem, ThreadStreamEvent
+from chatkit.types import (
+    Page,
+    SyncCustomActionResponse,
+    Thread,
+    ThreadItem,
+    ThreadStreamEvent,
+    TranscriptionResult,
+)
 from google.protobuf import json_format, struct_pb2
 from google.protobuf.message import Message
 from pydantic import BaseModel, TypeAdapter
@@ -436,25 +445,96 @@ async def test_an_oversized_body_is_413_and_reaches_no_rpc(agent: FakeAgent) -> 
     assert [r.rpc for r in agent.servicer.received] == ["CreateThread"]
 
 
+# --------------------------------------------------------------------------- dictation
+
+AUDIO = bytes(range(256)) * 40  # 10 KiB, every byte value
+
+
+def _transcribe(audio: bytes | str, mime_type: str = "audio/webm;codecs=opus") -> dict[str, Any]:
+    encoded = audio if isinstance(audio, str) else base64.b64encode(audio).decode()
+    return {"type": "input.transcribe", "params": {"audio_base64": encoded, "mime_type": mime_type}}
+
+
+async def test_input_transcribe_is_one_transcribe_rpc_with_the_decoded_audio(
+    edge: EdgeUnderTest, agent: FakeAgent
+) -> None:
+    reply = await edge.post(_transcribe(AUDIO))
+    assert reply.status == 200, reply.body
+    assert reply.headers["Content-Type"].startswith("application/json")
+    assert reply.body == wire(TranscriptionResult(text="hello from the microphone"))
+    assert TranscriptionResult.model_validate_json(reply.body).text == "hello from the microphone"
+    [received] = agent.servicer.received
+    assert received.rpc == "Transcribe"
+    assert received.request == chat_pb2.TranscribeRequest(audio=AUDIO, mime_type="audio/webm;codecs=opus")
+    assert received.metadata["authorization"] == f"Bearer {edge.token}"
+    # The transcription deadline, not the 5 s of other unary calls.
+    assert received.time_remaining is not None
+    assert received.time_remaining > edge.settings.rpc_timeout_s
+
+
 @pytest.mark.parametrize(
     ("body", "hint"),
     [
-        (
-            {"type": "input.transcribe", "params": {"audio_base64": "AAAA", "mime_type": "audio/webm"}},
-            "dictation (input.transcribe) is not supported by this server",
-        ),
+        (_transcribe("not base64!"), "audio_base64 is not valid base64"),
+        (_transcribe("QUJ"), "audio_base64 is not valid base64"),
+        (_transcribe(AUDIO, "audio/wav"), "unsupported audio type 'audio/wav'"),
+        (_transcribe(AUDIO, ""), "unsupported audio type '(empty)'"),
+        (_transcribe(b""), "the audio is empty"),
+        ({"type": "input.transcribe", "params": {"mime_type": "audio/ogg"}}, "params.audio_base64"),
     ],
-    ids=["input.transcribe"],
+    ids=["not-base64", "bad-padding", "wav", "no-type", "empty", "missing-audio"],
 )
-async def test_operations_this_server_does_not_offer_are_501(
+async def test_bad_dictation_is_400_and_reaches_no_rpc(
     edge: EdgeUnderTest, agent: FakeAgent, body: dict[str, Any], hint: str
 ) -> None:
     reply = await edge.post(body)
-    assert reply.status == 501
+    assert reply.status == 400
     code, message = reply.error()
-    assert code == "UNIMPLEMENTED"
+    assert code == "INVALID_ARGUMENT"
     assert hint in message
     assert agent.servicer.received == []
+
+
+@pytest.mark.parametrize("mime_type", ["audio/webm", "audio/ogg;codecs=opus", "audio/mp4", "AUDIO/MP4"])
+async def test_the_protocols_media_types_are_accepted(
+    edge: EdgeUnderTest, agent: FakeAgent, mime_type: str
+) -> None:
+    assert (await edge.post(_transcribe(AUDIO, mime_type))).status == 200
+
+
+async def test_dictation_may_exceed_the_body_limit_up_to_its_own(agent: FakeAgent) -> None:
+    settings = make_settings(agent.address, max_body_bytes=1024, transcribe_max_bytes=30_000)
+    async with running_edge(settings) as edge:
+        # 20 KB of audio: 27 KB of JSON, over max_body_bytes, within the dictation limit.
+        reply = await edge.post(_transcribe(AUDIO * 2))
+        assert reply.status == 200, reply.body
+        # Other operations keep max_body_bytes, even when their body is a valid request.
+        padded = await edge.post({**CREATE, "metadata": {"padding": "x" * 20_000}})
+        assert padded.status == 413
+        assert "1024" in padded.error()[1]
+        # Audio over the dictation limit: 400 (decoded) or 413 (the body itself is too large).
+        over = await edge.post(_transcribe(AUDIO * 3 + b"x"))
+        assert over.status == 400
+        assert "more than the limit of 30000 bytes" in over.error()[1]
+        huge = await edge.post(_transcribe(AUDIO * 10))
+        assert huge.status == 413
+        assert huge.error()[0] == "RESOURCE_EXHAUSTED"
+    assert [r.rpc for r in agent.servicer.received] == ["Transcribe"]
+
+
+async def test_a_failing_transcription_is_a_503_that_names_dictation(
+    edge: EdgeUnderTest, agent: FakeAgent
+) -> None:
+    agent.servicer.script.fail = (grpc.StatusCode.UNAVAILABLE, "provider at 10.0.0.7 answered HTTP 500")
+    reply = await edge.post(_transcribe(AUDIO))
+    assert reply.status == 503
+    code, message = reply.error()
+    assert code == "UNAVAILABLE"
+    assert message == "dictation is unavailable right now; try again later"
+    agent.servicer.script.fail = (grpc.StatusCode.INVALID_ARGUMENT, "the provider refused the audio: bad")
+    reply = await edge.post(_transcribe(AUDIO))
+    assert reply.status == 400
+    assert reply.error() == ("INVALID_ARGUMENT", "the provider refused the audio: bad")
 
 
 # --------------------------------------------------------------------------- invalid agent output
