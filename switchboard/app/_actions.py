@@ -15,9 +15,11 @@ handler registered for that type, with the payload validated against the handler
   sender widget item (stored in place of the old one) or None.
 
 A type registered only for streaming also accepts a synchronous call: its payload is validated
-and nothing else happens. An unknown type or a payload that does not validate is refused with
-`InvalidRequest` (HTTP 400) before anything runs. A handler raises `SwitchboardError`s to show the
-user a message: before the stream starts it is the request's status, after that an `error` event.
+and nothing else happens. An unknown type, a payload that does not validate, or a streamed call of
+a type with only a synchronous handler is refused with `InvalidRequest` (HTTP 400) before anything
+runs. A handler raises `SwitchboardError`s to show the user a message: a synchronous handler's
+becomes the request's status (400, 404, 403, 503…); a streaming handler runs once the stream has
+started (as in ChatKitServer), so its error ends the stream as an `error` event with the message.
 """
 
 from __future__ import annotations
