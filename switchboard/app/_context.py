@@ -21,6 +21,10 @@ with the model's own output (a progress update arrives while its tool runs, not 
   deletion deletes it); its URL is minted for each reader, like an attachment preview;
 - `remove_item(item_id)`: remove an item of this thread from the user's view and from the store
   (so from the model's history too);
+- `start_workflow(workflow)`, `add_workflow_task(task)`, `update_workflow_task(task, index)`,
+  `end_workflow(summary)`: a workflow item whose tasks appear and change while the tool works, with
+  the same events and order rules as chatkit's `AgentContext` (a custom workflow is announced with
+  its first task; ending it without a summary records its duration);
 - `request_client_tool(call_id, name, arguments)`: ask the user's browser to run a client tool;
   its answer arrives as this call's output on the next turn;
 - `show_form(inputs)`: show a structured input form; the answers arrive on the next turn;
@@ -44,18 +48,26 @@ from chatkit.icons import IconName
 from chatkit.server import stream_widget
 from chatkit.types import (
     ClientEffectEvent,
+    DurationSummary,
     GeneratedImage,
     GeneratedImageItem,
     NoticeEvent,
     ProgressUpdateEvent,
     StructuredInput,
     StructuredInputItem,
+    Task,
     ThreadItemAddedEvent,
     ThreadItemDoneEvent,
     ThreadItemRemovedEvent,
+    ThreadItemUpdatedEvent,
     ThreadMetadata,
     ThreadStreamEvent,
     WidgetItem,
+    Workflow,
+    WorkflowItem,
+    WorkflowSummary,
+    WorkflowTaskAdded,
+    WorkflowTaskUpdated,
 )
 from chatkit.widgets import WidgetRoot
 
@@ -114,6 +126,8 @@ class _Emitter:
     sink: EventSink = field(default=_discard, repr=False, kw_only=True)
     image_store: ImageStore | None = field(default=None, repr=False, kw_only=True)
     """Set by the core when generated images can be stored (an upload service is configured)."""
+    workflow_item: WorkflowItem | None = field(default=None, repr=False, kw_only=True)
+    """The workflow being streamed, between `start_workflow` (or a first task) and `end_workflow`."""
 
     def emit(self, event: ThreadStreamEvent) -> None:
         """Send any ChatKit event to the user (non-blocking)."""
@@ -139,6 +153,56 @@ class _Emitter:
         """Remove an item of this thread: from the user's view now, and from the store (and so
         from the model's history) when the core receives the event. Unknown ids change nothing."""
         self.emit(ThreadItemRemovedEvent(item_id=item_id))
+
+    def start_workflow(self, workflow: Workflow) -> None:
+        """Begin a workflow item; a custom one without tasks is announced with its first task."""
+        self.workflow_item = WorkflowItem(
+            id=new_id("wf"), thread_id=self.thread_id, created_at=datetime.now(UTC), workflow=workflow
+        )
+        if workflow.type == "reasoning" or workflow.tasks:
+            self.emit(ThreadItemAddedEvent(item=self.workflow_item.model_copy(deep=True)))
+
+    def add_workflow_task(self, task: Task) -> int:
+        """Append a task to the workflow (starting a custom one if none is active); its index."""
+        if self.workflow_item is None:
+            self.workflow_item = WorkflowItem(
+                id=new_id("wf"),
+                thread_id=self.thread_id,
+                created_at=datetime.now(UTC),
+                workflow=Workflow(type="custom", tasks=[]),
+            )
+        workflow = self.workflow_item.workflow
+        workflow.tasks.append(task)
+        index = len(workflow.tasks) - 1
+        if workflow.type != "reasoning" and index == 0:
+            self.emit(ThreadItemAddedEvent(item=self.workflow_item.model_copy(deep=True)))
+        else:
+            update = WorkflowTaskAdded(task=task.model_copy(deep=True), task_index=index)
+            self.emit(ThreadItemUpdatedEvent(item_id=self.workflow_item.id, update=update))
+        return index
+
+    def update_workflow_task(self, task: Task, task_index: int) -> None:
+        """Replace the task at `task_index` (its status, title…)."""
+        if self.workflow_item is None or not 0 <= task_index < len(self.workflow_item.workflow.tasks):
+            raise ValueError("no such workflow task")
+        self.workflow_item.workflow.tasks[task_index] = task
+        update = WorkflowTaskUpdated(task=task.model_copy(deep=True), task_index=task_index)
+        self.emit(ThreadItemUpdatedEvent(item_id=self.workflow_item.id, update=update))
+
+    def end_workflow(self, summary: WorkflowSummary | None = None, *, expanded: bool = False) -> None:
+        """Finish the workflow (stored with the thread); without a summary, its duration."""
+        item = self.workflow_item
+        if item is None:
+            return
+        if summary is not None:
+            item.workflow.summary = summary
+        elif item.workflow.summary is None:
+            item.workflow.summary = DurationSummary(
+                duration=int((datetime.now(UTC) - item.created_at).total_seconds())
+            )
+        item.workflow.expanded = expanded
+        self.workflow_item = None
+        self.emit(ThreadItemDoneEvent(item=item))
 
     async def stream_widget(
         self, widgets: AsyncGenerator[WidgetRoot, None], *, copy_text: str | None = None

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from agents import ModelBehaviorError, RunContextWrapper, function_tool
+from chatkit.types import CustomSummary, CustomTask
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from switchboard.demo.chart import bar_chart_png
@@ -151,9 +152,16 @@ async def lookup_order(ctx: RunContextWrapper[DemoContext], query: OrderQuery) -
 async def show_order_chart(ctx: RunContextWrapper[DemoContext]) -> str:
     """Show a bar chart of the organisation's sales orders by status (open, shipped, cancelled)."""
     context = ctx.context
-    context.progress("Drawing the order chart…", icon="chart")
+    counting = CustomTask(title="Counting orders by status", icon="analytics", status_indicator="loading")
+    index = context.add_workflow_task(counting)
     counts = await context.state.erp.order_counts(context.caller.tenant)
-    await context.show_image(bar_chart_png(list(counts.values())), name="orders-by-status.png")
+    context.update_workflow_task(counting.model_copy(update={"status_indicator": "complete"}), index)
+    drawing = CustomTask(title="Drawing the chart", icon="chart", status_indicator="loading")
+    index = context.add_workflow_task(drawing)
+    chart = bar_chart_png(list(counts.values()))
+    context.update_workflow_task(drawing.model_copy(update={"status_indicator": "complete"}), index)
+    context.end_workflow(CustomSummary(title="Order chart", icon="chart"))
+    await context.show_image(chart, name="orders-by-status.png")
     summary = ", ".join(f"{count} {status}" for status, count in counts.items())
     return f"Chart shown: orders by status ({summary})."
 

@@ -9,9 +9,11 @@ test runs on the fake OpenAI-compatible server, to see what the model is sent.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from chatkit.types import (
     ThreadStreamEvent,
     WidgetItem,
     WidgetStreamingTextValueDelta,
+    WorkflowItem,
 )
 from chatkit.widgets import WidgetRoot
 from google.protobuf import json_format, struct_pb2
@@ -589,3 +592,106 @@ async def test_generated_chart_is_stored_minted_per_read_scoped_and_deleted(
         assert reply.status == 404, await reply.read()
     async with http.get(stored[0].image.url) as reply:
         assert reply.status == 404
+
+
+# ------------------------------------------------------------------------------------ workflows
+
+
+def _workflow_shape(events: list[Any]) -> list[tuple[str, ...]]:
+    """The events of the first workflow a stream starts (ids and times left out; the item events
+    by type alone: chatkit's AgentContext queues the item object itself and then mutates it, so
+    what its `thread.item.added` shows depends on when the queue is read)."""
+    started = next(
+        (
+            e.item.id
+            for e in events
+            if isinstance(e, ThreadItemAddedEvent) and isinstance(e.item, WorkflowItem)
+        ),
+        None,
+    )
+    shape: list[tuple[str, ...]] = []
+    for event in events:
+        if isinstance(event, ThreadItemAddedEvent | ThreadItemDoneEvent) and isinstance(
+            event.item, WorkflowItem
+        ):
+            if event.item.id == started:
+                shape.append((event.type,))
+        elif isinstance(event, ThreadItemUpdatedEvent) and event.update.type.startswith("workflow."):
+            task = event.update.task  # type: ignore[union-attr]
+            index = str(event.update.task_index)  # type: ignore[union-attr]
+            shape.append((event.update.type, index, f"{task.title}:{task.status_indicator}"))
+    return shape
+
+
+async def _chatkit_workflow_shape() -> list[tuple[str, ...]]:
+    """What chatkit's own AgentContext streams for the calls the demo's chart tool makes."""
+    from chatkit.agents import AgentContext
+    from chatkit.types import CustomSummary, CustomTask, ThreadMetadata
+
+    from benchmarks.reference_server import MemoryStore
+
+    context = AgentContext[dict[str, Any]](
+        thread=ThreadMetadata(id="thr_reference", created_at=datetime.now(UTC)),
+        store=MemoryStore(),
+        request_context={},
+    )
+    context._events = asyncio.Queue()
+    counting = CustomTask(title="Counting orders by status", icon="analytics", status_indicator="loading")
+    await context.add_workflow_task(counting)
+    await context.update_workflow_task(counting.model_copy(update={"status_indicator": "complete"}), 0)
+    drawing = CustomTask(title="Drawing the chart", icon="chart", status_indicator="loading")
+    await context.add_workflow_task(drawing)
+    await context.update_workflow_task(drawing.model_copy(update={"status_indicator": "complete"}), 1)
+    await context.end_workflow(CustomSummary(title="Order chart", icon="chart"))
+    events = []
+    while not context._events.empty():
+        event = context._events.get_nowait()
+        assert isinstance(event, ThreadItemAddedEvent | ThreadItemUpdatedEvent | ThreadItemDoneEvent)
+        events.append(event)
+    return _workflow_shape(events)
+
+
+async def test_workflow_tasks_stream_as_chatkits_agent_context_streams_them(
+    http: aiohttp.ClientSession, stack: Stack
+) -> None:
+    thread_id, events = await _new_thread(http, stack, "Show me a chart of our orders")
+    ours = _workflow_shape(events)
+    assert ours == await _chatkit_workflow_shape()
+    added = [
+        e.item for e in events if isinstance(e, ThreadItemAddedEvent) and isinstance(e.item, WorkflowItem)
+    ]
+    assert [(t.title, t.status_indicator) for t in added[0].workflow.tasks] == [  # as it was when sent
+        ("Counting orders by status", "loading")
+    ]
+    assert [step[0] for step in ours] == [
+        "thread.item.added",
+        "workflow.task.updated",
+        "workflow.task.added",
+        "workflow.task.updated",
+        "thread.item.done",
+    ]
+    # The finished workflow is stored with the thread, both tasks complete.
+    stored = [item for item in await _items(http, stack, thread_id) if isinstance(item, WorkflowItem)]
+    charts = [
+        w for w in stored if w.workflow.summary and getattr(w.workflow.summary, "title", "") == "Order chart"
+    ]
+    assert len(charts) == 1
+    assert [task.status_indicator for task in charts[0].workflow.tasks] == ["complete", "complete"]
+
+    async with aio.insecure_channel(stack.agent_address) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        grpc_events = [
+            e
+            async for e in stub.CreateThread(
+                chat_pb2.CreateThreadRequest(input=_input("Draw a chart of the orders")),
+                metadata=_grpc_auth(stack, user="grpc-workflow"),
+                timeout=60,
+            )
+        ]
+    updates = [
+        e.thread_item_updated.update.WhichOneof("kind")
+        for e in grpc_events
+        if e.WhichOneof("kind") == "thread_item_updated"
+        and e.thread_item_updated.update.WhichOneof("kind").startswith("workflow")
+    ]
+    assert updates == ["workflow_task_updated", "workflow_task_added", "workflow_task_updated"]
