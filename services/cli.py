@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 from services.common.auth import mint_token
 from services.common.config import Settings, grpc_target, load_settings
+from services.common.logs import configure_logging
 
 if TYPE_CHECKING:
     from services.upload_service.embedded_s3 import SeaweedFS
@@ -32,14 +32,7 @@ DEV_S3_PORT: Final = 9000
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    if settings.log_level.upper() != "DEBUG":
-        # Alembic narrates its plugins and contexts at INFO; the store logs what a migration changed.
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+    configure_logging(settings.log_level, settings.log_format)
 
 
 # --------------------------------------------------------------------------- services

@@ -17,6 +17,7 @@ checks its schema: on PostgreSQL an outdated schema stops the service with a mes
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
 
@@ -36,6 +37,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.agent_service.attachments import AttachmentClient
 from services.agent_service.conversation import Conversation
+from services.agent_service.metrics import STREAMS_IN_FLIGHT, StreamMetrics, watch_pool
 from services.agent_service.store import SchemaError, Store, create_store, database_url
 from services.agent_service.store.migrate import redacted
 from services.agent_service.transcription import Transcriber
@@ -44,10 +46,12 @@ from services.common import codec
 from services.common.auth import Principal
 from services.common.config import Settings
 from services.common.grpc_auth import AuthInterceptor, current_locale, current_principal
+from services.common.grpc_metrics import MetricsInterceptor
 from services.common.grpc_server import abort_with, enable_reflection, serve_until_signalled
 from services.common.grpc_server import server_options as common_server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
+from services.common.metrics import start_metrics_server
 from switchboard.app import Caller, InvalidRequest, SwitchboardError
 from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
@@ -65,6 +69,19 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     """Channel arguments of the agent server (see services.common.grpc_server)."""
     return common_server_options(settings, max_message_bytes=16 * _MB)
 
+
+STREAM_METRICS: Final = {
+    name: StreamMetrics(name)
+    for name in (
+        "CreateThread",
+        "AddUserMessage",
+        "AddClientToolOutput",
+        "AddStructuredInput",
+        "RetryAfterItem",
+        "CustomAction",
+    )
+}
+"""The streaming methods' metric children, bound once (services/agent_service/metrics.py)."""
 
 _Model = TypeVar("_Model", bound=BaseModel)
 _Reply = TypeVar("_Reply", bound=Message)
@@ -128,22 +145,44 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         self._transcriber = transcriber or Transcriber()
 
     async def _stream(
-        self, context: Context, open_events: Callable[[], AsyncIterator[ThreadStreamEvent]]
+        self,
+        context: Context,
+        operation: str,
+        open_events: Callable[[], AsyncIterator[ThreadStreamEvent]],
     ) -> None:
+        metrics = STREAM_METRICS[operation]
+        started = time.perf_counter()
+        sent = deltas = 0
+        STREAMS_IN_FLIGHT.inc()
         try:
-            events = open_events()
-        except SwitchboardError as error:
-            await abort_with(context, error)
-            return
-        try:
-            async for event in events:
-                await context.write(event_to_proto(event))
-        except SwitchboardError as error:
-            await abort_with(context, error)
+            try:
+                events = open_events()
+            except SwitchboardError as error:
+                await abort_with(context, error)
+                return
+            try:
+                async for event in events:
+                    if isinstance(event, ThreadItemUpdatedEvent) and isinstance(
+                        event.update, AssistantMessageContentPartTextDelta
+                    ):
+                        if not deltas:
+                            metrics.first_text.observe(time.perf_counter() - started)
+                        deltas += 1
+                    await context.write(event_to_proto(event))
+                    sent += 1
+            except SwitchboardError as error:
+                await abort_with(context, error)
+            finally:
+                aclose = getattr(events, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         finally:
-            aclose = getattr(events, "aclose", None)
-            if aclose is not None:
-                await aclose()
+            STREAMS_IN_FLIGHT.dec()
+            if sent:  # a refused call (a status, no events) is not a stream
+                metrics.seconds.observe(time.perf_counter() - started)
+                metrics.events.inc(sent)
+                if deltas:
+                    metrics.text_deltas.inc(deltas)
 
     async def _unary(self, context: Context, call: Callable[[], Awaitable[_Reply]]) -> _Reply:
         try:
@@ -158,13 +197,16 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
     async def CreateThread(self, request: chat_pb2.CreateThreadRequest, context: Context) -> None:  # type: ignore[override]
         owner, locale = _caller()
         await self._stream(
-            context, lambda: self._conversation.create_thread(owner, locale, _user_input(request.input))
+            context,
+            "CreateThread",
+            lambda: self._conversation.create_thread(owner, locale, _user_input(request.input)),
         )
 
     async def AddUserMessage(self, request: chat_pb2.AddUserMessageRequest, context: Context) -> None:  # type: ignore[override]
         owner, locale = _caller()
         await self._stream(
             context,
+            "AddUserMessage",
             lambda: self._conversation.add_user_message(
                 owner, locale, _required(request.thread_id, "thread_id"), _user_input(request.input)
             ),
@@ -177,6 +219,7 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         result = codec.json_value(request.result) if request.HasField("result") else None
         await self._stream(
             context,
+            "AddClientToolOutput",
             lambda: self._conversation.add_client_tool_output(
                 owner, locale, _required(request.thread_id, "thread_id"), result
             ),
@@ -186,6 +229,7 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         owner, locale = _caller()
         await self._stream(
             context,
+            "AddStructuredInput",
             lambda: self._conversation.add_structured_input(
                 owner,
                 locale,
@@ -199,6 +243,7 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         owner, locale = _caller()
         await self._stream(
             context,
+            "RetryAfterItem",
             lambda: self._conversation.retry_after_item(
                 owner,
                 locale,
@@ -212,6 +257,7 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         item_id = request.item_id if request.HasField("item_id") else None
         await self._stream(
             context,
+            "CustomAction",
             lambda: self._conversation.custom_action(
                 owner, locale, _required(request.thread_id, "thread_id"), item_id, _action(request.action)
             ),
@@ -342,7 +388,9 @@ async def build_server(
     Without a `transcriber`, dictation answers with the offline placeholder.
     """
     verifier = build_verifier(settings)
-    server = aio.server(interceptors=[AuthInterceptor(verifier)], options=server_options(settings))
+    server = aio.server(
+        interceptors=[MetricsInterceptor(), AuthInterceptor(verifier)], options=server_options(settings)
+    )
     conversation = Conversation(
         store,
         responder,
@@ -401,6 +449,16 @@ async def serve(settings: Settings) -> None:
         log.error("cannot start: %s", error)
         raise SystemExit(2) from None
     attachments = AttachmentClient(settings.upload_address, settings)
+    watch_pool(store.pool_checked_out)
+    try:
+        metrics = start_metrics_server(
+            settings.agent_metrics_listen, setting="SWITCHBOARD_AGENT_METRICS_LISTEN"
+        )
+    except (ValueError, OSError) as error:
+        await responder.aclose()
+        await store.close()
+        log.error("cannot start: metrics on %s: %s", settings.agent_metrics_listen, error)
+        raise SystemExit(2) from None
     server, health_servicer, port = await build_server(
         settings, store, responder, attachments=attachments, transcriber=responder.transcriber
     )
@@ -421,6 +479,8 @@ async def serve(settings: Settings) -> None:
     await responder.aclose()
     await attachments.aclose()
     await store.close()
+    if metrics is not None:
+        metrics.stop()
     log.info("agent service stopped")
 
 

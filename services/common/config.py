@@ -28,6 +28,17 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(Path("var"), validation_alias=_env("SWITCHBOARD_DATA_DIR"))
     log_level: str = Field("INFO", validation_alias=_env("SWITCHBOARD_LOG_LEVEL"))
+    log_format: Literal["text", "json"] = Field("text", validation_alias=_env("SWITCHBOARD_LOG_FORMAT"))
+    """`json`: one JSON object per line with request id, tenant and operation (services/common/logs.py)."""
+
+    # Metrics (Prometheus text format, see services/common/metrics.py); the edge serves GET /metrics
+    # on its own HTTP port, the gRPC services on a small HTTP port of their own. Empty: off.
+    agent_metrics_listen: str = Field(
+        "127.0.0.1:9464", validation_alias=_env("SWITCHBOARD_AGENT_METRICS_LISTEN")
+    )
+    upload_metrics_listen: str = Field(
+        "127.0.0.1:9465", validation_alias=_env("SWITCHBOARD_UPLOAD_METRICS_LISTEN")
+    )
 
     # Auth
     jwt_secret: str | None = Field(None, validation_alias=_env("SWITCHBOARD_JWT_SECRET"))

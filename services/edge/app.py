@@ -55,8 +55,11 @@ from services.common.audio import transcribe_body_limit
 from services.common.auth import AuthError
 from services.common.config import Settings
 from services.common.errors import error_body, http_status
+from services.common.grpc_auth import current_principal, current_request_id
 from services.common.grpc_tls import client_channel
 from services.common.identity import build_verifier
+from services.common.logs import current_operation
+from services.edge import metrics
 from services.edge.chatkit import (
     BadRequest,
     InvalidReply,
@@ -274,6 +277,7 @@ async def request_context_middleware(
     """
     request_id = _request_id(request)
     request[REQUEST_ID] = request_id
+    current_request_id.set(request_id)  # for the logs (services/common/logs.py)
     started = time.perf_counter()
     status = 500
     try:
@@ -287,6 +291,8 @@ async def request_context_middleware(
         status = 499
         raise
     finally:
+        elapsed = time.perf_counter() - started
+        metrics.observe(request, request.get(OPERATION, "-"), status, elapsed)
         access_log.info(
             "[%s] %s %s %s %d %.1fms",
             request_id,
@@ -294,7 +300,7 @@ async def request_context_middleware(
             request.path,
             request.get(OPERATION, "-"),
             status,
-            (time.perf_counter() - started) * 1000,
+            elapsed * 1000,
         )
 
 
@@ -478,6 +484,7 @@ class Edge:
         except AuthError as error:
             return _unauthenticated(str(error), invalid=bool(authorization))
         assert authorization is not None
+        current_principal.set(principal)
 
         limit = self.settings.max_body_bytes
         read_limit = max(limit, self.transcribe_body_bytes)  # see "Body limits" above
@@ -506,6 +513,7 @@ class Edge:
         except BadRequest as error:
             return json_error(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         request[OPERATION] = operation.type
+        current_operation.set(operation.type)
         log.debug(
             "[%s] %s for tenant %s user %s", request_id, operation.type, principal.tenant, principal.user
         )
@@ -539,6 +547,7 @@ class Edge:
             return _unauthenticated(str(error), invalid=bool(authorization))
         assert authorization is not None
         request[OPERATION] = "upload"
+        current_operation.set("upload")
         if self._uploads is None:
             return json_error(grpc.StatusCode.UNAVAILABLE, "the edge is not connected to the upload service")
         try:
@@ -589,6 +598,7 @@ class Edge:
                 return json_error(grpc.StatusCode.INTERNAL, "the agent service sent an invalid event")
 
             await response.prepare(request)
+            metrics.STREAMS_IN_FLIGHT.inc()
             try:
                 if frame is not None:  # None: an empty stream (ChatKit sends those too), just end it
                     await response.write(frame)
@@ -604,6 +614,8 @@ class Edge:
             log.info("[%s] client disconnected during %s", request_id, operation.rpc)
         finally:
             call.cancel()  # a no-op when the stream already ended
+            if response.prepared:
+                metrics.STREAMS_IN_FLIGHT.dec()
         return response
 
     async def _pump(
@@ -674,6 +686,7 @@ def create_app(settings: Settings) -> web.Application:
         app.router.add_get("/healthz", edge.healthz),
         app.router.add_get("/readyz", edge.readyz),
     ]
+    app.router.add_get("/metrics", metrics.metrics_handler)  # no CORS: for Prometheus, not browsers
     if edge.demo_page is not None:
         routes.append(app.router.add_get("/", edge.demo))
     if settings.cors_origins:

@@ -29,9 +29,12 @@ from services.common.auth import Principal
 from services.common.config import Settings
 from services.common.errors import invalid
 from services.common.grpc_auth import AuthInterceptor, current_principal, current_request_id
+from services.common.grpc_metrics import MetricsInterceptor
 from services.common.grpc_server import abort_with, enable_reflection, serve_until_signalled, server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
+from services.common.metrics import start_metrics_server
+from services.upload_service import metrics
 from services.upload_service.attachments import Attachments, Presented
 from services.upload_service.records import AttachmentRecord
 from services.upload_service.storage import ObjectStorage
@@ -102,13 +105,19 @@ class UploadService(upload_pb2_grpc.UploadServiceServicer):
             first = await anext(messages, None)
             if first is None or first.WhichOneof("kind") != "info":
                 raise invalid("the first message must carry `info` (the file's name and type)")
-            record = await self._attachments.upload(
-                owner,
-                name=first.info.name,
-                mime_type=first.info.mime_type,
-                size=first.info.size,
-                chunks=_chunks(messages),
-            )
+            try:
+                record = await self._attachments.upload(
+                    owner,
+                    name=first.info.name,
+                    mime_type=first.info.mime_type,
+                    size=first.info.size,
+                    chunks=_chunks(messages),
+                )
+            except SwitchboardError as error:
+                metrics.count_refusal(error)
+                raise
+            metrics.DIRECT.inc()
+            metrics.UPLOAD_BYTES.inc(record.size)
             (attachment,) = await self._present([record])
             return upload_pb2.UploadResponse(
                 attachment=attachment, size=record.size, sha256=record.sha256 or ""
@@ -122,9 +131,14 @@ class UploadService(upload_pb2_grpc.UploadServiceServicer):
         owner = current_principal.get()
 
         async def call() -> upload_pb2.CreateAttachmentResponse:
-            record = await self._attachments.create(
-                owner, name=request.name, mime_type=request.mime_type, size=request.size
-            )
+            try:
+                record = await self._attachments.create(
+                    owner, name=request.name, mime_type=request.mime_type, size=request.size
+                )
+            except SwitchboardError as error:
+                metrics.count_refusal(error)
+                raise
+            metrics.PRESIGNED.inc()
             (attachment,) = await self._present([record])
             return upload_pb2.CreateAttachmentResponse(attachment=attachment)
 
@@ -203,7 +217,7 @@ async def build_server(
     """
     verifier = build_verifier(settings)
     server = aio.server(
-        interceptors=[AuthInterceptor(verifier)],
+        interceptors=[MetricsInterceptor(), AuthInterceptor(verifier)],
         options=server_options(settings, max_message_bytes=MAX_MESSAGE_BYTES),
     )
     attachments = Attachments(
@@ -252,6 +266,14 @@ async def serve(settings: Settings) -> None:
     """Run the upload service until SIGTERM/SIGINT, then drain in-flight calls within the grace."""
     storage = ObjectStorage.from_settings(settings)
     try:
+        scrape = start_metrics_server(
+            settings.upload_metrics_listen, setting="SWITCHBOARD_UPLOAD_METRICS_LISTEN"
+        )
+    except (ValueError, OSError) as error:
+        await storage.close()
+        log.error("cannot start: metrics on %s: %s", settings.upload_metrics_listen, error)
+        raise SystemExit(2) from None
+    try:
         server, health_servicer, port = await build_server(settings, storage, serving=False)
         bucket_task = asyncio.create_task(_ensure_bucket(storage, health_servicer))
         log.info(
@@ -269,6 +291,8 @@ async def serve(settings: Settings) -> None:
             bucket_task.cancel()
     finally:
         await storage.close()
+        if scrape is not None:
+            scrape.stop()
     log.info("upload service stopped")
 
 

@@ -15,6 +15,10 @@ Policy (deterministic, per request):
 Text is streamed word by word; tool calls are streamed as a first chunk with id and name followed
 by several argument fragments, as OpenAI does. Every request body is recorded in `requests`.
 
+Every completion reports the usage `USAGE` (distinct numbers that tests can find in the metrics): in
+the reply, or for streams in a last chunk without choices when the request asks for it with
+`stream_options.include_usage`, as OpenAI does.
+
 Transcriptions are recorded in `transcriptions` (model, file name, content type, bytes) and answer
 `{"text": "heard <n> bytes of <content type>"}`; audio that starts with `REFUSE` gets OpenAI's 400
 error body (bad audio), audio that starts with `FAIL` a 500.
@@ -22,6 +26,7 @@ error body (bad audio), audio that starts with `FAIL` a 500.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import secrets
@@ -31,6 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import BodyPartReader, web
+
+USAGE = {"prompt_tokens": 17, "completion_tokens": 5, "total_tokens": 22}
+"""What every completion reports (per request)."""
 
 _KEYWORDS = {"billing": ("invoice", "refund", "billing", "order"), "tech": ("error", "crash", "login", "api")}
 
@@ -48,6 +56,8 @@ class FakeOpenAI:
     base_url: str = ""
     requests: list[dict[str, Any]] = field(default_factory=list)
     transcriptions: list[Transcription] = field(default_factory=list)
+    word_delay_s: float = 0.0
+    """A pause before each streamed word (tests that need a turn to last set it)."""
 
     def system_prompts(self) -> list[str]:
         return [
@@ -140,7 +150,7 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
                         "finish_reason": "stop" if kind == "text" else "tool_calls",
                     }
                 ],
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                "usage": USAGE,
             }
         )
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -156,8 +166,20 @@ async def _chat_completions(request: web.Request) -> web.StreamResponse:
         await response.write(_chunk(body, completion_id, {}, "tool_calls"))
     else:
         for index, word in enumerate(value.split(" ")):
+            if fake.word_delay_s:
+                await asyncio.sleep(fake.word_delay_s)
             await response.write(_chunk(body, completion_id, {"content": word if index == 0 else f" {word}"}))
         await response.write(_chunk(body, completion_id, {}, "stop"))
+    if (body.get("stream_options") or {}).get("include_usage"):
+        payload = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": body.get("model", "fake"),
+            "choices": [],
+            "usage": USAGE,
+        }
+        await response.write(f"data: {json.dumps(payload)}\n\n".encode())
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response

@@ -48,6 +48,7 @@ FIELD_ENV: Final = {field: env for env, field in ALIASES.items()}
 HEALTH_SERVICE: Final = {"agent": agent_server.SERVICE_NAME, "upload": upload_server.SERVICE_NAME}
 # The listen settings of each service (field names of Settings).
 LISTEN: Final = {"agent": "agent_listen", "upload": "upload_listen"}
+METRICS_LISTEN: Final = {"agent": "agent_metrics_listen", "upload": "upload_metrics_listen"}
 # Settings a service needs in a cluster although they have defaults: the defaults are the embedded
 # one-machine setup (a random per-process JWT key in ./var, SQLite in ./var, dev MinIO keys).
 # How tokens are verified is checked on its own (test_every_service_verifies_tokens_the_same_way).
@@ -134,16 +135,23 @@ def test_services_listen_where_their_manifests_say(overlay: Rendered) -> None:
     for service, container in services.items():
         if service == "edge":
             host = _value(container, "edge_host")
-            port = int(_value(container, "edge_port"))
+            ports = [int(_value(container, "edge_port"))]  # /metrics is on the same port
         else:
             host, port = listen_port(_value(container, LISTEN[service]))
+            metrics_host, metrics_port = listen_port(_value(container, METRICS_LISTEN[service]))
+            assert metrics_host in WILDCARD_HOSTS, f"{container.name}: Prometheus cannot reach its metrics"
+            ports = [port, metrics_port]
         assert host in WILDCARD_HOSTS, f"{container.name} listens on {host}: unreachable from other pods"
         declared = [p["containerPort"] for p in container.spec["ports"]]
-        assert declared == [port], f"{container.name} listens on {port} but declares ports {declared}"
+        assert declared == ports, f"{container.name} listens on {ports} but declares ports {declared}"
         (svc,) = overlay.services_selecting(container.pod_labels)
-        assert [container.container_port(p.get("targetPort", p["port"])) for p in svc["spec"]["ports"]] == [
-            port
-        ]
+        assert [
+            container.container_port(p.get("targetPort", p["port"])) for p in svc["spec"]["ports"]
+        ] == ports
+        annotations = svc["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/scrape") == "true", svc["metadata"]["name"]
+        assert int(annotations["prometheus.io/port"]) == ports[-1]
+        assert annotations["prometheus.io/path"] == "/metrics"
 
 
 def test_grpc_backends_are_headless_and_called_through_dns(overlay: Rendered) -> None:
@@ -479,6 +487,9 @@ def test_network_policies_deny_by_default_and_allow_only_the_wiring(overlay: Ren
     )
     internal = Peer({"switchboard/grpc-client": "true"}, {"kubernetes.io/metadata.name": "billing"})
     stranger = Peer({"app": "other"}, {"kubernetes.io/metadata.name": "other"})
+    prometheus = Peer({"app.kubernetes.io/name": "prometheus"}, {"kubernetes.io/metadata.name": "monitoring"})
+    agent_metrics = listen_port(str(_value(services["agent"], "agent_metrics_listen")))[1]
+    upload_metrics = listen_port(str(_value(services["upload"], "upload_metrics_listen")))[1]
     labelled_stranger = Peer({"switchboard/grpc-client": "true"}, {"kubernetes.io/metadata.name": "other"})
     allowed = [
         (controller, pod["edge"], edge_port),
@@ -488,10 +499,16 @@ def test_network_policies_deny_by_default_and_allow_only_the_wiring(overlay: Ren
         (internal, pod["agent"], agent_port),
         (internal, pod["upload"], upload_port),
         (pod["agent"], Peer(ip="162.159.140.245"), 443),  # an LLM provider's public address
+        (prometheus, pod["edge"], edge_port),
+        (prometheus, pod["agent"], agent_metrics),
+        (prometheus, pod["upload"], upload_metrics),
     ]
     denied = [
         (stranger, pod["edge"], edge_port),
         (stranger, pod["agent"], agent_port),
+        (stranger, pod["agent"], agent_metrics),
+        (stranger, pod["upload"], upload_metrics),
+        (prometheus, pod["agent"], agent_port),
         (pod["upload"], pod["agent"], agent_port),
         (pod["agent"], pod["edge"], edge_port),
         (pod["edge"], Peer(ip="162.159.140.245"), 443),

@@ -106,6 +106,14 @@ class Stack:
         wait_port(int(env["SWITCHBOARD_AGENT_LISTEN"].rsplit(":", 1)[1]), service, timeout)
         return service
 
+    def metrics_url(self, name: str) -> str:
+        """Where the service `name` ("edge", "upload", "agent", "agent-2", ...) serves /metrics."""
+        if name == "edge":
+            return f"{self.edge_url}/metrics"
+        env = self.env if name == "upload" else self.agent_envs[name]
+        key = "SWITCHBOARD_UPLOAD_METRICS_LISTEN" if name == "upload" else "SWITCHBOARD_AGENT_METRICS_LISTEN"
+        return f"http://{env[key]}/metrics"
+
     def token(self, tenant: str = "acme", user: str = "alice", role: str = "user") -> str:
         return mint_token(SECRET, tenant=tenant, user=user, role=role)
 
@@ -153,6 +161,9 @@ def service_env(
             "SWITCHBOARD_UPLOAD_ADDRESS": f"127.0.0.1:{upload_port}",
             "SWITCHBOARD_EDGE_HOST": "127.0.0.1",
             "SWITCHBOARD_EDGE_PORT": str(edge_port),
+            # Metrics ports of their own: many stacks run at once (the defaults would collide).
+            "SWITCHBOARD_AGENT_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+            "SWITCHBOARD_UPLOAD_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
             "SWITCHBOARD_LOCAL_TOKEN_DELAY_MS": "2",
             "SWITCHBOARD_SHUTDOWN_GRACE_S": "5",
             "SWITCHBOARD_LOG_LEVEL": "INFO",
@@ -271,6 +282,8 @@ def running_stack(
     for index, address in enumerate(addresses):
         name = "agent" if index == 0 else f"agent-{index + 1}"
         stack.agent_envs[name] = {**env, "SWITCHBOARD_AGENT_LISTEN": address}
+        if index:
+            stack.agent_envs[name]["SWITCHBOARD_AGENT_METRICS_LISTEN"] = f"127.0.0.1:{free_port()}"
     try:
         if database_url is not None:
             migrate(env)

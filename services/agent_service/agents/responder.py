@@ -55,6 +55,7 @@ from agents import (
     Agent,
     AgentUpdatedStreamEvent,
     MaxTurnsExceeded,
+    ModelSettings,
     RawResponsesStreamEvent,
     RunConfig,
     RunItemStreamEvent,
@@ -80,6 +81,7 @@ from services.agent_service.agents.attachment_input import AttachmentLimits
 from services.agent_service.agents.converter import SwitchboardConverter
 from services.agent_service.agents.loader import AppLoadError, load_app
 from services.agent_service.agents.stream import StreamTranslator, find_agent
+from services.agent_service.metrics import ModelUsage, observe_sdk_event
 from services.agent_service.models.factory import ConfiguredModels, build_models, title_models
 from services.agent_service.transcription import Transcriber
 from services.agent_service.turn import ACTIVE_AGENT_KEY, ActionRequest, Turn
@@ -96,6 +98,7 @@ from switchboard.app import (
     StreamingActionContext,
     SwitchboardError,
 )
+from switchboard.app._responses import MODEL_NAME as OFFLINE_MODEL_NAME
 
 logger = logging.getLogger(__name__)
 
@@ -248,8 +251,14 @@ class AppResponder:
         self._state = state
         self._models = models
         self._max_turns = max_turns
-        self._run_config = RunConfig(model_provider=models, tracing_disabled=True)
-        self._title_config = RunConfig(model_provider=title_models(models), tracing_disabled=True)
+        # include_usage: streamed Chat Completions report their token usage (the metrics count it);
+        # the SDK asks OpenAI itself for it, other compatible servers only when told to.
+        usage = ModelSettings(include_usage=True)
+        self._run_config = RunConfig(model_provider=models, tracing_disabled=True, model_settings=usage)
+        self._title_config = RunConfig(
+            model_provider=title_models(models), tracing_disabled=True, model_settings=usage
+        )
+        self._usage = ModelUsage(models.provider)
         self.attachment_limits = AttachmentLimits()
         """What one turn may put into the model input from attachments (`attachment_input.py`)."""
         self.transcriber = transcriber or Transcriber(models.client, app_transcribe=app.transcribe)
@@ -297,6 +306,7 @@ class AppResponder:
                         case _Text(parts=parts):
                             events += translator.on_text("".join(parts))
                         case RawResponsesStreamEvent() | RunItemStreamEvent() | AgentUpdatedStreamEvent():
+                            observe_sdk_event(envelope, self._usage)
                             events += translator.on_sdk_event(envelope)
                         case _:
                             events += translator.on_tool_event(envelope)
@@ -329,9 +339,24 @@ class AppResponder:
         except Exception:
             logger.warning("Could not generate a title for thread %s", turn.thread.id, exc_info=True)
             return
+        used = result.context_wrapper.usage
+        self._usage.record(
+            self._model_name(title_agent),
+            requests=used.requests,
+            input_tokens=used.input_tokens,
+            output_tokens=used.output_tokens,
+        )
         title = clean_title(str(result.final_output or ""))
         if title:
             turn.thread.title = title
+
+    def _model_name(self, agent: Agent[Any]) -> str:
+        """The model label of a non-streamed run (its responses do not name their model)."""
+        if self._models.is_local:
+            return OFFLINE_MODEL_NAME
+        if isinstance(agent.model, str):
+            return agent.model
+        return str(getattr(agent.model, "model", None) or self._models.default_name or "unknown")
 
     # ------------------------------------------------------------------------------------ actions
 

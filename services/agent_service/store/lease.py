@@ -49,6 +49,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final, TypeVar
 
+from services.agent_service import metrics
 from services.agent_service.store.base import Fence, LeaseLost, Store, ThreadBusy
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class RunLease:
             except ThreadBusy:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
+                    metrics.LEASE_CONFLICTS.inc()
                     raise
                 await asyncio.sleep(min(WAIT_POLL_S, remaining))
         self._adopt()

@@ -25,6 +25,7 @@ disconnect invalidates the whole pool), so the service recovers without a restar
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
@@ -37,6 +38,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from services.agent_service import metrics
 from services.agent_service.store import migrate
 from services.agent_service.store.base import Fence, LeaseLost, Order, Store, ThreadBusy
 from services.agent_service.store.schema import feedback, run_leases, threads
@@ -265,6 +267,10 @@ class SqlStore(Store):
     def _describe(self) -> str:
         raise NotImplementedError
 
+    def pool_checked_out(self) -> int:
+        """Connections of the store's pool in use now (the metric `switchboard_store_pool_...`)."""
+        return self.engine.pool.checkedout() if self._engine is not None else 0  # type: ignore[attr-defined]
+
     async def close(self) -> None:
         if self._engine is not None:
             await self._engine.dispose()
@@ -281,15 +287,23 @@ class SqlStore(Store):
 
     async def _run(self, body: Callable[[Connection], T]) -> T:
         """`_execute`, with infrastructure failures turned into SwitchboardError (see `_translate`)."""
+        started = time.perf_counter()
         try:
-            return await self._execute(body)
+            result = await self._execute(body)
+            metrics.STORE_COMMIT.observe(time.perf_counter() - started)
+            return result
         except SwitchboardError:
+            metrics.STORE_ROLLBACK.observe(time.perf_counter() - started)
             raise
         except Exception as error:
+            metrics.STORE_ROLLBACK.observe(time.perf_counter() - started)
             translated = _translate(error)
             if translated is None:
                 raise
-            log.warning("database operation failed: %s: %s", type(error).__name__, error)
+            # The driver's message, not SQLAlchemy's (that one lists the statement's parameters:
+            # user content would reach the logs).
+            cause = str(getattr(error, "orig", None) or error).splitlines()[0][:300]
+            log.warning("database operation failed: %s: %s", type(error).__name__, cause)
             raise translated from error
 
     # ------------------------------------------------------------------ lookups (inside bodies)

@@ -111,6 +111,10 @@ class SqliteStore(SqlStore):
             self._thread = None
         await super().close()
 
+    def pool_checked_out(self) -> int:
+        engine = self._sync_engine
+        return engine.pool.checkedout() if engine is not None else 0  # type: ignore[attr-defined]
+
     async def _execute(self, body: Callable[[Connection], T]) -> T:
         if self._thread is None:
             raise RuntimeError("the store is not open")

@@ -1,0 +1,146 @@
+"""The agent service's metrics (Prometheus, see services/common/metrics.py).
+
+Streams (labels: `operation`, the gRPC method):
+- `switchboard_agent_streams_in_flight` (gauge, no label: what an HPA scales on)
+- `switchboard_agent_stream_first_text_seconds` (histogram): from the call to the first text delta
+- `switchboard_agent_stream_duration_seconds` (histogram): the whole stream
+- `switchboard_agent_stream_events_total`, `switchboard_agent_stream_text_deltas_total`: events
+  and text deltas sent (counted per stream, added once at its end: nothing per delta but an int)
+
+Models and agents (from the Agents SDK's stream: every `response.completed` is one model call with
+the usage the provider reported; the run items `tool_called` and `handoff_occured`):
+- `switchboard_model_calls_total{provider, model}`
+- `switchboard_model_tokens_total{provider, model, direction="input"|"output"}`
+- `switchboard_agent_tool_calls_total{tool}`, `switchboard_agent_handoffs_total{agent}` (the target)
+
+Store:
+- `switchboard_store_transaction_seconds{outcome="commit"|"rollback"}` (histogram)
+- `switchboard_store_run_lease_conflicts_total`: requests refused (or given up waiting) because
+  another run held the thread (ABORTED, HTTP 409)
+- `switchboard_store_pool_connections_in_use` (gauge, read at scrape time from SQLAlchemy's pool)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from agents import HandoffOutputItem, RawResponsesStreamEvent, RunItemStreamEvent, StreamEvent
+from openai.types.responses import ResponseCompletedEvent
+from prometheus_client import Counter, Gauge, Histogram
+
+from services.common.metrics import DB_BUCKETS, LATENCY_BUCKETS, STREAM_BUCKETS
+
+STREAMS_IN_FLIGHT: Final = Gauge("switchboard_agent_streams_in_flight", "Streaming calls being served")
+FIRST_TEXT_SECONDS: Final = Histogram(
+    "switchboard_agent_stream_first_text_seconds",
+    "Time from a streaming call's start to its first text delta",
+    ["operation"],
+    buckets=LATENCY_BUCKETS,
+)
+STREAM_SECONDS: Final = Histogram(
+    "switchboard_agent_stream_duration_seconds",
+    "Duration of streaming calls, until their last event",
+    ["operation"],
+    buckets=STREAM_BUCKETS,
+)
+STREAM_EVENTS: Final = Counter(
+    "switchboard_agent_stream_events_total", "ChatKit events streamed", ["operation"]
+)
+STREAM_TEXT_DELTAS: Final = Counter(
+    "switchboard_agent_stream_text_deltas_total", "Assistant text deltas streamed", ["operation"]
+)
+
+MODEL_CALLS: Final = Counter("switchboard_model_calls_total", "Completed model calls", ["provider", "model"])
+MODEL_TOKENS: Final = Counter(
+    "switchboard_model_tokens_total",
+    "Tokens the provider reported, by direction (input, output)",
+    ["provider", "model", "direction"],
+)
+TOOL_CALLS: Final = Counter("switchboard_agent_tool_calls_total", "Tool calls by the agents", ["tool"])
+HANDOFFS: Final = Counter("switchboard_agent_handoffs_total", "Handoffs, by target agent", ["agent"])
+
+STORE_TRANSACTION_SECONDS: Final = Histogram(
+    "switchboard_store_transaction_seconds",
+    "Store transactions, from begin to commit or rollback",
+    ["outcome"],
+    buckets=DB_BUCKETS,
+)
+STORE_COMMIT: Final = STORE_TRANSACTION_SECONDS.labels("commit")
+STORE_ROLLBACK: Final = STORE_TRANSACTION_SECONDS.labels("rollback")
+LEASE_CONFLICTS: Final = Counter(
+    "switchboard_store_run_lease_conflicts_total",
+    "Requests refused because another run held the thread's lease",
+)
+POOL_IN_USE: Final = Gauge(
+    "switchboard_store_pool_connections_in_use", "Database connections checked out of the pool"
+)
+
+
+class StreamMetrics:
+    """The pre-bound children of one streaming operation (nothing is looked up per event)."""
+
+    __slots__ = ("events", "first_text", "seconds", "text_deltas")
+
+    def __init__(self, operation: str) -> None:
+        self.first_text = FIRST_TEXT_SECONDS.labels(operation)
+        self.seconds = STREAM_SECONDS.labels(operation)
+        self.events = STREAM_EVENTS.labels(operation)
+        self.text_deltas = STREAM_TEXT_DELTAS.labels(operation)
+
+
+class ModelUsage:
+    """Model call and token counters of one provider, children cached per model name."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self._children: dict[str, tuple[Counter, Counter, Counter]] = {}
+
+    def record(self, model: str, *, requests: int, input_tokens: int, output_tokens: int) -> None:
+        children = self._children.get(model)
+        if children is None:
+            children = self._children[model] = (
+                MODEL_CALLS.labels(self.provider, model),
+                MODEL_TOKENS.labels(self.provider, model, "input"),
+                MODEL_TOKENS.labels(self.provider, model, "output"),
+            )
+        calls, tokens_in, tokens_out = children
+        if requests:
+            calls.inc(requests)
+        if input_tokens:
+            tokens_in.inc(input_tokens)
+        if output_tokens:
+            tokens_out.inc(output_tokens)
+
+
+def watch_pool(checked_out: Callable[[], int]) -> None:
+    """Report the pool's checked-out connections at each scrape."""
+    POOL_IN_USE.set_function(lambda: float(checked_out()))
+
+
+def observe_sdk_event(event: StreamEvent, usage: ModelUsage) -> None:
+    """Count what a run's SDK event says: a finished model call (with its reported usage), a tool
+    call or a handoff. Text deltas never get here (the responder merges them first)."""
+    if isinstance(event, RawResponsesStreamEvent):
+        if isinstance(event.data, ResponseCompletedEvent):
+            response = event.data.response
+            reported = response.usage
+            usage.record(
+                str(response.model or "unknown"),
+                requests=1,
+                input_tokens=reported.input_tokens if reported is not None else 0,
+                output_tokens=reported.output_tokens if reported is not None else 0,
+            )
+    elif isinstance(event, RunItemStreamEvent):
+        if event.name == "tool_called":
+            TOOL_CALLS.labels(_tool_name(event.item.raw_item)).inc()
+        elif event.name == "handoff_occured" and isinstance(event.item, HandoffOutputItem):
+            HANDOFFS.labels(event.item.target_agent.name).inc()
+
+
+def _tool_name(raw: object) -> str:
+    name = raw.get("name") if isinstance(raw, dict) else getattr(raw, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    kind = raw.get("type") if isinstance(raw, dict) else getattr(raw, "type", None)
+    return str(kind or "unknown")

@@ -1,0 +1,77 @@
+"""Logging for every service: text (the default) or JSON lines (`SWITCHBOARD_LOG_FORMAT=json`).
+
+Every record gets `request_id`, `tenant` and `operation` from the request's context variables when
+they are known (the edge sets them for its requests, the gRPC interceptors for each call:
+`services/common/grpc_auth.py`, `services/common/grpc_metrics.py`), so a JSON line can be found by
+request id across services without parsing the message. Text lines keep their format (messages that
+concern a request already start with `[request id]`).
+
+User content (message text, file contents, tool arguments) is not logged at INFO or above; some
+DEBUG lines name users and tenants. What is not ours to format stays as it is: gRPC's C core writes
+its rare diagnostics to stderr itself, and a crash's traceback is printed by Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextvars import ContextVar
+from typing import Final
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter
+
+from services.common.grpc_auth import current_principal, current_request_id
+
+current_operation: ContextVar[str] = ContextVar("current_operation", default="-")
+"""The ChatKit operation (edge) or the gRPC method (services) of the request being served."""
+
+TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+JSON_FIELDS: Final = ("asctime", "levelname", "name", "message")
+
+
+class RequestContextFilter(logging.Filter):
+    """Adds `request_id`, `tenant` and `operation` to every record ("-" when not known)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = current_request_id.get()
+        principal = current_principal.get(None)
+        record.tenant = principal.tenant if principal is not None else "-"
+        record.operation = current_operation.get()
+        return True
+
+
+class _JsonFormatter(JsonFormatter):
+    """JSON lines; context fields that are not known ("-") are left out."""
+
+    def add_fields(
+        self,
+        log_data: dict[str, object],
+        record: logging.LogRecord,
+        message_dict: dict[str, object],
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
+        for name in ("request_id", "tenant", "operation"):
+            value = getattr(record, name, "-")
+            if value != "-":
+                log_data[name] = value
+
+
+def json_formatter() -> logging.Formatter:
+    return _JsonFormatter(
+        list(JSON_FIELDS),
+        rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+        reserved_attrs=[*RESERVED_ATTRS, "request_id", "tenant", "operation"],
+    )
+
+
+def configure_logging(level: str, log_format: str = "text") -> None:
+    """One stderr handler on the root logger, in the chosen format, with the context filter."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestContextFilter())
+    handler.setFormatter(json_formatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.captureWarnings(True)  # Python warnings become records too (JSON lines in JSON mode)
+    if level.upper() != "DEBUG":
+        # Alembic narrates its plugins and contexts at INFO; the store logs what a migration changed.
+        logging.getLogger("alembic").setLevel(logging.WARNING)

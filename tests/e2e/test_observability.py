@@ -1,0 +1,244 @@
+"""Metrics and logs of the real stack: one conversation through edge → agent → (fake) model, then
+every service's /metrics is scraped and parsed with prometheus_client's parser, and the JSON logs are
+read line by line.
+
+The stack runs on the fake OpenAI-compatible server (its completions report `USAGE`) with the demo
+app, and `SWITCHBOARD_LOG_FORMAT=json`. Tests run in file order on one stack; each compares
+counters before and after what it does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from chatkit.types import ThreadItemUpdatedEvent
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.fakes.openai_server import USAGE, FakeOpenAI, fake_openai_server
+from tests.support.chatkit_wire import call, error_of, request, stream, user_input
+from tests.support.processes import Stack, running_stack
+
+EMPLOYEE_QUESTION = "Who is employee E1001?"
+REQUEST_ID = "obs-test-0001"
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=5) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    """The sum of `name`'s samples whose labels include `labels` (0 when there are none)."""
+    wanted = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
+
+
+def label_values(samples: Samples, name: str, label: str) -> set[str]:
+    return {dict(ls)[label] for (n, ls), _ in samples.items() if n == name and label in dict(ls)}
+
+
+class Scrapes:
+    """Before/after snapshots of every service's metrics."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.before = self.take()
+
+    def take(self) -> dict[str, Samples]:
+        return {name: scrape(self.stack.metrics_url(name)) for name in ("edge", "agent", "upload")}
+
+    def delta(self, after: dict[str, Samples], service: str, name: str, **labels: str) -> float:
+        return value(after[service], name, **labels) - value(self.before[service], name, **labels)
+
+
+@pytest.fixture(scope="module")
+async def observed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[tuple[Stack, FakeOpenAI]]:
+    async with fake_openai_server() as fake:
+        with running_stack(
+            tmp_path_factory.mktemp("observe"),
+            LLM_PROVIDER="openai",
+            OPENAI_BASE_URL=fake.base_url,
+            OPENAI_API_KEY="sk-test",
+            SWITCHBOARD_LOG_FORMAT="json",
+        ) as stack:
+            yield stack, fake
+
+
+async def test_one_conversation_moves_every_metric(
+    http: aiohttp.ClientSession, observed: tuple[Stack, FakeOpenAI]
+) -> None:
+    stack, fake = observed
+    scrapes = Scrapes(stack)
+    calls_before = len(fake.requests)
+
+    events = await stream(
+        http,
+        stack.edge_url,
+        request("threads.create", input=user_input(EMPLOYEE_QUESTION)),
+        {**stack.headers(), "X-Request-Id": REQUEST_ID},
+    )
+    deltas = [
+        e for e in events if isinstance(e, ThreadItemUpdatedEvent) and e.update.type.endswith("text_delta")
+    ]
+    assert deltas, [e.type for e in events]
+    model_calls = len(fake.requests) - calls_before
+    assert model_calls >= 3, "router, tool call, answer (and the title)"
+    after = scrapes.take()
+
+    # edge: the HTTP request, by route, operation and status; no stream left open
+    edge = {"route": "/chatkit/api", "operation": "threads.create"}
+    assert scrapes.delta(after, "edge", "switchboard_http_requests_total", status="200", **edge) == 1
+    assert scrapes.delta(after, "edge", "switchboard_http_request_duration_seconds_count", **edge) == 1
+    assert value(after["edge"], "switchboard_edge_streams_in_flight") == 0
+
+    # agent: the gRPC call and its stream
+    agent = "agent"
+    grpc = {"grpc_service": "switchboard.v1.ChatService", "grpc_method": "CreateThread"}
+    assert scrapes.delta(after, agent, "switchboard_grpc_server_handled_total", grpc_code="OK", **grpc) == 1
+    assert scrapes.delta(after, agent, "switchboard_grpc_server_started_total", **grpc) == 1
+    op = {"operation": "CreateThread"}
+    assert scrapes.delta(after, agent, "switchboard_agent_stream_first_text_seconds_count", **op) == 1
+    assert scrapes.delta(after, agent, "switchboard_agent_stream_duration_seconds_count", **op) == 1
+    assert scrapes.delta(after, agent, "switchboard_agent_stream_text_deltas_total", **op) == len(deltas)
+    assert scrapes.delta(after, agent, "switchboard_agent_stream_events_total", **op) == len(events)
+    assert value(after[agent], "switchboard_agent_streams_in_flight") == 0
+
+    # the model calls and the usage the provider reported, the handoff and the tool call
+    provider = {"provider": "openai"}
+    assert scrapes.delta(after, agent, "switchboard_model_calls_total", **provider) == model_calls
+    tokens = "switchboard_model_tokens_total"
+    assert scrapes.delta(after, agent, tokens, direction="input", **provider) == (
+        model_calls * USAGE["prompt_tokens"]
+    )
+    assert scrapes.delta(after, agent, tokens, direction="output", **provider) == (
+        model_calls * USAGE["completion_tokens"]
+    )
+    assert label_values(after[agent], tokens, "model") == {"gpt-4.1-mini"}
+    assert scrapes.delta(after, agent, "switchboard_agent_handoffs_total") == 1
+    assert scrapes.delta(after, agent, "switchboard_agent_tool_calls_total", tool="lookup_employee") == 1
+
+    # the store: transactions observed, the pool gauge present
+    assert scrapes.delta(after, agent, "switchboard_store_transaction_seconds_count", outcome="commit") >= 2
+    assert ("switchboard_store_pool_connections_in_use", frozenset()) in after[agent]
+
+
+async def test_a_busy_thread_counts_a_lease_conflict(
+    http: aiohttp.ClientSession, observed: tuple[Stack, FakeOpenAI]
+) -> None:
+    stack, fake = observed
+    created = await stream(
+        http, stack.edge_url, request("threads.create", input=user_input("hello")), stack.headers()
+    )
+    thread_id = created[0].thread.id  # type: ignore[union-attr]
+    scrapes = Scrapes(stack)
+    fake.word_delay_s = 0.2
+    try:
+        body = request("threads.add_user_message", thread_id=thread_id, input=user_input("tell me more"))
+        async with http.post(f"{stack.edge_url}/chatkit/api", json=body, headers=stack.headers()) as running:
+            assert running.status == 200
+            seen = b""
+            while b"text_delta" not in seen:  # the turn is running: it holds the lease
+                chunk = await running.content.readany()
+                assert chunk, "the stream ended early"
+                seen += chunk
+            refused = await call(
+                http,
+                stack.edge_url,
+                request("threads.add_user_message", thread_id=thread_id, input=user_input("me too")),
+                stack.headers(),
+                status=409,
+            )
+            assert error_of(refused)[0] == "ABORTED"
+            fake.word_delay_s = 0
+            await running.read()
+    finally:
+        fake.word_delay_s = 0
+    after = scrapes.take()
+    assert scrapes.delta(after, "agent", "switchboard_store_run_lease_conflicts_total") == 1
+    grpc = {"grpc_method": "AddUserMessage"}
+    assert (
+        scrapes.delta(after, "agent", "switchboard_grpc_server_handled_total", grpc_code="ABORTED", **grpc)
+        == 1
+    )
+    assert scrapes.delta(after, "edge", "switchboard_http_requests_total", status="409") == 1
+
+
+async def test_uploads_count_bytes_and_refusals(
+    http: aiohttp.ClientSession, observed: tuple[Stack, FakeOpenAI]
+) -> None:
+    stack, _ = observed
+    scrapes = Scrapes(stack)
+
+    async def upload(content: bytes, content_type: str) -> int:
+        form = aiohttp.FormData(quote_fields=False)
+        form.add_field("file", content, filename="notes.txt", content_type=content_type)
+        url = f"{stack.edge_url}/chatkit/api/upload"
+        async with http.post(url, data=form, headers=stack.headers()) as reply:
+            await reply.read()
+            return reply.status
+
+    assert await upload(b"hello metrics", "text/plain") == 200
+    assert await upload(b"MZ\x90\x00 not allowed", "application/x-msdownload") == 400
+    after = scrapes.take()
+    assert scrapes.delta(after, "upload", "switchboard_upload_bytes_total") == len(b"hello metrics")
+    assert scrapes.delta(after, "upload", "switchboard_upload_files_total", method="direct") == 1
+    assert scrapes.delta(after, "upload", "switchboard_upload_refusals_total", reason="invalid") == 1
+    upload_grpc = {"grpc_service": "switchboard.v1.UploadService", "grpc_method": "Upload"}
+    assert (
+        scrapes.delta(after, "upload", "switchboard_grpc_server_handled_total", grpc_code="OK", **upload_grpc)
+        == 1
+    )
+    assert (
+        scrapes.delta(
+            after,
+            "upload",
+            "switchboard_grpc_server_handled_total",
+            grpc_code="INVALID_ARGUMENT",
+            **upload_grpc,
+        )
+        == 1
+    )
+    assert scrapes.delta(after, "edge", "switchboard_http_requests_total", route="/chatkit/api/upload") == 2
+
+
+async def test_json_logs_parse_and_carry_the_request_id(observed: tuple[Stack, FakeOpenAI]) -> None:
+    stack, _ = observed
+    await asyncio.sleep(0.2)  # let the last lines reach the files
+    for name in ("edge", "agent", "upload"):
+        lines = [line for line in stack.services[name].log_text().splitlines() if line.strip()]
+        assert lines, name
+        records = []
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pytest.fail(f"{name}: not a JSON line: {line!r}")
+        assert all({"time", "level", "logger", "message"} <= set(r) for r in records), name
+    edge_lines = [
+        json.loads(line) for line in stack.services["edge"].log_text().splitlines() if REQUEST_ID in line
+    ]
+    assert edge_lines, "the edge logged the request"
+    assert all(r.get("request_id") == REQUEST_ID for r in edge_lines)
+    access = [r for r in edge_lines if r["logger"] == "switchboard.edge.access"]
+    assert access and access[0]["operation"] == "threads.create" and access[0]["tenant"] == "acme"
+    agent_lines = [json.loads(line) for line in stack.services["agent"].log_text().splitlines()]
+    mine = [r for r in agent_lines if r.get("request_id") == REQUEST_ID]
+    assert mine, "the agent service logged lines for the request"
+    assert all(r.get("tenant") == "acme" and r.get("operation") == "CreateThread" for r in mine)
+    # no user content at INFO
+    for name in ("edge", "agent", "upload"):
+        assert EMPLOYEE_QUESTION not in stack.services[name].log_text(), name
