@@ -208,7 +208,11 @@ async def build_server(
         options=server_options(settings, max_message_bytes=MAX_MESSAGE_BYTES),
     )
     attachments = Attachments(
-        storage, UploadPolicy.from_settings(settings), presign_ttl_s=settings.presign_ttl_s
+        storage,
+        UploadPolicy.from_settings(settings),
+        presign_ttl_s=settings.presign_ttl_s,
+        max_uploads_per_user=settings.upload_max_per_user,
+        chunk_timeout_s=settings.upload_chunk_timeout_s,
     )
     upload_pb2_grpc.add_UploadServiceServicer_to_server(UploadService(attachments), server)
     health_servicer = health.aio.HealthServicer()
