@@ -242,7 +242,14 @@ class Attachments:
     # ------------------------------------------------------------------ operations
 
     async def upload(
-        self, owner: Principal, *, name: str, mime_type: str, size: int, chunks: AsyncIterator[bytes]
+        self,
+        owner: Principal,
+        *,
+        name: str,
+        mime_type: str,
+        size: int,
+        chunks: AsyncIterator[bytes],
+        wanted: Callable[[], bool] = lambda: True,
     ) -> AttachmentRecord:
         """Direct upload: validate, stream the bytes into storage, then record it as ready.
 
@@ -274,6 +281,8 @@ class Attachments:
                 del self._uploading[user]
         record = record.model_copy(update={"state": "ready", "size": stored.size, "sha256": stored.sha256})
         try:
+            if not wanted():  # the caller is gone: the bytes may be a truncated file
+                raise asyncio.CancelledError("the client cancelled the upload")
             await self._records.save(record)
         except BaseException:
             await self._storage.remove_quietly(record.object_key)

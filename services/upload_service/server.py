@@ -66,11 +66,20 @@ def to_proto(presented: Presented) -> thread_pb2.Attachment:
     return message
 
 
-async def _chunks(messages: AsyncIterator[upload_pb2.UploadRequest]) -> AsyncIterator[bytes]:
+async def _chunks(
+    messages: AsyncIterator[upload_pb2.UploadRequest], context: Context
+) -> AsyncIterator[bytes]:
     async for message in messages:
         if message.WhichOneof("kind") != "chunk":
             raise invalid("only the first message may carry `info`; the others carry `chunk`")
         yield message.chunk
+    # A client that cancels (the browser went away and the edge cancelled the call) ends the
+    # request stream just like one that finished (grpc.aio merges the two), and the cancellation
+    # may be noticed a moment later. Checked here and again before the record is saved; a
+    # truncated file that slips through is unreferenced (its id reached nobody) and the sweep
+    # removes it with the other never-attached uploads.
+    if context.cancelled():
+        raise asyncio.CancelledError("the client cancelled the upload")
 
 
 class UploadService(upload_pb2_grpc.UploadServiceServicer):
@@ -106,7 +115,8 @@ class UploadService(upload_pb2_grpc.UploadServiceServicer):
                 name=first.info.name,
                 mime_type=first.info.mime_type,
                 size=first.info.size,
-                chunks=_chunks(messages),
+                chunks=_chunks(messages, context),
+                wanted=lambda: not context.cancelled(),
             )
             (attachment,) = await self._present([record])
             return upload_pb2.UploadResponse(
