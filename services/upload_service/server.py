@@ -34,6 +34,7 @@ from services.common.grpc_server import abort_with, serve_until_signalled, serve
 from services.upload_service.attachments import Attachments, Presented
 from services.upload_service.records import AttachmentRecord
 from services.upload_service.storage import ObjectStorage
+from services.upload_service.sweep import lifecycle, sweep_periodically
 from services.upload_service.validation import UploadPolicy
 from switchboard.app import SwitchboardError, Unavailable
 from switchboard.v1 import thread_pb2, upload_pb2, upload_pb2_grpc
@@ -238,7 +239,12 @@ async def build_server(
     return server, health_servicer, port
 
 
-async def _ensure_bucket(storage: ObjectStorage, health_servicer: health.aio.HealthServicer) -> None:
+async def _ensure_bucket(
+    storage: ObjectStorage,
+    health_servicer: health.aio.HealthServicer,
+    settings: Settings,
+    ready: asyncio.Event,
+) -> None:
     """Create the bucket, waiting for object storage to come up (it may start after us), then
     report SERVING. Runs beside the server, so a storage outage at start-up is an outage of uploads
     (UNAVAILABLE, not ready), not a service that never listens."""
@@ -246,6 +252,7 @@ async def _ensure_bucket(storage: ObjectStorage, health_servicer: health.aio.Hea
     while True:
         try:
             await storage.ensure_bucket()
+            await lifecycle(storage, settings.upload_pending_ttl_s)
             break
         except SwitchboardError as error:
             level = logging.WARNING if isinstance(error, Unavailable) else logging.ERROR
@@ -261,6 +268,7 @@ async def _ensure_bucket(storage: ObjectStorage, health_servicer: health.aio.Hea
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("bucket %s ready at %s", storage.bucket, storage.endpoint)
+    ready.set()
 
 
 async def serve(settings: Settings) -> None:
@@ -268,7 +276,16 @@ async def serve(settings: Settings) -> None:
     storage = ObjectStorage.from_settings(settings)
     try:
         server, health_servicer, port = await build_server(settings, storage, serving=False)
-        bucket_task = asyncio.create_task(_ensure_bucket(storage, health_servicer))
+        ready = asyncio.Event()
+        tasks = [asyncio.create_task(_ensure_bucket(storage, health_servicer, settings, ready))]
+        if settings.upload_sweep_interval_s > 0:
+            sweeper = sweep_periodically(
+                storage,
+                interval_s=settings.upload_sweep_interval_s,
+                pending_ttl_s=settings.upload_pending_ttl_s,
+                ready=ready,
+            )
+            tasks.append(asyncio.create_task(sweeper))
         log.info(
             "upload service listening on %s (port %d), bucket %s at %s",
             settings.upload_listen,
@@ -281,7 +298,8 @@ async def serve(settings: Settings) -> None:
                 server, health_servicer, grace_s=settings.shutdown_grace_s, name="upload service"
             )
         finally:
-            bucket_task.cancel()
+            for task in tasks:
+                task.cancel()
     finally:
         await storage.close()
     log.info("upload service stopped")

@@ -21,8 +21,8 @@ This uses the SDK's multipart primitives (`_create_multipart_upload`, `_upload_p
 is pinned) rather than the public `put_object(length=-1)`, which reads a blocking file object:
 feeding it from asyncio needs a pipe that pins a thread for the whole upload, and its part reader
 re-copies the part on every read. A crash of the whole process mid-upload can still leave an
-incomplete multipart upload behind: give the bucket an S3 lifecycle rule with
-`AbortIncompleteMultipartUpload` (MinIO supports it) to reclaim those.
+incomplete multipart upload behind: the upload service adds a lifecycle rule with
+`AbortIncompleteMultipartUpload` to the bucket at start (see `sweep.lifecycle`) to reclaim those.
 
 Presigned URLs are computed offline: the client knows its region, so the SDK never asks the server
 for the bucket location. When `public_endpoint` is set (browsers reach object storage under another
