@@ -150,11 +150,15 @@ async def stream_upload(
                     raise _too_large(max_bytes)
                 await call.write(upload_pb2.UploadRequest(chunk=chunk))
             await call.done_writing()
-        except aio.AioRpcError as write_error:
+        except (aio.AioRpcError, asyncio.InvalidStateError) as write_error:
             # A write that races with the service's refusal (it aborts after the first chunk, while
-            # more are in flight) can fail with a transport-level INTERNAL; the call's own status
-            # says why it ended (e.g. INVALID_ARGUMENT), and that is what the client must see.
-            if write_error.code() == grpc.StatusCode.INTERNAL:
+            # more are in flight) can fail with a transport-level INTERNAL, or find the call already
+            # over (a refusal of `info` before the first chunk was read: InvalidStateError); the
+            # call's own status says why it ended (e.g. INVALID_ARGUMENT), and that is what the
+            # client must see.
+            if isinstance(write_error, asyncio.InvalidStateError) or (
+                write_error.code() == grpc.StatusCode.INTERNAL
+            ):
                 await call  # raises the call's final AioRpcError
             raise
         reply = await call

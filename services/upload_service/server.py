@@ -8,7 +8,8 @@ Content-Type header to send) only while a two-phase upload is pending.
 Status codes: INVALID_ARGUMENT for bad input (names, types, empty files, declared size or content
 mismatches), RESOURCE_EXHAUSTED with "too large" in the message for files over the limit (the edge
 answers 413) and without it for a user over the per-user upload limit (429 with Retry-After),
-DEADLINE_EXCEEDED for an upload whose next chunk did not come in time (408), NOT_FOUND for unknown or foreign attachments, FAILED_PRECONDITION for attachments that
+DEADLINE_EXCEEDED for an upload whose next chunk did not come in time (408), NOT_FOUND for unknown
+or foreign attachments, FAILED_PRECONDITION for attachments that
 cannot be attached or read yet, UNAVAILABLE when object storage cannot be reached, INTERNAL for
 anything unexpected (logged with its traceback, never sent to the client).
 """
