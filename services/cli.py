@@ -119,6 +119,43 @@ def _migrate(args: argparse.Namespace) -> int:
     return asyncio.run(_migrate_database(settings, check=args.check, revision=args.revision))
 
 
+async def _sweep_bucket(settings: Settings, *, dry_run: bool) -> int:
+    """`switchboard sweep`: 0 done, 1 object storage unreachable or refusing."""
+    from services.upload_service.storage import ObjectStorage
+    from services.upload_service.sweep import sweep
+    from switchboard.app import SwitchboardError
+
+    try:
+        storage = ObjectStorage.from_settings(settings)
+    except ValueError as error:
+        print(f"switchboard sweep: {error}", file=sys.stderr)
+        return 2
+    try:
+        report = await sweep(storage, pending_ttl_s=settings.upload_pending_ttl_s, dry_run=dry_run)
+    except SwitchboardError as error:
+        print(f"switchboard sweep: bucket {storage.bucket} at {storage.endpoint}: {error}", file=sys.stderr)
+        return 1
+    finally:
+        await storage.close()
+    verb = "would remove" if dry_run else "removed"
+    for key in report.removed:
+        print(f"{verb} {key}")
+    for attachment_id in report.indexed:
+        print(f"{'would index' if dry_run else 'indexed'} {attachment_id}")
+    print(
+        f"bucket {storage.bucket}: {verb} {len(report.removed)} keys, "
+        f"{'would index' if dry_run else 'indexed'} {len(report.indexed)} attachments"
+    )
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    """Remove stale uploads and orphaned objects from the attachment bucket once."""
+    settings = load_settings()
+    _configure_logging(settings)
+    return asyncio.run(_sweep_bucket(settings, dry_run=args.dry_run))
+
+
 # --------------------------------------------------------------------------- dev stack
 
 
@@ -364,6 +401,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     migrate.add_argument("--revision", default="head", help="upgrade to this revision (default: head)")
     migrate.set_defaults(func=_migrate)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="remove stale uploads and orphaned objects from the attachment bucket",
+        description="One sweep of MINIO_BUCKET: attachments never attached and older than "
+        "SWITCHBOARD_UPLOAD_PENDING_TTL_S, upload keys nothing reads, objects and thread index "
+        "markers without a record. Prints every key it removes.",
+    )
+    sweep.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
+    sweep.set_defaults(func=_sweep)
 
     edge = commands.add_parser("edge", help="run the ChatKit HTTP/SSE edge")
     edge.add_argument("--host", help="interface to bind (SWITCHBOARD_EDGE_HOST)")

@@ -177,6 +177,25 @@ class Settings(BaseSettings):
         ],
         validation_alias=_env("SWITCHBOARD_UPLOAD_ALLOWED_TYPES"),
     )
+    upload_max_per_user: int = Field(
+        4, ge=1, le=1000, validation_alias=_env("SWITCHBOARD_UPLOAD_MAX_PER_USER")
+    )
+    """Direct uploads one user may stream at once (per upload service replica); more are refused
+    with RESOURCE_EXHAUSTED (HTTP 429 with Retry-After) instead of queueing."""
+    upload_chunk_timeout_s: float = Field(
+        60.0, gt=0, le=3600, validation_alias=_env("SWITCHBOARD_UPLOAD_CHUNK_TIMEOUT_S")
+    )
+    """A direct upload is cut when its next chunk takes longer than this: at the edge, a whole
+    1 MiB chunk (or the end of the file) must arrive within it (HTTP 408); at the upload service,
+    the next message (DEADLINE_EXCEEDED)."""
+    upload_pending_ttl_s: int = Field(
+        86_400, ge=60, validation_alias=_env("SWITCHBOARD_UPLOAD_PENDING_TTL_S")
+    )
+    """Two-phase uploads never attached, and objects no record refers to, are swept after this."""
+    upload_sweep_interval_s: float = Field(
+        3600.0, ge=0, validation_alias=_env("SWITCHBOARD_UPLOAD_SWEEP_INTERVAL_S")
+    )
+    """How often each upload service replica sweeps the bucket; 0 turns the periodic sweep off."""
     presign_ttl_s: int = Field(300, ge=1, le=7 * 86_400, validation_alias=_env("SWITCHBOARD_PRESIGN_TTL_S"))
     """Lifetime of presigned upload and preview URLs. S3 allows 1 s to 7 days; a few seconds only
     make sense in tests of expiry (a browser needs time to start its PUT or GET)."""

@@ -163,6 +163,8 @@ TRANSCRIBE_RPC: Final = "Transcribe"
 TRANSCRIBE_DEADLINE_MARGIN_S: Final = 5.0
 """The edge waits for a transcription `SWITCHBOARD_TRANSCRIBE_TIMEOUT_S` plus this (the agent
 service enforces the timeout itself and answers UNAVAILABLE with a reason)."""
+# Retry-After of a 429 for a user over the per-user upload limit: one of their uploads must end.
+UPLOAD_RETRY_AFTER_S: Final = 2
 
 # What an HTTP status means as a gRPC status name, for errors aiohttp raises itself.
 _CODE_FOR_HTTP: Final = {
@@ -233,6 +235,25 @@ def rpc_error_response(error: aio.AioRpcError, request_id: str, rpc: str) -> web
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return _unauthenticated(message, invalid=True)
     return json_error(code, message)
+
+
+def _upload_error_response(error: aio.AioRpcError, request_id: str) -> web.Response:
+    """A failed direct upload: a full per-user quota is 429 with Retry-After (too large stays 413),
+    an upload cut for being too slow (or outliving its deadline) is 408: the client was slow."""
+    code = error.code()
+    details = (error.details() or "").strip()
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "too large" not in details:
+        log.warning("[%s] Upload refused: %s %s", request_id, code.name, details)
+        return json_error(
+            code,
+            details[:_MAX_DETAILS_CHARS] or "too many uploads in progress",
+            status=429,
+            headers=[(hdrs.RETRY_AFTER, str(UPLOAD_RETRY_AFTER_S))],
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        log.warning("[%s] Upload cut: %s %s", request_id, code.name, details)
+        return json_error(code, details[:_MAX_DETAILS_CHARS] or "the upload took too long", status=408)
+    return rpc_error_response(error, request_id, "Upload")
 
 
 def _http_error_response(request: web.Request, error: web.HTTPException) -> web.Response:
@@ -557,11 +578,12 @@ class Edge:
                 tuple(self._metadata(request, authorization)),
                 max_bytes=self.settings.upload_max_bytes,
                 timeout_s=self.settings.stream_timeout_s,
+                chunk_timeout_s=self.settings.upload_chunk_timeout_s,
             )
         except UploadRefused as refused:
             return json_error(refused.code, refused.message, status=refused.status)
         except aio.AioRpcError as error:
-            return rpc_error_response(error, request_id, "Upload")
+            return _upload_error_response(error, request_id)
         except (codec.CodecError, ValidationError):
             log.exception("[%s] the upload service sent an invalid attachment", request_id)
             return json_error(grpc.StatusCode.INTERNAL, "the upload service sent an invalid reply")

@@ -7,10 +7,18 @@ service ever holds the whole file. The answer is the ChatKit Attachment JSON the
 
 The size limit is enforced while streaming (and up front from Content-Length), so an oversized upload
 is cut off as soon as it crosses the limit: 413, and the upload service leaves nothing behind.
+
+Slow clients. Each 1 MiB chunk (or the rest of the file) must arrive within
+`SWITCHBOARD_UPLOAD_CHUNK_TIMEOUT_S`, a minimum rate (1 MiB per 60 s by default), not just an idle
+timeout that a client trickling a byte at a time would pass: a slower upload is cut with 408
+(DEADLINE_EXCEEDED: the client was too slow, not the server, hence no 504) and its gRPC call is
+cancelled, which gives its upload slots back at once. A user over the upload service's per-user limit
+gets 429 with Retry-After (RESOURCE_EXHAUSTED without "too large"); "too large" stays 413.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import mimetypes
 from typing import Final
@@ -40,6 +48,34 @@ class UploadRefused(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+
+def _too_slow(timeout_s: float) -> UploadRefused:
+    return UploadRefused(
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        f"the upload is too slow: less than {CHUNK_BYTES} bytes arrived in {timeout_s:g} s",
+        408,
+    )
+
+
+async def _next_chunk(part: BodyPartReader, timeout_s: float) -> bytes:
+    """The next CHUNK_BYTES of the file (fewer only at its end), all within `timeout_s`."""
+
+    async def collect() -> bytes:
+        pieces: list[bytes] = []
+        size = 0
+        while size < CHUNK_BYTES:
+            piece = await part.read_chunk(CHUNK_BYTES - size)
+            if not piece:
+                break
+            pieces.append(piece)
+            size += len(piece)
+        return b"".join(pieces)
+
+    try:
+        return await asyncio.wait_for(collect(), timeout_s)
+    except TimeoutError:
+        raise _too_slow(timeout_s) from None
 
 
 def _too_large(limit: int) -> UploadRefused:
@@ -87,6 +123,7 @@ async def stream_upload(
     *,
     max_bytes: int,
     timeout_s: float,
+    chunk_timeout_s: float,
 ) -> bytes:
     """Stream the request's file into `UploadService.Upload`; return the Attachment JSON.
 
@@ -107,17 +144,21 @@ async def stream_upload(
         try:
             await call.write(upload_pb2.UploadRequest(info=info))
             received = 0
-            while chunk := await part.read_chunk(CHUNK_BYTES):
+            while chunk := await _next_chunk(part, chunk_timeout_s):
                 received += len(chunk)
                 if received > max_bytes:
                     raise _too_large(max_bytes)
                 await call.write(upload_pb2.UploadRequest(chunk=chunk))
             await call.done_writing()
-        except aio.AioRpcError as write_error:
+        except (aio.AioRpcError, asyncio.InvalidStateError) as write_error:
             # A write that races with the service's refusal (it aborts after the first chunk, while
-            # more are in flight) can fail with a transport-level INTERNAL; the call's own status
-            # says why it ended (e.g. INVALID_ARGUMENT), and that is what the client must see.
-            if write_error.code() == grpc.StatusCode.INTERNAL:
+            # more are in flight) can fail with a transport-level INTERNAL, or find the call already
+            # over (a refusal of `info` before the first chunk was read: InvalidStateError); the
+            # call's own status says why it ended (e.g. INVALID_ARGUMENT), and that is what the
+            # client must see.
+            if isinstance(write_error, asyncio.InvalidStateError) or (
+                write_error.code() == grpc.StatusCode.INTERNAL
+            ):
                 await call  # raises the call's final AioRpcError
             raise
         reply = await call

@@ -8,6 +8,13 @@ Rules that hold for every method:
   is checked while it streams in (direct uploads) or before the record changes (two-phase uploads).
   A refused upload leaves no object, no part and no record behind.
 - URLs are minted fresh on every answer (`present`), valid for `presign_ttl_s`, never stored.
+  Upload URLs only ever point at `uploads/…` keys; checked bytes live at `objects/…`, which only
+  this service writes (see `records`), so an attachment cannot change once it has been checked.
+- Reads are bounded by min(max_bytes, the recorded size): a ranged GET that stops at its limit.
+- Fairness: at most `max_uploads_per_user` direct uploads per (tenant, user) stream at once (more
+  are refused with RESOURCE_EXHAUSTED at once rather than queued), at most `max_concurrent_uploads`
+  in all (these queue), and each chunk must arrive within `chunk_timeout_s` (DEADLINE_EXCEEDED
+  otherwise). A cancelled call (client gone) gives its slots back at once.
 """
 
 from __future__ import annotations
@@ -15,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Iterable
+from collections import Counter
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final, TypeVar
@@ -28,6 +36,8 @@ from services.upload_service.records import (
     AttachmentRecord,
     RecordStore,
     object_key,
+    thread_marker_key,
+    upload_key,
 )
 from services.upload_service.storage import ObjectStorage
 from services.upload_service.validation import (
@@ -40,7 +50,7 @@ from services.upload_service.validation import (
     storage_name,
     too_large,
 )
-from switchboard.app import PreconditionFailed, SwitchboardError
+from switchboard.app import LimitExceeded, NotFound, PreconditionFailed, SwitchboardError, TimedOut
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +59,8 @@ MAX_IDS_PER_CALL: Final = 100
 # Direct uploads streaming at once per replica; each holds up to two 8 MiB parts. More wait their
 # turn (their gRPC streams are simply not read, so flow control holds the senders back).
 MAX_CONCURRENT_UPLOADS: Final = 16
+MAX_UPLOADS_PER_USER: Final = 4
+CHUNK_TIMEOUT_S: Final = 60.0
 _THREAD_ID: Final = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 _T = TypeVar("_T")
@@ -106,12 +118,19 @@ class Attachments:
         *,
         presign_ttl_s: int,
         max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS,
+        max_uploads_per_user: int = MAX_UPLOADS_PER_USER,
+        chunk_timeout_s: float = CHUNK_TIMEOUT_S,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._storage = storage
         self._records = RecordStore(storage)
         self._policy = policy
         self._ttl_s = presign_ttl_s
         self._upload_slots = asyncio.Semaphore(max_concurrent_uploads)
+        self._per_user = max_uploads_per_user
+        self._uploading: Counter[tuple[str, str]] = Counter()
+        self._chunk_timeout_s = chunk_timeout_s
+        self._now = now
 
     @property
     def policy(self) -> UploadPolicy:
@@ -120,13 +139,17 @@ class Attachments:
     # ------------------------------------------------------------------ helpers
 
     async def present(self, record: AttachmentRecord) -> Presented:
+        """Fresh URLs: while pending, PUT and preview the upload key (the client's own unchecked
+        bytes, for its composer); once ready, preview the checked object and offer no PUT."""
+        pending = record.state == "pending"
+        source = upload_key(record.tenant, record.id) if pending else record.object_key
         preview = upload = None
         if is_image_type(record.mime_type):
             preview = await self._storage.presigned_get(
-                record.object_key, ttl_s=self._ttl_s, content_type=record.mime_type
+                source, ttl_s=self._ttl_s, content_type=record.mime_type
             )
-        if record.state == "pending":
-            upload = await self._storage.presigned_put(record.object_key, ttl_s=self._ttl_s)
+        if pending:
+            upload = await self._storage.presigned_put(source, ttl_s=self._ttl_s)
         return Presented(record, preview, upload)
 
     async def _owned(self, owner: Principal, attachment_id: str) -> AttachmentRecord:
@@ -151,8 +174,22 @@ class Attachments:
             size=size,
             object_key=object_key(owner.tenant, attachment_id),
             state="pending",
-            created_at=datetime.now(UTC),
+            created_at=self._now(),
         )
+
+    async def _paced(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The chunks, cut with TimedOut when the next one takes longer than `chunk_timeout_s`."""
+        iterator = aiter(chunks)
+        while True:
+            try:
+                chunk = await asyncio.wait_for(anext(iterator), self._chunk_timeout_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise TimedOut(
+                    f"the upload stalled: no data for {self._chunk_timeout_s:g} s, so it was cut off"
+                ) from None
+            yield chunk
 
     async def _checked(
         self, chunks: AsyncIterator[bytes], mime_type: str, declared: int
@@ -205,21 +242,47 @@ class Attachments:
     # ------------------------------------------------------------------ operations
 
     async def upload(
-        self, owner: Principal, *, name: str, mime_type: str, size: int, chunks: AsyncIterator[bytes]
+        self,
+        owner: Principal,
+        *,
+        name: str,
+        mime_type: str,
+        size: int,
+        chunks: AsyncIterator[bytes],
+        wanted: Callable[[], bool] = lambda: True,
     ) -> AttachmentRecord:
         """Direct upload: validate, stream the bytes into storage, then record it as ready.
 
-        At most `max_concurrent_uploads` stream at once; the others wait before reading any chunk.
+        The checked bytes go straight to the final key (`object_key`): no URL can write there, so
+        no copy is needed. A user with `max_uploads_per_user` uploads streaming is refused
+        (LimitExceeded) before anything is read; at most `max_concurrent_uploads` stream at once in
+        all, the others wait before reading any chunk.
         """
         mime_type = self._policy.check_type(mime_type)
         self._policy.check_declared_size(size, required=False)
         record = self._new_record(owner, name, mime_type, size)
-        async with self._upload_slots:
-            stored = await self._storage.put_stream(
-                record.object_key, self._checked(chunks, mime_type, size), content_type=mime_type
+        user = (owner.tenant, owner.user)
+        if self._uploading[user] >= self._per_user:
+            raise LimitExceeded(
+                f"too many uploads in progress: at most {self._per_user} at once per user; "
+                "retry when one has finished"
             )
+        self._uploading[user] += 1
+        try:
+            async with self._upload_slots:
+                stored = await self._storage.put_stream(
+                    record.object_key,
+                    self._checked(self._paced(chunks), mime_type, size),
+                    content_type=mime_type,
+                )
+        finally:
+            self._uploading[user] -= 1
+            if self._uploading[user] <= 0:
+                del self._uploading[user]
         record = record.model_copy(update={"state": "ready", "size": stored.size, "sha256": stored.sha256})
         try:
+            if not wanted():  # the caller is gone: the bytes may be a truncated file
+                raise asyncio.CancelledError("the client cancelled the upload")
             await self._records.save(record)
         except BaseException:
             await self._storage.remove_quietly(record.object_key)
@@ -264,9 +327,11 @@ class Attachments:
     ) -> list[AttachmentRecord]:
         """Bind attachments to a thread, all or nothing (idempotent for the same thread).
 
-        Every record is loaded and every pending upload verified (present, exactly the declared size,
-        content matching the type) before any record is written. A verified-bad object is deleted
-        at once; its record stays pending, so the client may upload again while its URL is valid.
+        Every record is loaded and every pending upload copied to its final key and verified there
+        (exactly the declared size, content matching the type) before any record is written. A
+        verified-bad upload is deleted at once; its record stays pending, so the client may upload
+        again while its URL is valid. Thread index markers are written before the records that
+        they index; the upload keys of newly checked attachments are deleted after them.
         Returns the records in request order (a repeated id is repeated).
         """
         thread_id = _thread_id(thread_id)
@@ -278,66 +343,102 @@ class Attachments:
         verified = await _all(self._verified(record) for record in records)
         bound = [record.model_copy(update={"thread_id": thread_id}) for record in verified]
         changed = [new for new, old in zip(bound, records, strict=True) if new != old]
+        newly_bound = [new for new, old in zip(bound, records, strict=True) if old.thread_id is None]
+        await _all(self._records.mark_thread(record) for record in newly_bound)
         await _all(self._records.save(record) for record in changed)
+        checked = [upload_key(old.tenant, old.id) for old in records if old.state == "pending"]
+        if checked:
+            await self._storage.remove_quietly(*checked)
         by_id = {record.id: record for record in bound}
         return [by_id[attachment_id] for attachment_id in requested]
 
     async def _verified(self, record: AttachmentRecord) -> AttachmentRecord:
-        """A ready record for a pending one whose object passes the checks; FAILED_PRECONDITION if not."""
+        """A ready record for a pending one whose upload, copied to the final key, passes the
+        checks there; FAILED_PRECONDITION if not.
+
+        The upload key's size is checked first, so an oversized upload is never copied. The
+        content and the final size are checked on the copy, which no presigned URL can write:
+        what passed is exactly what every later read gets, even if the client PUTs again while
+        this runs (the copy is of one version; a later PUT only changes the upload key).
+        """
         if record.state == "ready":
             return record
-        info = await self._storage.stat(record.object_key)
+        source = upload_key(record.tenant, record.id)
+        info = await self._storage.stat(source)
         if info is None:
             raise _failed(f"attachment {record.id} has not been uploaded")
         problem = None
         if info.size != record.size:
             problem = f"{info.size} bytes were uploaded but {record.size} were declared"
         else:
-            head = await self._storage.get_bytes(record.object_key, length=min(SNIFF_BYTES, info.size))
             try:
-                check_content(head or b"", record.mime_type, complete=info.size <= SNIFF_BYTES)
-            except ContentMismatch as error:
-                problem = str(error)
+                await self._storage.copy(source, record.object_key, content_type=record.mime_type)
+            except NotFound:
+                raise _failed(f"attachment {record.id} has not been uploaded") from None
+            final = await self._storage.stat(record.object_key)
+            size = final.size if final is not None else 0
+            if size != record.size:
+                problem = f"{size} bytes were uploaded but {record.size} were declared"
+            else:
+                head = await self._storage.get_bytes(record.object_key, length=min(SNIFF_BYTES, size))
+                try:
+                    check_content(head or b"", record.mime_type, complete=size <= SNIFF_BYTES)
+                except ContentMismatch as error:
+                    problem = str(error)
         if problem is not None:
             log.info("refused upload %s/%s: %s", record.tenant, record.id, problem)
-            await self._storage.remove_quietly(record.object_key)
+            await self._storage.remove_quietly(source, record.object_key)
             raise _failed(f"attachment {record.id}: {problem}")
         return record.model_copy(update={"state": "ready"})
 
     async def read(self, owner: Principal, attachment_id: str, max_bytes: int) -> AsyncGenerator[bytes, None]:
-        """The bytes of a ready attachment (at most `max_bytes` when > 0), checked before streaming."""
+        """The bytes of a ready attachment, checked before streaming: at most min(max_bytes when
+        > 0, the recorded size), fetched with a ranged GET that stops at that limit."""
         if max_bytes < 0:
             raise invalid("max_bytes must not be negative")
         record = await self._owned(owner, attachment_id)
         if record.state != "ready":
             raise _failed(f"attachment {attachment_id} has not been uploaded")
-        limit = max_bytes if 0 < max_bytes < record.size else 0
+        limit = min(max_bytes, record.size) if max_bytes > 0 else record.size
+        if limit <= 0:
+            return _empty()
         return self._storage.stream(record.object_key, limit=limit)
 
     async def delete(self, owner: Principal, attachment_id: str) -> None:
         """Remove the bytes, then the record (a failure in between leaves a record a retry removes)."""
         record = await self._owned(owner, attachment_id)
-        await self._storage.remove(record.object_key)
-        await self._records.delete(record)
+        await self._remove(record)
         log.info("deleted %s/%s", owner.tenant, attachment_id)
+
+    async def _remove(self, record: AttachmentRecord) -> None:
+        """Both keys of the bytes, the thread marker, then the record itself."""
+        await self._storage.remove(record.object_key)
+        await self._storage.remove(upload_key(record.tenant, record.id))
+        await self._records.unmark_thread(record)
+        await self._records.delete(record)
 
     async def delete_thread(self, owner: Principal, thread_id: str) -> int:
         """Delete the caller's attachments bound to a thread; returns how many.
 
-        Cost: this lists and reads every record of the tenant (one LIST page per 1000 records plus
-        one GET each), as there is no index by thread. That is fine while a tenant has thousands of
-        attachments; beyond that, keep an index object per thread (`threads/{tenant}/{thread}/{id}`)
-        written by AttachToThread.
+        Cost: one LIST of the thread's index markers plus one GET per attachment of the thread,
+        whatever the size of the tenant. A marker whose record is gone (or now says another thread)
+        is removed; one for another user's attachment is left alone.
         """
         thread_id = _thread_id(thread_id)
-        records = [
-            record
-            for record in await self._records.scan(owner.tenant)
-            if record.owner == owner.user and record.thread_id == thread_id
-        ]
-        for record in records:
-            await self._storage.remove(record.object_key)
-            await self._records.delete(record)
-        if records:
-            log.info("deleted %d attachments of thread %s/%s", len(records), owner.tenant, thread_id)
-        return len(records)
+        ids = await self._records.thread_members(owner.tenant, thread_id)
+        loaded = await _all(self._records.load(owner.tenant, attachment_id) for attachment_id in ids)
+        deleted = 0
+        for attachment_id, record in zip(ids, loaded, strict=True):
+            if record is None or record.thread_id != thread_id:
+                await self._storage.remove(thread_marker_key(owner.tenant, thread_id, attachment_id))
+            elif record.owner == owner.user:
+                await self._remove(record)
+                deleted += 1
+        if deleted:
+            log.info("deleted %d attachments of thread %s/%s", deleted, owner.tenant, thread_id)
+        return deleted
+
+
+async def _empty() -> AsyncGenerator[bytes, None]:
+    return
+    yield b""  # an async generator that yields nothing

@@ -2,8 +2,22 @@
 
 Layout (one bucket, `MINIO_BUCKET`):
 
-    objects/{tenant}/{attachment_id}         the bytes, Content-Type = the verified MIME type
+    uploads/{tenant}/{attachment_id}         a two-phase upload's bytes as the client PUT them,
+                                             unchecked; the only keys presigned PUT URLs are made for
+    objects/{tenant}/{attachment_id}         the checked bytes, Content-Type = the verified MIME type;
+                                             written by the service only, never changed afterwards
     records/{tenant}/{attachment_id}.json    the record (an AttachmentRecord as JSON)
+    threads/{tenant}/{thread}/{attachment_id}
+                                             an empty marker per attachment bound to a thread (the
+                                             thread id percent-encoded), so deleting a thread lists
+                                             its attachments instead of every record of the tenant
+
+Immutability. A presigned PUT URL stays valid for its whole lifetime and S3 cannot limit what is
+PUT with it, so the bytes a client uploads are never the bytes the service trusts: AttachToThread
+copies `uploads/…` to `objects/…` on the server side, checks the copy (which no URL can write),
+records its size and deletes the upload key. Every later read and preview is of `objects/…`; a
+second PUT with the old URL only creates a new `uploads/…` object that nothing reads and the sweep
+removes. Direct uploads stream (checked) straight into `objects/…`.
 
 Keys are built from the tenant (a short identifier checked by the auth layer: letters, digits and
 `._@:-`, starting with a letter or digit) and the attachment id (`atc_` + 32 hex digits, minted here),
@@ -24,6 +38,7 @@ import logging
 import re
 from datetime import datetime
 from typing import Final, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -32,7 +47,9 @@ from services.upload_service.storage import ObjectStorage
 log = logging.getLogger(__name__)
 
 OBJECTS_PREFIX: Final = "objects"
+UPLOADS_PREFIX: Final = "uploads"
 RECORDS_PREFIX: Final = "records"
+THREADS_PREFIX: Final = "threads"
 ATTACHMENT_ID: Final = re.compile(r"^atc_[0-9a-f]{32}$")
 _RECORD_TYPE: Final = "application/json"
 # Record loads in flight at once when a whole tenant is scanned.
@@ -45,8 +62,21 @@ def object_key(tenant: str, attachment_id: str) -> str:
     return f"{OBJECTS_PREFIX}/{tenant}/{attachment_id}"
 
 
+def upload_key(tenant: str, attachment_id: str) -> str:
+    return f"{UPLOADS_PREFIX}/{tenant}/{attachment_id}"
+
+
 def record_key(tenant: str, attachment_id: str) -> str:
     return f"{RECORDS_PREFIX}/{tenant}/{attachment_id}.json"
+
+
+def thread_prefix(tenant: str, thread_id: str) -> str:
+    """The prefix of a thread's index markers (a thread id may contain `/`: it is percent-encoded)."""
+    return f"{THREADS_PREFIX}/{tenant}/{quote(thread_id, safe='')}/"
+
+
+def thread_marker_key(tenant: str, thread_id: str, attachment_id: str) -> str:
+    return thread_prefix(tenant, thread_id) + attachment_id
 
 
 class AttachmentRecord(BaseModel):
@@ -64,8 +94,10 @@ class AttachmentRecord(BaseModel):
     """The sanitised name, for logs and download headers."""
     mime_type: str
     size: int
-    """Declared size while pending; the stored size once ready."""
+    """Declared size while pending; the size of the checked object at `object_key` once ready.
+    Every read is bounded by it."""
     object_key: str
+    """Where the checked bytes are (or will be, while pending): never a presigned PUT's target."""
     state: State
     thread_id: str | None = None
     created_at: datetime
@@ -100,6 +132,23 @@ class RecordStore:
 
     async def delete(self, record: AttachmentRecord) -> None:
         await self._storage.remove(record_key(record.tenant, record.id))
+
+    async def mark_thread(self, record: AttachmentRecord) -> None:
+        """Add the record to its thread's index (before the record itself says it is bound)."""
+        assert record.thread_id is not None, "only bound records are indexed"
+        await self._storage.put_bytes(
+            thread_marker_key(record.tenant, record.thread_id, record.id), b"", content_type=_RECORD_TYPE
+        )
+
+    async def unmark_thread(self, record: AttachmentRecord) -> None:
+        if record.thread_id is not None:
+            await self._storage.remove(thread_marker_key(record.tenant, record.thread_id, record.id))
+
+    async def thread_members(self, tenant: str, thread_id: str) -> list[str]:
+        """The ids indexed under a thread: one LIST, whatever the size of the tenant."""
+        prefix = thread_prefix(tenant, thread_id)
+        names = [key[len(prefix) :] for key in await self._storage.list_keys(prefix)]
+        return [name for name in names if ATTACHMENT_ID.fullmatch(name)]
 
     async def scan(self, tenant: str) -> list[AttachmentRecord]:
         """Every record of a tenant: one LIST plus one GET per record (O(tenant's attachments))."""

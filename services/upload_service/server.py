@@ -7,7 +7,9 @@ Content-Type header to send) only while a two-phase upload is pending.
 
 Status codes: INVALID_ARGUMENT for bad input (names, types, empty files, declared size or content
 mismatches), RESOURCE_EXHAUSTED with "too large" in the message for files over the limit (the edge
-answers 413), NOT_FOUND for unknown or foreign attachments, FAILED_PRECONDITION for attachments that
+answers 413) and without it for a user over the per-user upload limit (429 with Retry-After),
+DEADLINE_EXCEEDED for an upload whose next chunk did not come in time (408), NOT_FOUND for unknown
+or foreign attachments, FAILED_PRECONDITION for attachments that
 cannot be attached or read yet, UNAVAILABLE when object storage cannot be reached, INTERNAL for
 anything unexpected (logged with its traceback, never sent to the client).
 """
@@ -38,6 +40,7 @@ from services.upload_service import metrics
 from services.upload_service.attachments import Attachments, Presented
 from services.upload_service.records import AttachmentRecord
 from services.upload_service.storage import ObjectStorage
+from services.upload_service.sweep import lifecycle, sweep_periodically
 from services.upload_service.validation import UploadPolicy
 from switchboard.app import SwitchboardError, Unavailable
 from switchboard.v1 import thread_pb2, upload_pb2, upload_pb2_grpc
@@ -70,11 +73,20 @@ def to_proto(presented: Presented) -> thread_pb2.Attachment:
     return message
 
 
-async def _chunks(messages: AsyncIterator[upload_pb2.UploadRequest]) -> AsyncIterator[bytes]:
+async def _chunks(
+    messages: AsyncIterator[upload_pb2.UploadRequest], context: Context
+) -> AsyncIterator[bytes]:
     async for message in messages:
         if message.WhichOneof("kind") != "chunk":
             raise invalid("only the first message may carry `info`; the others carry `chunk`")
         yield message.chunk
+    # A client that cancels (the browser went away and the edge cancelled the call) ends the
+    # request stream just like one that finished (grpc.aio merges the two), and the cancellation
+    # may be noticed a moment later. Checked here and again before the record is saved; a
+    # truncated file that slips through is unreferenced (its id reached nobody) and the sweep
+    # removes it with the other never-attached uploads.
+    if context.cancelled():
+        raise asyncio.CancelledError("the client cancelled the upload")
 
 
 class UploadService(upload_pb2_grpc.UploadServiceServicer):
@@ -111,7 +123,8 @@ class UploadService(upload_pb2_grpc.UploadServiceServicer):
                     name=first.info.name,
                     mime_type=first.info.mime_type,
                     size=first.info.size,
-                    chunks=_chunks(messages),
+                    chunks=_chunks(messages, context),
+                    wanted=lambda: not context.cancelled(),
                 )
             except SwitchboardError as error:
                 metrics.count_refusal(error)
@@ -221,7 +234,11 @@ async def build_server(
         options=server_options(settings, max_message_bytes=MAX_MESSAGE_BYTES),
     )
     attachments = Attachments(
-        storage, UploadPolicy.from_settings(settings), presign_ttl_s=settings.presign_ttl_s
+        storage,
+        UploadPolicy.from_settings(settings),
+        presign_ttl_s=settings.presign_ttl_s,
+        max_uploads_per_user=settings.upload_max_per_user,
+        chunk_timeout_s=settings.upload_chunk_timeout_s,
     )
     upload_pb2_grpc.add_UploadServiceServicer_to_server(UploadService(attachments), server)
     health_servicer = health.aio.HealthServicer()
@@ -237,7 +254,12 @@ async def build_server(
     return server, health_servicer, port
 
 
-async def _ensure_bucket(storage: ObjectStorage, health_servicer: health.aio.HealthServicer) -> None:
+async def _ensure_bucket(
+    storage: ObjectStorage,
+    health_servicer: health.aio.HealthServicer,
+    settings: Settings,
+    ready: asyncio.Event,
+) -> None:
     """Create the bucket, waiting for object storage to come up (it may start after us), then
     report SERVING. Runs beside the server, so a storage outage at start-up is an outage of uploads
     (UNAVAILABLE, not ready), not a service that never listens."""
@@ -245,6 +267,7 @@ async def _ensure_bucket(storage: ObjectStorage, health_servicer: health.aio.Hea
     while True:
         try:
             await storage.ensure_bucket()
+            await lifecycle(storage, settings.upload_pending_ttl_s)
             break
         except SwitchboardError as error:
             level = logging.WARNING if isinstance(error, Unavailable) else logging.ERROR
@@ -260,6 +283,7 @@ async def _ensure_bucket(storage: ObjectStorage, health_servicer: health.aio.Hea
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("bucket %s ready at %s", storage.bucket, storage.endpoint)
+    ready.set()
 
 
 async def serve(settings: Settings) -> None:
@@ -275,7 +299,16 @@ async def serve(settings: Settings) -> None:
         raise SystemExit(2) from None
     try:
         server, health_servicer, port = await build_server(settings, storage, serving=False)
-        bucket_task = asyncio.create_task(_ensure_bucket(storage, health_servicer))
+        ready = asyncio.Event()
+        tasks = [asyncio.create_task(_ensure_bucket(storage, health_servicer, settings, ready))]
+        if settings.upload_sweep_interval_s > 0:
+            sweeper = sweep_periodically(
+                storage,
+                interval_s=settings.upload_sweep_interval_s,
+                pending_ttl_s=settings.upload_pending_ttl_s,
+                ready=ready,
+            )
+            tasks.append(asyncio.create_task(sweeper))
         log.info(
             "upload service listening on %s (port %d), bucket %s at %s",
             settings.upload_listen,
@@ -288,7 +321,8 @@ async def serve(settings: Settings) -> None:
                 server, health_servicer, grace_s=settings.shutdown_grace_s, name="upload service"
             )
         finally:
-            bucket_task.cancel()
+            for task in tasks:
+                task.cancel()
     finally:
         await storage.close()
         if scrape is not None:

@@ -21,8 +21,8 @@ This uses the SDK's multipart primitives (`_create_multipart_upload`, `_upload_p
 is pinned) rather than the public `put_object(length=-1)`, which reads a blocking file object:
 feeding it from asyncio needs a pipe that pins a thread for the whole upload, and its part reader
 re-copies the part on every read. A crash of the whole process mid-upload can still leave an
-incomplete multipart upload behind: give the bucket an S3 lifecycle rule with
-`AbortIncompleteMultipartUpload` (MinIO supports it) to reclaim those.
+incomplete multipart upload behind: the upload service adds a lifecycle rule with
+`AbortIncompleteMultipartUpload` to the bucket at start (see `sweep.lifecycle`) to reclaim those.
 
 Presigned URLs are computed offline: the client knows its region, so the SDK never asks the server
 for the bucket location. When `public_endpoint` is set (browsers reach object storage under another
@@ -50,14 +50,16 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import urllib3
 from minio import Minio
+from minio.commonconfig import ENABLED, CopySource, Filter
 from minio.datatypes import Part
 from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.lifecycleconfig import AbortIncompleteMultipartUpload, Expiration, LifecycleConfig, Rule
 
 from services.common.config import Settings
 from switchboard.app import NotFound, SwitchboardError, Unavailable
@@ -84,6 +86,15 @@ class ObjectInfo:
     size: int
     content_type: str
     etag: str
+
+
+@dataclass(frozen=True, slots=True)
+class ListedObject:
+    """One key of a listing, with its size and last modification time (timezone-aware UTC)."""
+
+    key: str
+    size: int
+    last_modified: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +182,22 @@ class _Upload:
     upload_id: str | None = None
     parts: list[Part] = field(default_factory=list)
     in_flight: asyncio.Task[Part] | None = None
+
+
+def expiry_rule(rule_id: str, prefix: str, days: int) -> Rule:
+    """A lifecycle rule deleting objects under `prefix` `days` days after their last write."""
+    return Rule(ENABLED, rule_filter=Filter(prefix=prefix), rule_id=rule_id, expiration=Expiration(days=days))
+
+
+def abort_multipart_rule(rule_id: str, days: int) -> Rule:
+    """A lifecycle rule aborting multipart uploads left unfinished for `days` days (a crashed
+    process's parts)."""
+    return Rule(
+        ENABLED,
+        rule_filter=Filter(prefix=""),
+        rule_id=rule_id,
+        abort_incomplete_multipart_upload=AbortIncompleteMultipartUpload(days_after_initiation=days),
+    )
 
 
 class ObjectStorage:
@@ -266,6 +293,32 @@ class ObjectStorage:
 
         if await self._call(ensure):
             log.info("created bucket %s", self.bucket)
+
+    async def set_lifecycle_rules(self, rules: list[Rule]) -> bool:
+        """Add (or replace, by rule id) these lifecycle rules, keeping the bucket's other rules.
+
+        Returns False, with a warning in the log, when the store refuses lifecycle configuration
+        (not every S3-compatible store implements it): the service's own sweep still cleans up.
+        """
+        ids = {rule.rule_id for rule in rules}
+
+        def apply() -> None:
+            current = self._client.get_bucket_lifecycle(self.bucket)
+            kept = [rule for rule in (current.rules if current else []) if rule.rule_id not in ids]
+            self._client.set_bucket_lifecycle(self.bucket, LifecycleConfig([*kept, *rules]))
+
+        try:
+            await self._call(apply)
+        except (StorageRefused, Unavailable) as error:
+            log.warning(
+                "object storage did not accept lifecycle rules %s on bucket %s (%s); the upload "
+                "service's periodic sweep removes stale uploads instead",
+                sorted(str(rule_id) for rule_id in ids),
+                self.bucket,
+                error,
+            )
+            return False
+        return True
 
     # ------------------------------------------------------------------ writes
 
@@ -368,6 +421,26 @@ class ObjectStorage:
         task.add_done_callback(self._cleanups.discard)
         await asyncio.shield(task)
 
+    async def copy(self, source: str, target: str, *, content_type: str) -> None:
+        """Server-side copy of `source` to `target` (the bytes never pass through this process),
+        with `content_type` as the target's Content-Type. NotFound when `source` does not exist."""
+
+        def copy() -> None:
+            try:
+                self._client.copy_object(
+                    self.bucket,
+                    target,
+                    CopySource(self.bucket, source),
+                    metadata={"Content-Type": content_type},
+                    metadata_directive="REPLACE",
+                )
+            except S3Error as error:
+                if _is_missing(error):
+                    raise NotFound("the uploaded object is missing") from None
+                raise
+
+        await self._call(copy)
+
     async def remove(self, key: str) -> None:
         """Delete an object; deleting a missing object is not an error (S3 semantics)."""
         await self._call(self._client.remove_object, self.bucket, key)
@@ -435,6 +508,8 @@ class ObjectStorage:
 
         Each chunk is read in a worker thread only when the consumer asks for it, so a slow consumer
         holds one chunk, not the object. Raises NotFound when it does not exist.
+        With a limit, the request is a ranged GET of `limit` bytes and reading stops at `limit` even
+        if the store sent more (it ignored the range): the connection is closed, never drained.
         Close the iterator (`contextlib.aclosing`) to release the connection early.
         """
 
@@ -449,8 +524,15 @@ class ObjectStorage:
         response = await self._call(open_object)
         if response is None:
             raise NotFound("the attachment's content is missing")
+        remaining = limit if limit > 0 else None
         try:
-            while chunk := await self._call(response.read, READ_CHUNK_BYTES):
+            while remaining is None or remaining > 0:
+                want = READ_CHUNK_BYTES if remaining is None else min(READ_CHUNK_BYTES, remaining)
+                chunk = await self._call(response.read, want)
+                if not chunk:
+                    break
+                if remaining is not None:
+                    remaining -= len(chunk)
                 yield bytes(chunk)
         finally:
             await self._call(_close, response)
@@ -461,6 +543,21 @@ class ObjectStorage:
         def list_all() -> list[str]:
             objects = self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
             return [str(item.object_name) for item in objects]
+
+        return await self._call(list_all)
+
+    async def list_objects(self, prefix: str) -> list[ListedObject]:
+        """Every object under `prefix` with its size and age (all pages; held in memory)."""
+
+        def list_all() -> list[ListedObject]:
+            return [
+                ListedObject(
+                    str(item.object_name),
+                    int(item.size or 0),
+                    item.last_modified or datetime.fromtimestamp(0, UTC),
+                )
+                for item in self._client.list_objects(self.bucket, prefix=prefix, recursive=True)
+            ]
 
         return await self._call(list_all)
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 import pytest
 
+from services.upload_service.records import AttachmentRecord, object_key, record_key
+from services.upload_service.storage import ObjectStorage
 from switchboard.v1 import upload_pb2
 from tests.unit.upload_service.conftest import (
     S3,
@@ -181,3 +187,65 @@ async def test_calls_without_a_valid_token_are_unauthenticated(service: UploadSe
             grpc.StatusCode.UNAUTHENTICATED,
         )
     assert await s3.snapshot() == before
+
+
+async def test_deleting_a_thread_costs_the_same_with_2000_unrelated_records(
+    service: UploadServer, storage: ObjectStorage
+) -> None:
+    """DeleteThreadAttachments reads the thread's index, not every record of the tenant."""
+    tenant = "bigco"
+    md = metadata(tenant, "alice")
+    gate = asyncio.Semaphore(32)
+
+    async def planted(number: int) -> None:
+        attachment_id = f"atc_{number:032x}"
+        record = AttachmentRecord(
+            id=attachment_id,
+            tenant=tenant,
+            owner="alice",
+            name="old.txt",
+            storage_name="old.txt",
+            mime_type="text/plain",
+            size=5,
+            object_key=object_key(tenant, attachment_id),
+            state="ready",
+            thread_id=f"thr_old_{number % 50}",
+            created_at=datetime.now(UTC),
+        )
+        async with gate:
+            await storage.put_bytes(
+                record_key(tenant, attachment_id),
+                record.model_dump_json().encode(),
+                content_type="application/json",
+            )
+
+    await asyncio.gather(*(planted(number) for number in range(2000)))
+    mine = [await _upload(service, tenant=tenant) for _ in range(2)]
+    for attachment_id in mine:
+        await _attach(service, "thr_small", attachment_id, tenant, "alice")
+
+    calls: Counter[str] = Counter()
+    client = storage._client
+    originals = {name: getattr(client, name) for name in ("list_objects", "get_object", "stat_object")}
+
+    def counting(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return originals[name](*args, **kwargs)
+
+        return call
+
+    for name in originals:
+        setattr(client, name, counting(name))
+    try:
+        reply = await service.stub.DeleteThreadAttachments(
+            upload_pb2.DeleteThreadAttachmentsRequest(thread_id="thr_small"), metadata=md
+        )
+    finally:
+        for name, original in originals.items():
+            setattr(client, name, original)
+    assert reply.deleted == 2
+    # One LIST of the thread's markers, one GET per record of the thread: not 2000 of anything.
+    assert calls == Counter({"list_objects": 1, "get_object": 2})
+    for attachment_id in mine:
+        assert await storage.stat(object_key(tenant, attachment_id)) is None

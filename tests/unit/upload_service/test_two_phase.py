@@ -106,22 +106,24 @@ async def test_attaching_before_the_upload_is_refused(service: UploadServer) -> 
 async def test_size_mismatch_deletes_the_object(service: UploadServer, s3: S3) -> None:
     created = await _create(service, "short.txt", "text/plain", 100)
     await _put(created, b"only fifty bytes".ljust(50, b"."))
-    key = f"objects/acme/{created.attachment.id}"
+    key = f"uploads/acme/{created.attachment.id}"
     assert await _exists(s3, key)
     details = await expect_error(
         _attach(service, "thr_s", created.attachment.id), grpc.StatusCode.FAILED_PRECONDITION
     )
     assert "50 bytes" in details and "100" in details
     assert not await _exists(s3, key)
+    assert not await _exists(s3, f"objects/acme/{created.attachment.id}")
 
 
 async def test_type_mismatch_deletes_the_object(service: UploadServer, s3: S3) -> None:
     text = b"this is not a png at all\n"
     created = await _create(service, "fake.png", "image/png", len(text))
     await _put(created, text)
-    key = f"objects/acme/{created.attachment.id}"
+    key = f"uploads/acme/{created.attachment.id}"
     await expect_error(_attach(service, "thr_t", created.attachment.id), grpc.StatusCode.FAILED_PRECONDITION)
     assert not await _exists(s3, key)
+    assert not await _exists(s3, f"objects/acme/{created.attachment.id}")
     # The record stays pending: a fresh upload URL lets the client try again.
     got = await service.stub.GetAttachments(
         upload_pb2.GetAttachmentsRequest(attachment_ids=[created.attachment.id]), metadata=metadata()
@@ -160,5 +162,6 @@ async def test_presigned_urls_use_the_configured_ttl(service: UploadServer) -> N
     created = await _create(service, "ttl.png", "image/png", 10)
     for url in (created.attachment.upload_descriptor.url, created.attachment.image.preview_url):
         assert "X-Amz-Expires=120" in url
-        assert f"/{BUCKET}/objects/acme/{created.attachment.id}?" in url
+        # Pending: both URLs are of the upload key; the checked object's key is never writable.
+        assert f"/{BUCKET}/uploads/acme/{created.attachment.id}?" in url
     assert "response-content-type=image%2Fpng" in created.attachment.image.preview_url
