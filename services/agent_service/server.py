@@ -44,7 +44,7 @@ from services.common import codec
 from services.common.auth import Principal, TokenVerifier
 from services.common.config import Settings
 from services.common.grpc_auth import AuthInterceptor, current_locale, current_principal
-from services.common.grpc_server import abort_with, serve_until_signalled
+from services.common.grpc_server import abort_internal, abort_with, serve_until_signalled
 from services.common.grpc_server import server_options as common_server_options
 from switchboard.app import InvalidRequest, SwitchboardError
 from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
@@ -88,9 +88,30 @@ def _user_input(message: chat_pb2.UserMessageInput) -> UserMessageInput:
     return _parse(UserMessageInput, data, "input")
 
 
+MAX_FREE_FORM_BYTES: Final = 256 * 1024
+"""Largest free-form value (client tool result, action payload) as protobuf bytes: a second check
+behind the edge's (which bounds the JSON form and its depth), for callers that use gRPC directly."""
+
+
+_Bounded = TypeVar("_Bounded", bound=Message)
+
+
+def _bounded(message: _Bounded, what: str) -> _Bounded:
+    if message.ByteSize() > MAX_FREE_FORM_BYTES:
+        raise InvalidRequest(f"{what} exceeds {MAX_FREE_FORM_BYTES} bytes")
+    return message
+
+
+def _tool_result(request: chat_pb2.AddClientToolOutputRequest) -> Any:
+    if not request.HasField("result"):
+        return None
+    return codec.json_value(_bounded(request.result, "result"))
+
+
 def _action(message: chat_pb2.Action) -> Action[str, Any]:
     if not message.type:
         raise InvalidRequest("action.type is required")
+    _bounded(message, "action")
     return _parse(Action[str, Any], codec.to_data(message), "action")
 
 
@@ -127,26 +148,37 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
     async def _stream(
         self, context: Context, open_events: Callable[[], AsyncIterator[ThreadStreamEvent]]
     ) -> None:
+        """The boundary of every streaming RPC: a domain error becomes its status, anything else is
+        logged with the request id and answered INTERNAL with a generic message."""
         try:
             events = open_events()
         except SwitchboardError as error:
             await abort_with(context, error)
+            return
+        except Exception:
+            await abort_internal(context, "ChatService")
             return
         try:
             async for event in events:
                 await context.write(event_to_proto(event))
         except SwitchboardError as error:
             await abort_with(context, error)
+        except Exception:
+            await abort_internal(context, "ChatService")
         finally:
             aclose = getattr(events, "aclose", None)
             if aclose is not None:
                 await aclose()
 
     async def _unary(self, context: Context, call: Callable[[], Awaitable[_Reply]]) -> _Reply:
+        """The boundary of every unary RPC (see `_stream`)."""
         try:
             return await call()
         except SwitchboardError as error:
             await abort_with(context, error)
+            raise AssertionError("unreachable") from error
+        except Exception as error:
+            await abort_internal(context, "ChatService")
             raise AssertionError("unreachable") from error
 
     # ------------------------------------------------------------------ streaming
@@ -171,11 +203,10 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         self, request: chat_pb2.AddClientToolOutputRequest, context: Context
     ) -> None:
         owner, locale = _caller()
-        result = codec.json_value(request.result) if request.HasField("result") else None
         await self._stream(
             context,
             lambda: self._conversation.add_client_tool_output(
-                owner, locale, _required(request.thread_id, "thread_id"), result
+                owner, locale, _required(request.thread_id, "thread_id"), _tool_result(request)
             ),
         )
 

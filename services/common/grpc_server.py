@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 from typing import Any, Final, NoReturn
 
-from grpc import aio
+from grpc import StatusCode, aio
 from grpc_health.v1 import health
 
 from services.common.config import Settings
@@ -89,4 +90,25 @@ async def abort_with(context: aio.ServicerContext[Any, Any], error: SwitchboardE
     becomes a gRPC status)."""
     code = grpc_status(error)
     log.info("request %s refused: %s %s", current_request_id.get(), code.name, error.message)
-    await context.abort(code, error.message)
+    await context.abort(code, error.message, trailing_metadata=retry_after_metadata(error))
+
+
+RETRY_AFTER: Final = "retry-after"
+"""Trailing metadata of a refusal that may succeed later (a busy thread): whole seconds, as HTTP's
+`Retry-After` (which the edge copies it to)."""
+
+
+def retry_after_metadata(error: SwitchboardError) -> tuple[tuple[str, str], ...]:
+    """`(("retry-after", "<seconds>"),)` when the error carries a `retry_after_s` hint, else `()`."""
+    hint = getattr(error, "retry_after_s", None)
+    if not isinstance(hint, int | float) or not math.isfinite(hint) or hint <= 0:
+        return ()
+    return ((RETRY_AFTER, str(max(1, math.ceil(hint)))),)
+
+
+async def abort_internal(context: aio.ServicerContext[Any, Any], what: str) -> NoReturn:
+    """End the call with INTERNAL and a generic message after an unexpected exception, which is
+    logged here with the request id (call it from an `except` block); the client learns nothing
+    about the failure's internals."""
+    log.exception("request %s failed in %s", current_request_id.get(), what)
+    await context.abort(StatusCode.INTERNAL, "internal error")

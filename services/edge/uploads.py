@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import unicodedata
 from typing import Final
 
 import grpc
@@ -72,6 +73,23 @@ async def _file_part(request: web.Request) -> BodyPartReader:
     raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the multipart body has no 'file' field")
 
 
+def _file_name(part: BodyPartReader) -> str:
+    """The part's file name (cut to `_MAX_NAME_CHARS`), refused (400) when empty or holding control
+    characters (NUL, newlines, escapes) or lone surrogates, which cannot travel as UTF-8."""
+    try:
+        raw = part.filename or ""
+    except (ValueError, UnicodeError):  # an undecodable RFC 2231/5987 encoded name
+        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the file name is not valid text") from None
+    name = raw.strip()[:_MAX_NAME_CHARS]
+    if not name:
+        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the 'file' field has no file name")
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in raw):
+        raise UploadRefused(
+            grpc.StatusCode.INVALID_ARGUMENT, "the file name must not contain control characters"
+        )
+    return name
+
+
 def _declared_type(part: BodyPartReader, name: str) -> str:
     declared = (part.headers.get(hdrs.CONTENT_TYPE) or "").split(";")[0].strip().lower()
     if declared and declared != "application/octet-stream":
@@ -96,9 +114,7 @@ async def stream_upload(
     if request.content_length is not None and request.content_length > max_bytes + _ENVELOPE_BYTES:
         raise _too_large(max_bytes)
     part = await _file_part(request)
-    name = (part.filename or "").strip()[:_MAX_NAME_CHARS]
-    if not name:
-        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the 'file' field has no file name")
+    name = _file_name(part)
     info = upload_pb2.UploadFileInfo(name=name, mime_type=_declared_type(part, name))
     call: aio.StreamUnaryCall[upload_pb2.UploadRequest, upload_pb2.UploadResponse] = stub.Upload(
         metadata=metadata, timeout=timeout_s

@@ -59,12 +59,17 @@ class Fence:
 
 
 class ThreadBusy(Busy):
-    """Another run holds the thread's lease (ABORTED: HTTP 409 at the edge)."""
+    """Another run holds the thread's lease (ABORTED: HTTP 409 at the edge).
 
-    def __init__(self, thread_id: str) -> None:
+    `retry_after_s` is a hint for the caller (the run lease's TTL when known: a running turn renews
+    it, a crashed one blocks the thread at most that long); gRPC servers send it as the trailing
+    metadata `retry-after` and the edge as the `Retry-After` header (see `abort_with`)."""
+
+    def __init__(self, thread_id: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(
             f"thread {thread_id!r} is busy: another response is being generated; retry when it ends",
         )
+        self.retry_after_s = retry_after_s
 
 
 class LeaseLost(Busy):

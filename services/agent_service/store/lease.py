@@ -116,9 +116,10 @@ class RunLease:
             try:
                 result = await claim()
                 break
-            except ThreadBusy:
+            except ThreadBusy as busy:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
+                    busy.retry_after_s = self.ttl_s
                     raise
                 await asyncio.sleep(min(WAIT_POLL_S, remaining))
         self._adopt()
