@@ -480,9 +480,8 @@ class Conversation:
         title = title.strip()
         if not title or len(title) > MAX_TITLE_CHARS:
             raise invalid(f"a title has 1 to {MAX_TITLE_CHARS} characters")
-        thread = await self._store.load_thread(owner, thread_id)
-        thread.title = title
-        await self._store.save_thread(owner, thread)
+        # Title only: a turn running meanwhile keeps its status and metadata (store.rename_thread).
+        thread = await self._store.rename_thread(owner, thread_id, title)
         return thread_response(thread)
 
     async def delete_thread(self, owner: Principal, thread_id: str) -> None:
@@ -596,6 +595,7 @@ class Conversation:
                                 items=[_for_storage(item)],
                                 thread=thread if changed else None,
                                 fence=lease.fence,
+                                keep_title=state[0] == saved[0],
                             )
                             saved = state
                             pending.finished(item.id)
@@ -617,7 +617,9 @@ class Conversation:
                     raise LeaseLost(thread.id) from None
                 if not lease.lost:
                     await asyncio.shield(
-                        self._save_cancelled(owner, thread, pending, _state(thread) != saved, lease)
+                        self._save_cancelled(
+                            owner, thread, pending, _state(thread) != saved, lease, thread.title != saved[0]
+                        )
                     )
                 raise
             except CustomStreamError as error:
@@ -649,7 +651,10 @@ class Conversation:
     ) -> _ThreadState:
         state = _state(thread)
         if state != saved:
-            await self._store.write(owner, thread.id, thread=thread, fence=lease.fence)
+            # The run's own title change is saved; otherwise the stored title (a rename) is kept.
+            await self._store.write(
+                owner, thread.id, thread=thread, fence=lease.fence, keep_title=state[0] == saved[0]
+            )
         return state
 
     async def _save_cancelled(
@@ -659,6 +664,7 @@ class Conversation:
         pending: _PendingItems,
         thread_changed: bool,
         lease: RunLease,
+        title_changed: bool = False,
     ) -> None:
         """What ChatKitServer.handle_stream_cancelled stores, in one transaction: the partial
         answers, a hidden note, and the thread's state if the run changed it."""
@@ -672,6 +678,7 @@ class Conversation:
                 items=[*pending.partial_assistant_messages(), note],
                 thread=thread if thread_changed else None,
                 fence=lease.fence,
+                keep_title=not title_changed,
             )
         except Exception:
             log.exception("could not save the cancelled turn of thread %s", thread.id)

@@ -89,8 +89,18 @@ async def abort_with(context: aio.ServicerContext[Any, Any], error: SwitchboardE
     """End the call with the status `error` maps to and its message (the one place a domain error
     becomes a gRPC status)."""
     code = grpc_status(error)
-    log.info("request %s refused: %s %s", current_request_id.get(), code.name, error.message)
-    await context.abort(code, error.message, trailing_metadata=retry_after_metadata(error))
+    message = _bounded_message(error.message)
+    log.info("request %s refused: %s %s", current_request_id.get(), code.name, message)
+    await context.abort(code, message, trailing_metadata=retry_after_metadata(error))
+
+
+MAX_DETAILS_CHARS: Final = 1000
+"""Status details are cut to this: a message that quotes hostile input (an action type of 100 KB)
+would otherwise exceed gRPC's metadata limit (16 KiB) and reach the client as RESOURCE_EXHAUSTED."""
+
+
+def _bounded_message(message: str) -> str:
+    return message if len(message) <= MAX_DETAILS_CHARS else message[: MAX_DETAILS_CHARS - 1] + "…"
 
 
 RETRY_AFTER: Final = "retry-after"

@@ -18,6 +18,7 @@ from typing import Final
 
 import grpc
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from grpc import aio
 
 from services.common import codec
@@ -68,9 +69,16 @@ async def _file_part(request: web.Request) -> BodyPartReader:
             if part.name == FILE_FIELD:
                 return part
             await part.release()
-    except (ValueError, AssertionError) as error:
-        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, f"malformed multipart body: {error}") from None
+    except (ValueError, AssertionError, HttpProcessingError) as error:
+        # HttpProcessingError: a part's headers do not parse (control characters in a file name...).
+        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, _malformed(error)) from None
     raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the multipart body has no 'file' field")
+
+
+def _malformed(error: Exception) -> str:
+    detail = getattr(error, "message", None) or str(error)
+    detail = " ".join(str(detail).split())[:200].encode("ascii", "backslashreplace").decode()
+    return f"malformed multipart body: {detail}" if detail else "malformed multipart body"
 
 
 def _file_name(part: BodyPartReader) -> str:
@@ -129,6 +137,8 @@ async def stream_upload(
                     raise _too_large(max_bytes)
                 await call.write(upload_pb2.UploadRequest(chunk=chunk))
             await call.done_writing()
+        except (HttpProcessingError, ValueError) as error:  # the body broke off or is malformed
+            raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, _malformed(error)) from None
         except aio.AioRpcError as write_error:
             # A write that races with the service's refusal (it aborts after the first chunk, while
             # more are in flight) can fail with a transport-level INTERNAL; the call's own status

@@ -129,6 +129,13 @@ class Store(ABC):
     async def load_thread(self, owner: Principal, thread_id: str) -> ThreadMetadata:
         """The thread, or NotFound when it is not the owner's."""
 
+    @abstractmethod
+    async def rename_thread(self, owner: Principal, thread_id: str, title: str) -> ThreadMetadata:
+        """Set the thread's title and nothing else, in ONE transaction that reads the stored thread
+        under a row lock: its status and metadata (the active specialist a running turn just saved)
+        are kept as stored, never rewritten from an older copy. Returns the thread as stored now.
+        NotFound when it is not the owner's."""
+
     async def save_thread(self, owner: Principal, thread: ThreadMetadata) -> None:
         """Update an existing thread's title, status and metadata."""
         await self.write(owner, thread.id, thread=thread)
@@ -159,9 +166,12 @@ class Store(ABC):
         deleted: Sequence[str] = (),
         thread: ThreadMetadata | None = None,
         fence: Fence | None = None,
+        keep_title: bool = False,
     ) -> None:
         """In ONE transaction: upsert `items` (in order, as `add_item`), delete the `deleted` item ids
-        (unknown ids are ignored), and save `thread`'s title, status and metadata when given.
+        (unknown ids are ignored), and save `thread`'s title, status and metadata when given
+        (with `keep_title`, its status and metadata only: the title stays as stored, so a rename
+        that landed while a turn ran survives the turn's later writes).
         All or nothing: any failure leaves the thread as it was. With a `fence`, nothing is written
         unless `fence.holder` still holds the lease on `fence.key` (else `LeaseLost`)."""
 
