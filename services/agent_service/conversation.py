@@ -307,21 +307,35 @@ class Conversation:
     ) -> AsyncIterator[ThreadStreamEvent]:
         _validate_input(message)
         thread = ThreadMetadata(id=new_id("thr"), created_at=_now())
-        # Nobody knows the id yet: the attachments can be bound before the thread exists.
-        attachments = await self._attach(thread.id, message)
-        item = _user_message(thread, message, attachments)
-        stored = _for_storage(item)
         # The client may post to the thread as soon as it sees `thread.created`: the lease covers
-        # this first turn like any other. One transaction creates the thread, takes the lease and
-        # stores the user message (`Store.start_thread`).
+        # this first turn like any other. Without attachments, one transaction creates the thread,
+        # takes the lease and stores the user message (`Store.start_thread`). With attachments, the
+        # thread is created (and leased) first and the attachments are bound to it only then, so a
+        # failed create never leaves them bound to a thread that does not exist: if binding fails,
+        # the new thread is deleted again and the attachments stay free to use.
         lease = self._lease(thread.id)
+        item = _user_message(thread, message, [])
+        stored = _for_storage(item)
 
         async def start() -> None:
             await self._store.start_thread(
-                owner, thread, holder=lease.holder, ttl_s=lease.ttl_s, items=[stored]
+                owner,
+                thread,
+                holder=lease.holder,
+                ttl_s=lease.ttl_s,
+                items=[] if message.attachments else [stored],
             )
 
         async with lease.holding(start):
+            if message.attachments:
+                try:
+                    attachments = await self._attach(thread.id, message)
+                except BaseException:
+                    await asyncio.shield(self._discard(owner, thread.id))
+                    raise
+                item = _user_message(thread, message, attachments)
+                stored = _for_storage(item)
+                await self._store.write(owner, thread.id, items=[stored], fence=lease.fence)
             yield ThreadCreatedEvent(thread=thread_response(thread))
             yield ThreadItemDoneEvent(item=item)
             # A new thread's history is the message just stored, exactly as `recent_items` would read
@@ -332,6 +346,13 @@ class Conversation:
             async with _closing(self._run(owner, locale, thread, item, lease, history)) as events:
                 async for event in events:
                     yield event
+
+    async def _discard(self, owner: Principal, thread_id: str) -> None:
+        """Delete a thread whose creation failed half-way (best effort: logged when it fails)."""
+        try:
+            await self._store.delete_thread(owner, thread_id)
+        except Exception:
+            log.exception("could not delete the half-created thread %s", thread_id)
 
     async def add_user_message(
         self, owner: Principal, locale: str, thread_id: str, message: UserMessageInput
