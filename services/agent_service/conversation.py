@@ -82,7 +82,7 @@ from chatkit.types import (
 from pydantic import AnyUrl, TypeAdapter
 
 from services.agent_service.attachments import STORED_PREVIEW_URL, AttachmentClient
-from services.agent_service.store import LeaseLost, Order, RunLease, Store
+from services.agent_service.store import LeaseLost, Order, RunLease, Store, shielded
 from services.agent_service.turn import ActionRequest, Responder, Turn
 from services.common.auth import Principal
 from services.common.errors import invalid
@@ -331,7 +331,7 @@ class Conversation:
                 try:
                     attachments = await self._attach(thread.id, message)
                 except BaseException:
-                    await asyncio.shield(self._discard(owner, thread.id))
+                    await shielded(self._discard(owner, thread.id))
                     raise
                 item = _user_message(thread, message, attachments)
                 stored = _for_storage(item)
@@ -637,7 +637,7 @@ class Conversation:
                     # The heartbeat stopped the run: another replica may own the thread now.
                     raise LeaseLost(thread.id) from None
                 if not lease.lost:
-                    await asyncio.shield(
+                    await shielded(
                         self._save_cancelled(
                             owner, thread, pending, _state(thread) != saved, lease, thread.title != saved[0]
                         )

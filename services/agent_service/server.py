@@ -16,6 +16,7 @@ checks its schema: on PostgreSQL an outdated schema stops the service with a mes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final, TypeVar
@@ -37,7 +38,7 @@ from sqlalchemy.exc import DBAPIError
 
 from services.agent_service.attachments import AttachmentClient
 from services.agent_service.conversation import Conversation
-from services.agent_service.store import SchemaError, Store, create_store, database_url
+from services.agent_service.store import SchemaError, Store, create_store, database_url, drain_shielded
 from services.agent_service.store.migrate import redacted
 from services.agent_service.turn import Responder
 from services.common import codec
@@ -53,6 +54,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 _MB: Final = 1024 * 1024
+SHUTDOWN_DRAIN_S: Final = 5.0
+"""After the grace, how long the saves of cancelled turns (and lease releases) may still take before
+the store closes (each is one short transaction; the database's own timeouts bound them)."""
 SHUTDOWN_NOTICE_S: Final = 0.5
 """After SIGTERM the server reports NOT_SERVING but still accepts calls this long, so that clients
 with client-side health checking stop sending it new ones before it starts refusing them (a call
@@ -423,6 +427,7 @@ async def serve(settings: Settings) -> None:
         redacted(database_url(settings)),
     )
 
+    loop = asyncio.get_running_loop()
     await serve_until_signalled(
         server,
         health_servicer,
@@ -430,6 +435,14 @@ async def serve(settings: Settings) -> None:
         notice_s=SHUTDOWN_NOTICE_S,
         name="agent service",
     )
+    # Turns cancelled at the end of the grace save their partial answers and release their leases
+    # in shielded tasks that outlive their handlers: the store closes only after those finished.
+    stopped = loop.time()
+    await asyncio.sleep(0)  # let the cancelled handlers reach their shielded saves
+    unfinished = await drain_shielded(SHUTDOWN_DRAIN_S)
+    if unfinished:
+        log.warning("%d shielded saves or lease releases did not finish before the store closed", unfinished)
+    log.debug("shielded work drained in %.3f s", loop.time() - stopped)
     await responder.aclose()
     await attachments.aclose()
     await store.close()

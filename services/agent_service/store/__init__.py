@@ -12,7 +12,7 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from services.agent_service.store.base import Fence, LeaseLost, Order, SchemaError, Store, ThreadBusy
-from services.agent_service.store.lease import RunLease
+from services.agent_service.store.lease import RunLease, drain_shielded, shielded
 from services.agent_service.store.postgres import PoolOptions, PostgresStore
 from services.agent_service.store.sql import SqlStore
 from services.agent_service.store.sqlite import SqliteStore
@@ -72,4 +72,6 @@ __all__ = [
     "ThreadBusy",
     "create_store",
     "database_url",
+    "drain_shielded",
+    "shielded",
 ]
