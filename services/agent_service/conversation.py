@@ -82,7 +82,7 @@ from chatkit.types import (
 from pydantic import AnyUrl, TypeAdapter
 
 from services.agent_service.attachments import STORED_PREVIEW_URL, AttachmentClient
-from services.agent_service.store import LeaseLost, Order, RunLease, Store, shielded
+from services.agent_service.store import KnownTitle, LeaseLost, Order, RunLease, Store, shielded
 from services.agent_service.turn import ActionRequest, Responder, Turn
 from services.common.auth import Principal
 from services.common.errors import invalid
@@ -616,7 +616,7 @@ class Conversation:
                                 items=[_for_storage(item)],
                                 thread=thread if changed else None,
                                 fence=lease.fence,
-                                keep_title=state[0] == saved[0],
+                                known_title=KnownTitle(saved[0]),
                             )
                             saved = state
                             pending.finished(item.id)
@@ -638,9 +638,7 @@ class Conversation:
                     raise LeaseLost(thread.id) from None
                 if not lease.lost:
                     await shielded(
-                        self._save_cancelled(
-                            owner, thread, pending, _state(thread) != saved, lease, thread.title != saved[0]
-                        )
+                        self._save_cancelled(owner, thread, pending, _state(thread) != saved, lease, saved[0])
                     )
                 raise
             except CustomStreamError as error:
@@ -672,9 +670,9 @@ class Conversation:
     ) -> _ThreadState:
         state = _state(thread)
         if state != saved:
-            # The run's own title change is saved; otherwise the stored title (a rename) is kept.
+            # A rename that landed during the run wins over the run's title (compare and set).
             await self._store.write(
-                owner, thread.id, thread=thread, fence=lease.fence, keep_title=state[0] == saved[0]
+                owner, thread.id, thread=thread, fence=lease.fence, known_title=KnownTitle(saved[0])
             )
         return state
 
@@ -685,7 +683,7 @@ class Conversation:
         pending: _PendingItems,
         thread_changed: bool,
         lease: RunLease,
-        title_changed: bool = False,
+        known_title: str | None,
     ) -> None:
         """What ChatKitServer.handle_stream_cancelled stores, in one transaction: the partial
         answers, a hidden note, and the thread's state if the run changed it."""
@@ -699,7 +697,7 @@ class Conversation:
                 items=[*pending.partial_assistant_messages(), note],
                 thread=thread if thread_changed else None,
                 fence=lease.fence,
-                keep_title=not title_changed,
+                known_title=KnownTitle(known_title),
             )
         except Exception:
             log.exception("could not save the cancelled turn of thread %s", thread.id)

@@ -11,7 +11,15 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from services.agent_service.store.base import Fence, LeaseLost, Order, SchemaError, Store, ThreadBusy
+from services.agent_service.store.base import (
+    Fence,
+    KnownTitle,
+    LeaseLost,
+    Order,
+    SchemaError,
+    Store,
+    ThreadBusy,
+)
 from services.agent_service.store.lease import RunLease, drain_shielded, shielded
 from services.agent_service.store.postgres import PoolOptions, PostgresStore
 from services.agent_service.store.sql import SqlStore
@@ -60,6 +68,7 @@ def create_store(settings: Settings) -> SqlStore:
 
 __all__ = [
     "Fence",
+    "KnownTitle",
     "LeaseLost",
     "Order",
     "PoolOptions",

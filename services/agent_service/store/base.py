@@ -58,6 +58,14 @@ class Fence:
     holder: str
 
 
+@dataclass(frozen=True, slots=True)
+class KnownTitle:
+    """The thread title a writer last read (see `Store.write`): when the stored title is no longer
+    this one, someone renamed the thread meanwhile and the stored title wins."""
+
+    title: str | None
+
+
 class ThreadBusy(Busy):
     """Another run holds the thread's lease (ABORTED: HTTP 409 at the edge).
 
@@ -166,12 +174,13 @@ class Store(ABC):
         deleted: Sequence[str] = (),
         thread: ThreadMetadata | None = None,
         fence: Fence | None = None,
-        keep_title: bool = False,
+        known_title: KnownTitle | None = None,
     ) -> None:
         """In ONE transaction: upsert `items` (in order, as `add_item`), delete the `deleted` item ids
-        (unknown ids are ignored), and save `thread`'s title, status and metadata when given
-        (with `keep_title`, its status and metadata only: the title stays as stored, so a rename
-        that landed while a turn ran survives the turn's later writes).
+        (unknown ids are ignored), and save `thread`'s title, status and metadata when given.
+        With `known_title` (the title the writer last read), the title is compared and set: the
+        stored title is kept when it differs from `known_title` (a rename landed while a turn ran,
+        and it wins over the turn's own title), else `thread.title` is written.
         All or nothing: any failure leaves the thread as it was. With a `fence`, nothing is written
         unless `fence.holder` still holds the lease on `fence.key` (else `LeaseLost`)."""
 

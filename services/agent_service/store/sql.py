@@ -38,7 +38,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.agent_service.store import migrate
-from services.agent_service.store.base import Fence, LeaseLost, Order, Store, ThreadBusy
+from services.agent_service.store.base import Fence, KnownTitle, LeaseLost, Order, Store, ThreadBusy
 from services.agent_service.store.schema import feedback, run_leases, threads
 from services.agent_service.store.schema import items as item_rows
 from services.common.auth import Principal
@@ -452,13 +452,13 @@ class SqlStore(Store):
         deleted: Sequence[str],
         thread: ThreadMetadata | None,
         fence: Fence | None,
-        keep_title: bool = False,
+        known_title: KnownTitle | None = None,
     ) -> Callable[[Connection], int]:
         """The body of `write` (serialised here, off the database thread); it returns the thread's seq."""
         if thread is not None and thread.id != thread_id:
             raise invalid(f"thread {thread.id!r} saved as {thread_id!r}")
         rows = [(item.id, item.type, _dump_item(item)) for item in items]
-        thread_data = _dump_thread(thread) if thread is not None and not keep_title else None
+        thread_data = _dump_thread(thread) if thread is not None and known_title is None else None
 
         def body(connection: Connection) -> int:
             if fence is None:
@@ -469,13 +469,14 @@ class SqlStore(Store):
             if deleted:
                 connection.execute(self._sql.delete_items, {"t_seq": thread_seq, "item_ids": list(deleted)})
             data = thread_data
-            if thread is not None and keep_title:
-                # The title as stored (a rename may have landed since the caller read the thread).
+            if thread is not None and known_title is not None:
+                # Compare and set the title: a rename since the caller read the thread wins.
                 row = connection.execute(self._sql.thread_for_update, _owned(owner, thread_id)).first()
                 if row is None:
                     raise not_found(f"thread {thread_id!r}")
                 stored_title = ThreadMetadata.model_validate_json(row[1]).title
-                data = _dump_thread(thread.model_copy(update={"title": stored_title}))
+                title = thread.title if stored_title == known_title.title else stored_title
+                data = _dump_thread(thread.model_copy(update={"title": title}))
             if data is not None:
                 result = connection.execute(self._sql.save_thread, {"t_seq": thread_seq, "data": data})
                 if result.rowcount == 0:
@@ -493,9 +494,9 @@ class SqlStore(Store):
         deleted: Sequence[str] = (),
         thread: ThreadMetadata | None = None,
         fence: Fence | None = None,
-        keep_title: bool = False,
+        known_title: KnownTitle | None = None,
     ) -> None:
-        await self._run(self._writer(owner, thread_id, items, deleted, thread, fence, keep_title))
+        await self._run(self._writer(owner, thread_id, items, deleted, thread, fence, known_title))
 
     async def write_recent(
         self,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from chatkit.types import ThreadMetadata
 
-from services.agent_service.store import SqlStore
+from services.agent_service.store import KnownTitle, SqlStore
 from services.common.auth import Principal
 from services.common.ids import new_id
 from switchboard.app import AlreadyExists, NotFound
@@ -38,7 +38,7 @@ async def test_a_rename_keeps_what_a_running_turn_saved(store: SqlStore) -> None
     thread = await _started(store)
     turn_copy = thread.model_copy(deep=True)  # what the turn read when it started
     turn_copy.metadata["active_agent"] = "billing"  # a handoff, saved by the turn
-    await store.write(ALICE, thread.id, thread=turn_copy, keep_title=True)
+    await store.write(ALICE, thread.id, thread=turn_copy, known_title=KnownTitle("Old"))
 
     renamed = await store.rename_thread(ALICE, thread.id, "Renamed")
 
@@ -53,15 +53,17 @@ async def test_a_running_turns_later_writes_keep_the_new_title(store: SqlStore) 
     thread = await _started(store)
     turn_copy = thread.model_copy(deep=True)
     await store.rename_thread(ALICE, thread.id, "Renamed mid-turn")
+    # The turn hands off and names the thread itself, from the copy it read before the rename.
     turn_copy.metadata["active_agent"] = "shipping"
-    await store.write(ALICE, thread.id, thread=turn_copy, keep_title=True)
-    stored = await store.load_thread(ALICE, thread.id)
-    assert stored.title == "Renamed mid-turn"
-    assert stored.metadata["active_agent"] == "shipping"
-    # A turn that sets the title itself (keep_title=False) still writes it.
     turn_copy.title = "Named by the agent"
-    await store.write(ALICE, thread.id, thread=turn_copy)
-    assert (await store.load_thread(ALICE, thread.id)).title == "Named by the agent"
+    await store.write(ALICE, thread.id, thread=turn_copy, known_title=KnownTitle("Old"))
+    stored = await store.load_thread(ALICE, thread.id)
+    assert stored.title == "Renamed mid-turn"  # the user's rename wins
+    assert stored.metadata["active_agent"] == "shipping"
+    # Without a rename in between, the turn's own title is written.
+    turn_copy.title = "Named again"
+    await store.write(ALICE, thread.id, thread=turn_copy, known_title=KnownTitle("Renamed mid-turn"))
+    assert (await store.load_thread(ALICE, thread.id)).title == "Named again"
 
 
 async def test_renaming_someone_elses_thread_is_not_found(store: SqlStore) -> None:
