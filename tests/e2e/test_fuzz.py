@@ -140,8 +140,8 @@ async def send(session: aiohttp.ClientSession, base: str, probe: Probe, stats: S
         stats.failures.append(f"drop: {probe.kind} {type(error).__name__} {_show(probe)}")
         return
     stats.statuses[str(status)] += 1
-    if status == 501 and probe.kind == "input.transcribe":
-        return  # dictation is not offered (README: "Not supported"), by design
+    if status == 501 and b"input.transcribe" in raw:
+        return  # dictation is not offered (README: "Not supported"), by design: 501 is its answer
     if status >= 500:
         stats.server_errors += 1
         stats.failures.append(f"{status}: {probe.kind} {raw[:300]!r} {_show(probe)}")
@@ -413,6 +413,22 @@ def chatkit_probes(known: Known, auth: dict[str, str]) -> st.SearchStrategy[Prob
         )
 
     requests = st.builds(as_json, chatkit_bodies(known), HOSTILE_HEADERS)
+    # Valid requests with hostile text: these reach the agents and stream (read to the end).
+    text = st.one_of(st.text(min_size=1, max_size=200), HOSTILE_TEXT.filter(bool))
+    plausible = st.builds(
+        as_json,
+        st.one_of(
+            st.builds(lambda t: request("threads.create", input=user_input(t)), text),
+            st.builds(
+                lambda t: request("threads.add_user_message", thread_id=known.thread, input=user_input(t)),
+                text,
+            ),
+            st.builds(lambda t: request("threads.update", thread_id=known.thread, title=t), text),
+            st.just(request("items.list", thread_id=known.thread, limit=5)),
+            st.just(request("threads.get_by_id", thread_id=known.thread)),
+        ),
+        HOSTILE_HEADERS,
+    )
 
     def truncated(body: Any, cut: float) -> Probe:
         data = json.dumps(body).encode()
@@ -467,7 +483,7 @@ def chatkit_probes(known: Known, auth: dict[str, str]) -> st.SearchStrategy[Prob
             ),
         ),
     )
-    return st.one_of(requests, requests, requests, requests, garbage)
+    return st.one_of(plausible, requests, plausible, requests, requests, garbage)
 
 
 FILE_NAMES = st.one_of(
