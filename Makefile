@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 EXAMPLE := examples/helpdesk
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml $(EXAMPLE)/pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run test bench lint format protos clean
+.PHONY: install run test fuzz bench lint format protos clean
 
 # The example app is installed next to Switchboard, as an adopter installs theirs (the tests run it).
 $(STAMP): pyproject.toml $(EXAMPLE)/pyproject.toml
@@ -25,6 +25,12 @@ run: $(STAMP)
 ## test: the full test suite (real processes on free loopback ports)
 test: $(STAMP)
 	$(BIN)/pytest
+
+## fuzz: the property-based fuzz test of the edge with many more examples (FUZZ_EXAMPLES, default 10000)
+FUZZ_EXAMPLES ?= 10000
+fuzz: $(STAMP)
+	SWITCHBOARD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) SWITCHBOARD_FUZZ_REPORT=$(CURDIR)/var/fuzz-report.json \
+		$(BIN)/pytest -q -s -p no:cacheprovider -W ignore -o timeout=0 tests/e2e/test_fuzz.py
 
 ## bench: every benchmark system side by side in one run (table, JSON and chart in benchmarks/results)
 bench: $(STAMP)

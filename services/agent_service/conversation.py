@@ -82,7 +82,7 @@ from chatkit.types import (
 from pydantic import AnyUrl, TypeAdapter
 
 from services.agent_service.attachments import STORED_PREVIEW_URL, AttachmentClient
-from services.agent_service.store import LeaseLost, Order, RunLease, Store
+from services.agent_service.store import KnownTitle, LeaseLost, Order, RunLease, Store, shielded
 from services.agent_service.turn import ActionRequest, Responder, Turn
 from services.common.auth import Principal
 from services.common.errors import invalid
@@ -307,21 +307,35 @@ class Conversation:
     ) -> AsyncIterator[ThreadStreamEvent]:
         _validate_input(message)
         thread = ThreadMetadata(id=new_id("thr"), created_at=_now())
-        # Nobody knows the id yet: the attachments can be bound before the thread exists.
-        attachments = await self._attach(thread.id, message)
-        item = _user_message(thread, message, attachments)
-        stored = _for_storage(item)
         # The client may post to the thread as soon as it sees `thread.created`: the lease covers
-        # this first turn like any other. One transaction creates the thread, takes the lease and
-        # stores the user message (`Store.start_thread`).
+        # this first turn like any other. Without attachments, one transaction creates the thread,
+        # takes the lease and stores the user message (`Store.start_thread`). With attachments, the
+        # thread is created (and leased) first and the attachments are bound to it only then, so a
+        # failed create never leaves them bound to a thread that does not exist: if binding fails,
+        # the new thread is deleted again and the attachments stay free to use.
         lease = self._lease(thread.id)
+        item = _user_message(thread, message, [])
+        stored = _for_storage(item)
 
         async def start() -> None:
             await self._store.start_thread(
-                owner, thread, holder=lease.holder, ttl_s=lease.ttl_s, items=[stored]
+                owner,
+                thread,
+                holder=lease.holder,
+                ttl_s=lease.ttl_s,
+                items=[] if message.attachments else [stored],
             )
 
         async with lease.holding(start):
+            if message.attachments:
+                try:
+                    attachments = await self._attach(thread.id, message)
+                except BaseException:
+                    await shielded(self._discard(owner, thread.id))
+                    raise
+                item = _user_message(thread, message, attachments)
+                stored = _for_storage(item)
+                await self._store.write(owner, thread.id, items=[stored], fence=lease.fence)
             yield ThreadCreatedEvent(thread=thread_response(thread))
             yield ThreadItemDoneEvent(item=item)
             # A new thread's history is the message just stored, exactly as `recent_items` would read
@@ -332,6 +346,13 @@ class Conversation:
             async with _closing(self._run(owner, locale, thread, item, lease, history)) as events:
                 async for event in events:
                     yield event
+
+    async def _discard(self, owner: Principal, thread_id: str) -> None:
+        """Delete a thread whose creation failed half-way (best effort: logged when it fails)."""
+        try:
+            await self._store.delete_thread(owner, thread_id)
+        except Exception:
+            log.exception("could not delete the half-created thread %s", thread_id)
 
     async def add_user_message(
         self, owner: Principal, locale: str, thread_id: str, message: UserMessageInput
@@ -480,9 +501,8 @@ class Conversation:
         title = title.strip()
         if not title or len(title) > MAX_TITLE_CHARS:
             raise invalid(f"a title has 1 to {MAX_TITLE_CHARS} characters")
-        thread = await self._store.load_thread(owner, thread_id)
-        thread.title = title
-        await self._store.save_thread(owner, thread)
+        # Title only: a turn running meanwhile keeps its status and metadata (store.rename_thread).
+        thread = await self._store.rename_thread(owner, thread_id, title)
         return thread_response(thread)
 
     async def delete_thread(self, owner: Principal, thread_id: str) -> None:
@@ -596,6 +616,7 @@ class Conversation:
                                 items=[_for_storage(item)],
                                 thread=thread if changed else None,
                                 fence=lease.fence,
+                                known_title=KnownTitle(saved[0]),
                             )
                             saved = state
                             pending.finished(item.id)
@@ -616,8 +637,8 @@ class Conversation:
                     # The heartbeat stopped the run: another replica may own the thread now.
                     raise LeaseLost(thread.id) from None
                 if not lease.lost:
-                    await asyncio.shield(
-                        self._save_cancelled(owner, thread, pending, _state(thread) != saved, lease)
+                    await shielded(
+                        self._save_cancelled(owner, thread, pending, _state(thread) != saved, lease, saved[0])
                     )
                 raise
             except CustomStreamError as error:
@@ -649,7 +670,10 @@ class Conversation:
     ) -> _ThreadState:
         state = _state(thread)
         if state != saved:
-            await self._store.write(owner, thread.id, thread=thread, fence=lease.fence)
+            # A rename that landed during the run wins over the run's title (compare and set).
+            await self._store.write(
+                owner, thread.id, thread=thread, fence=lease.fence, known_title=KnownTitle(saved[0])
+            )
         return state
 
     async def _save_cancelled(
@@ -659,6 +683,7 @@ class Conversation:
         pending: _PendingItems,
         thread_changed: bool,
         lease: RunLease,
+        known_title: str | None,
     ) -> None:
         """What ChatKitServer.handle_stream_cancelled stores, in one transaction: the partial
         answers, a hidden note, and the thread's state if the run changed it."""
@@ -672,6 +697,7 @@ class Conversation:
                 items=[*pending.partial_assistant_messages(), note],
                 thread=thread if thread_changed else None,
                 fence=lease.fence,
+                known_title=KnownTitle(known_title),
             )
         except Exception:
             log.exception("could not save the cancelled turn of thread %s", thread.id)

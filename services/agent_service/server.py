@@ -16,6 +16,7 @@ checks its schema: on PostgreSQL an outdated schema stops the service with a mes
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -38,7 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from services.agent_service.attachments import AttachmentClient
 from services.agent_service.conversation import Conversation
 from services.agent_service.metrics import STREAMS_IN_FLIGHT, StreamMetrics, watch_pool
-from services.agent_service.store import SchemaError, Store, create_store, database_url
+from services.agent_service.store import SchemaError, Store, create_store, database_url, drain_shielded
 from services.agent_service.store.migrate import redacted
 from services.agent_service.transcription import Transcriber
 from services.agent_service.turn import Responder
@@ -47,7 +48,7 @@ from services.common.auth import Principal
 from services.common.config import Settings
 from services.common.grpc_auth import AuthInterceptor, current_locale, current_principal
 from services.common.grpc_metrics import MetricsInterceptor
-from services.common.grpc_server import abort_with, enable_reflection, serve_until_signalled
+from services.common.grpc_server import abort_internal, abort_with, enable_reflection, serve_until_signalled
 from services.common.grpc_server import server_options as common_server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
@@ -59,6 +60,9 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME: Final = chat_pb2.DESCRIPTOR.services_by_name["ChatService"].full_name
 _MB: Final = 1024 * 1024
+SHUTDOWN_DRAIN_S: Final = 5.0
+"""After the grace, how long the saves of cancelled turns (and lease releases) may still take before
+the store closes (each is one short transaction; the database's own timeouts bound them)."""
 SHUTDOWN_NOTICE_S: Final = 0.5
 """After SIGTERM the server reports NOT_SERVING but still accepts calls this long, so that clients
 with client-side health checking stop sending it new ones before it starts refusing them (a call
@@ -107,9 +111,30 @@ def _user_input(message: chat_pb2.UserMessageInput) -> UserMessageInput:
     return _parse(UserMessageInput, data, "input")
 
 
+MAX_FREE_FORM_BYTES: Final = 256 * 1024
+"""Largest free-form value (client tool result, action payload) as protobuf bytes: a second check
+behind the edge's (which bounds the JSON form and its depth), for callers that use gRPC directly."""
+
+
+_Bounded = TypeVar("_Bounded", bound=Message)
+
+
+def _bounded(message: _Bounded, what: str) -> _Bounded:
+    if message.ByteSize() > MAX_FREE_FORM_BYTES:
+        raise InvalidRequest(f"{what} exceeds {MAX_FREE_FORM_BYTES} bytes")
+    return message
+
+
+def _tool_result(request: chat_pb2.AddClientToolOutputRequest) -> Any:
+    if not request.HasField("result"):
+        return None
+    return codec.json_value(_bounded(request.result, "result"))
+
+
 def _action(message: chat_pb2.Action) -> Action[str, Any]:
     if not message.type:
         raise InvalidRequest("action.type is required")
+    _bounded(message, "action")
     return _parse(Action[str, Any], codec.to_data(message), "action")
 
 
@@ -150,6 +175,8 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         operation: str,
         open_events: Callable[[], AsyncIterator[ThreadStreamEvent]],
     ) -> None:
+        """The boundary of every streaming RPC: a domain error becomes its status, anything else is
+        logged with the request id and answered INTERNAL with a generic message."""
         metrics = STREAM_METRICS[operation]
         started = time.perf_counter()
         sent = deltas = 0
@@ -159,6 +186,9 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
                 events = open_events()
             except SwitchboardError as error:
                 await abort_with(context, error)
+                return
+            except Exception:
+                await abort_internal(context, "ChatService")
                 return
             try:
                 async for event in events:
@@ -172,6 +202,8 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
                     sent += 1
             except SwitchboardError as error:
                 await abort_with(context, error)
+            except Exception:
+                await abort_internal(context, "ChatService")
             finally:
                 aclose = getattr(events, "aclose", None)
                 if aclose is not None:
@@ -185,10 +217,14 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
                     metrics.text_deltas.inc(deltas)
 
     async def _unary(self, context: Context, call: Callable[[], Awaitable[_Reply]]) -> _Reply:
+        """The boundary of every unary RPC (see `_stream`)."""
         try:
             return await call()
         except SwitchboardError as error:
             await abort_with(context, error)
+            raise AssertionError("unreachable") from error
+        except Exception as error:
+            await abort_internal(context, "ChatService")
             raise AssertionError("unreachable") from error
 
     # ------------------------------------------------------------------ streaming
@@ -216,12 +252,11 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         self, request: chat_pb2.AddClientToolOutputRequest, context: Context
     ) -> None:
         owner, locale = _caller()
-        result = codec.json_value(request.result) if request.HasField("result") else None
         await self._stream(
             context,
             "AddClientToolOutput",
             lambda: self._conversation.add_client_tool_output(
-                owner, locale, _required(request.thread_id, "thread_id"), result
+                owner, locale, _required(request.thread_id, "thread_id"), _tool_result(request)
             ),
         )
 
@@ -469,6 +504,7 @@ async def serve(settings: Settings) -> None:
         redacted(database_url(settings)),
     )
 
+    loop = asyncio.get_running_loop()
     await serve_until_signalled(
         server,
         health_servicer,
@@ -476,6 +512,14 @@ async def serve(settings: Settings) -> None:
         notice_s=SHUTDOWN_NOTICE_S,
         name="agent service",
     )
+    # Turns cancelled at the end of the grace save their partial answers and release their leases
+    # in shielded tasks that outlive their handlers: the store closes only after those finished.
+    stopped = loop.time()
+    await asyncio.sleep(0)  # let the cancelled handlers reach their shielded saves
+    unfinished = await drain_shielded(SHUTDOWN_DRAIN_S)
+    if unfinished:
+        log.warning("%d shielded saves or lease releases did not finish before the store closed", unfinished)
+    log.debug("shielded work drained in %.3f s", loop.time() - stopped)
     await responder.aclose()
     await attachments.aclose()
     await store.close()

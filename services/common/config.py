@@ -219,6 +219,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias=_env("SWITCHBOARD_MAX_BODY_BYTES"))
     rpc_timeout_s: float = Field(10.0, gt=0, validation_alias=_env("SWITCHBOARD_RPC_TIMEOUT_S"))
     stream_timeout_s: float = Field(300.0, gt=0, validation_alias=_env("SWITCHBOARD_STREAM_TIMEOUT_S"))
+    sse_keepalive_s: float = Field(0.0, ge=0, validation_alias=_env("SWITCHBOARD_SSE_KEEPALIVE_S"))
+    """When > 0, a stream that sent nothing for this long gets an SSE comment (`: ping`), so proxies
+    with idle timeouts keep it open; 0 (the default) sends none."""
     chatkit_domain_key: str = Field("local-dev", validation_alias=_env("SWITCHBOARD_CHATKIT_DOMAIN_KEY"))
     demo_token: str | None = Field(None, validation_alias=_env("SWITCHBOARD_DEMO_TOKEN"))
     """When set (the dev stack sets it), `GET /` serves the ChatKit demo page with this token."""

@@ -16,6 +16,7 @@ import grpc
 from grpc import aio
 
 from services.common.auth import AuthError, Principal, TokenVerifier
+from services.common.locale import preferred_locale
 
 _OPEN_PREFIXES: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
@@ -74,7 +75,7 @@ class AuthInterceptor(aio.ServerInterceptor):
         current_request_id.set(_metadata_value(handler_call_details, "x-request-id") or "-")
         locale = _metadata_value(handler_call_details, "accept-language")
         if locale:
-            current_locale.set(locale.split(",")[0].split(";")[0].strip()[:35] or "en")
+            current_locale.set(preferred_locale(locale))  # a BCP 47 tag or "en", never free text
         authorization = _metadata_value(handler_call_details, "authorization")
         try:
             principal = await self._verifier.verify_header(authorization)

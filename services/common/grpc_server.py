@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import signal
 from collections.abc import Sequence
 from typing import Any, Final, NoReturn
 
-from grpc import aio
+from grpc import StatusCode, aio
 from grpc_health.v1 import health
 from grpc_reflection.v1alpha import reflection
 
@@ -99,5 +100,36 @@ async def abort_with(context: aio.ServicerContext[Any, Any], error: SwitchboardE
     """End the call with the status `error` maps to and its message (the one place a domain error
     becomes a gRPC status)."""
     code = grpc_status(error)
-    log.info("request %s refused: %s %s", current_request_id.get(), code.name, error.message)
-    await context.abort(code, error.message)
+    message = _bounded_message(error.message)
+    log.info("request %s refused: %s %s", current_request_id.get(), code.name, message)
+    await context.abort(code, message, trailing_metadata=retry_after_metadata(error))
+
+
+MAX_DETAILS_CHARS: Final = 1000
+"""Status details are cut to this: a message that quotes hostile input (an action type of 100 KB)
+would otherwise exceed gRPC's metadata limit (16 KiB) and reach the client as RESOURCE_EXHAUSTED."""
+
+
+def _bounded_message(message: str) -> str:
+    return message if len(message) <= MAX_DETAILS_CHARS else message[: MAX_DETAILS_CHARS - 1] + "…"
+
+
+RETRY_AFTER: Final = "retry-after"
+"""Trailing metadata of a refusal that may succeed later (a busy thread): whole seconds, as HTTP's
+`Retry-After` (which the edge copies it to)."""
+
+
+def retry_after_metadata(error: SwitchboardError) -> tuple[tuple[str, str], ...]:
+    """`(("retry-after", "<seconds>"),)` when the error carries a `retry_after_s` hint, else `()`."""
+    hint = getattr(error, "retry_after_s", None)
+    if not isinstance(hint, int | float) or not math.isfinite(hint) or hint <= 0:
+        return ()
+    return ((RETRY_AFTER, str(max(1, math.ceil(hint)))),)
+
+
+async def abort_internal(context: aio.ServicerContext[Any, Any], what: str) -> NoReturn:
+    """End the call with INTERNAL and a generic message after an unexpected exception, which is
+    logged here with the request id (call it from an `except` block); the client learns nothing
+    about the failure's internals."""
+    log.exception("request %s failed in %s", current_request_id.get(), what)
+    await context.abort(StatusCode.INTERNAL, "internal error")

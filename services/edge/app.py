@@ -58,6 +58,7 @@ from services.common.errors import error_body, http_status
 from services.common.grpc_auth import current_principal, current_request_id
 from services.common.grpc_tls import client_channel
 from services.common.identity import build_verifier
+from services.common.locale import is_language_tag, preferred_locale
 from services.common.logs import current_operation
 from services.edge import metrics
 from services.edge.chatkit import (
@@ -126,6 +127,36 @@ SSE_HEADERS: Final = {
     hdrs.CACHE_CONTROL: "no-cache",
     "X-Accel-Buffering": "no",  # nginx and friends: do not buffer the stream
 }
+SSE_PING: Final = b": ping\n\n"
+"""An SSE comment: clients (the ChatKit UI, EventSource) ignore it; proxies see traffic."""
+SECURITY_HEADERS: Final = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+"""Sent with every response."""
+CHATKIT_SCRIPT_ORIGIN: Final = "https://cdn.platform.openai.com"
+DEMO_CSP: Final = "; ".join(
+    [
+        "default-src 'self'",
+        # The ChatKit web component and the page's own inline bootstrap script (its configuration
+        # is JSON in a non-executable <script type="application/json">).
+        f"script-src 'self' 'unsafe-inline' {CHATKIT_SCRIPT_ORIGIN}",
+        "style-src 'self' 'unsafe-inline'",
+        # ChatKit renders its UI in an iframe from OpenAI's CDN, which calls this edge and loads
+        # previews (presigned object-store URLs) and fonts from wherever they are.
+        f"frame-src {CHATKIT_SCRIPT_ORIGIN} https://*.openai.com",
+        "connect-src 'self' https:",
+        "img-src 'self' data: blob: https: http:",
+        "font-src 'self' data: https:",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ]
+)
+"""The demo page's Content-Security-Policy: scripts only from this origin and ChatKit's CDN."""
+RETRY_AFTER_METADATA: Final = "retry-after"
+_RETRY_AFTER: Final = re.compile(r"^[0-9]{1,6}$")
 CORS_ALLOW_HEADERS: Final = (
     "Authorization",
     "Content-Type",
@@ -134,7 +165,7 @@ CORS_ALLOW_HEADERS: Final = (
     "Chatkit-Device-Id",
     "Chatkit-Frame-Instance-Id",
 )
-CORS_EXPOSE_HEADERS: Final = ("X-Request-Id",)
+CORS_EXPOSE_HEADERS: Final = ("X-Request-Id", "Retry-After")
 CORS_MAX_AGE_S: Final = 600
 
 # After the stream started, these failures may succeed on a retry: the UI offers a retry button.
@@ -182,9 +213,8 @@ _CODE_FOR_HTTP: Final = {
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
-# Header values that go into gRPC metadata must be printable ASCII; ids also end up in logs.
+# Request ids go into gRPC metadata (printable ASCII) and logs.
 _REQUEST_ID: Final = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_METADATA_VALUE: Final = re.compile(r"^[\x20-\x7e]{1,256}$")
 
 REQUEST_ID: Final = web.RequestKey("request_id", str)
 OPERATION: Final = web.RequestKey("operation", str)
@@ -234,7 +264,15 @@ def rpc_error_response(error: aio.AioRpcError, request_id: str, rpc: str) -> web
         message = "dictation is unavailable right now; try again later"
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return _unauthenticated(message, invalid=True)
-    return json_error(code, message)
+    return json_error(code, message, headers=_retry_after(error))
+
+
+def _retry_after(error: aio.AioRpcError) -> list[tuple[str, str]]:
+    """`Retry-After` from the call's trailing metadata `retry-after` (whole seconds), if sane."""
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_AFTER_METADATA and isinstance(value, str) and _RETRY_AFTER.match(value):
+            return [(hdrs.RETRY_AFTER, value)]
+    return []
 
 
 def _upload_error_response(error: aio.AioRpcError, request_id: str) -> web.Response:
@@ -347,6 +385,11 @@ async def _add_request_id_header(request: web.Request, response: web.StreamRespo
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers["X-Request-Id"] = request_id
+
+
+async def _add_security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 # --------------------------------------------------------------------------- the edge
@@ -484,15 +527,21 @@ class Edge:
         return web.Response(
             text=self.demo_page,
             content_type="text/html",
-            headers={hdrs.CACHE_CONTROL: "no-store", "Referrer-Policy": "no-referrer"},
+            headers={
+                hdrs.CACHE_CONTROL: "no-store",
+                "Referrer-Policy": "no-referrer",
+                "Content-Security-Policy": DEMO_CSP,
+            },
         )
 
     # ----------------------------------------------------------------- ChatKit
 
     def _metadata(self, request: web.Request, authorization: str) -> Metadata:
+        """The call's metadata: the caller's token, the request id and, when `Accept-Language` names
+        a well-formed BCP 47 tag, that tag (the agent service uses its default locale otherwise)."""
         metadata = [("authorization", authorization), ("x-request-id", request[REQUEST_ID])]
-        language = request.headers.get(hdrs.ACCEPT_LANGUAGE, "").strip()
-        if _METADATA_VALUE.match(language):
+        language = preferred_locale(request.headers.get(hdrs.ACCEPT_LANGUAGE), default="")
+        if language and is_language_tag(language):
             metadata.append(("accept-language", language))
         return metadata
 
@@ -647,10 +696,13 @@ class Edge:
         request_id: str,
         rpc: str,
     ) -> None:
-        """Copy events to the client until EOF; a failure ends the stream with a ChatKit error event."""
+        """Copy events to the client until EOF; a failure ends the stream with a ChatKit error event.
+
+        With `sse_keepalive_s` set, a wait longer than that for the next event sends `: ping`."""
+        keepalive = self.settings.sse_keepalive_s
         while True:
             try:
-                event = await call.read()
+                event = await (self._read_with_pings(call, response, keepalive) if keepalive else call.read())
                 if not isinstance(event, events_pb2.ThreadStreamEvent):
                     return  # grpc.aio.EOF: the agent finished the turn
                 frame = encode_event(event)
@@ -664,6 +716,25 @@ class Edge:
                 await response.write(encode_stream_error(allow_retry=True))
                 return
             await response.write(frame)
+
+    @staticmethod
+    async def _read_with_pings(
+        call: aio.UnaryStreamCall[Any, events_pb2.ThreadStreamEvent],
+        response: web.StreamResponse,
+        interval: float,
+    ) -> object:
+        """`call.read()`, writing `SSE_PING` every `interval` seconds while it waits (the read itself
+        is never cancelled by a ping: cancelling it would cancel the call)."""
+        read = asyncio.ensure_future(call.read())
+        try:
+            while True:
+                done, _ = await asyncio.wait({read}, timeout=interval)
+                if done:
+                    return read.result()
+                await response.write(SSE_PING)
+        finally:
+            if not read.done():
+                read.cancel()
 
 
 EDGE: Final = web.AppKey("edge", Edge)
@@ -701,6 +772,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(edge.channel_context)
     app.on_shutdown.append(edge.on_shutdown)
     app.on_response_prepare.append(_add_request_id_header)
+    app.on_response_prepare.append(_add_security_headers)
 
     routes = [
         app.router.add_post(CHATKIT_PATH, edge.chatkit),

@@ -51,6 +51,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from grpc import aio
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import to_json
 
 from services.common import codec
 from services.common.audio import audio_problem
@@ -72,6 +73,12 @@ _REQUEST_TYPES: Final[frozenset[str]] = frozenset(
 _MAX_REPORTED_ERRORS: Final = 3
 _MAX_MESSAGE_CHARS: Final = 200
 _MAX_TAG_CHARS: Final = 64
+MAX_JSON_DEPTH: Final = 32
+"""Deepest nesting accepted in a free-form JSON value (a client tool `result`, an action `payload`,
+request `metadata`): 400 past it. Protobuf's Struct stops at 100 levels with an opaque error."""
+MAX_JSON_BYTES: Final = 256 * 1024
+"""Largest free-form JSON value, serialised (each one; the whole body is bounded by
+SWITCHBOARD_MAX_BODY_BYTES): 400 past it."""
 
 
 class BadRequest(ValueError):
@@ -156,12 +163,63 @@ def _summarise(error: ValidationError) -> str:
     return f"{summary} (and {more} more)" if more > 0 else summary
 
 
+def _too_deep(value: Any, limit: int) -> bool:
+    """Whether `value` nests lists and objects more than `limit` levels deep (no recursion)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        current, depth = stack.pop()
+        if isinstance(current, dict):
+            children: Any = current.values()
+        elif isinstance(current, list | tuple):
+            children = current
+        else:
+            continue
+        depth += 1
+        if depth > limit:
+            return True
+        stack.extend((child, depth) for child in children)
+    return False
+
+
+def _free_form(request: ChatKitReq) -> list[tuple[str, Any]]:
+    """The request's free-form JSON values, by name (everything else has a typed schema)."""
+    values: list[tuple[str, Any]] = [("metadata", request.metadata)]
+    match request:
+        case ThreadsAddClientToolOutputReq(params=params):
+            values.append(("result", params.result))
+        case ThreadsCustomActionReq(params=params) | ThreadsSyncCustomActionReq(params=params):
+            values.append(("action.payload", params.action.payload))
+        case _:
+            pass
+    return values
+
+
+def check_free_form(request: ChatKitReq) -> None:
+    """Bound the depth and size of every free-form JSON value (`BadRequest` past the limits)."""
+    for name, value in _free_form(request):
+        if value is None:
+            continue
+        if _too_deep(value, MAX_JSON_DEPTH):
+            raise BadRequest(f"invalid ChatKit request: {name} nests deeper than {MAX_JSON_DEPTH} levels")
+        try:
+            size = len(to_json(value))
+        except ValueError:  # a value pydantic cannot serialise (never from JSON input)
+            raise BadRequest(f"invalid ChatKit request: {name} is not JSON") from None
+        if size > MAX_JSON_BYTES:
+            raise BadRequest(f"invalid ChatKit request: {name} exceeds {MAX_JSON_BYTES} bytes as JSON")
+
+
 def parse_request(body: bytes) -> ChatKitReq:
-    """Validate a request body like `ChatKitServer.process`; raise `BadRequest` with a short reason."""
+    """Validate a request body like `ChatKitServer.process`; raise `BadRequest` with a short reason.
+
+    Free-form JSON values are bounded too (`MAX_JSON_DEPTH`, `MAX_JSON_BYTES`), before anything runs.
+    """
     try:
-        return _REQUEST.validate_json(body)
+        request = _REQUEST.validate_json(body)
     except ValidationError as error:
         raise BadRequest(f"invalid ChatKit request: {_summarise(error)}") from None
+    check_free_form(request)
+    return request
 
 
 # --------------------------------------------------------------------------- rendering
@@ -401,6 +459,8 @@ def route(
 
 
 __all__ = [
+    "MAX_JSON_BYTES",
+    "MAX_JSON_DEPTH",
     "BadRequest",
     "InvalidReply",
     "Metadata",
@@ -408,6 +468,7 @@ __all__ = [
     "StreamingOperation",
     "UnaryOperation",
     "UnsupportedOperation",
+    "check_free_form",
     "parse_request",
     "route",
 ]

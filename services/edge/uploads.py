@@ -21,13 +21,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import mimetypes
+import unicodedata
 from typing import Final
 
 import grpc
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 from grpc import aio
 
 from services.common import codec
+from services.common.uploads import UPLOAD_ACCEPTED_KEY
 from services.edge.sse import encode_model
 from switchboard.v1 import upload_pb2, upload_pb2_grpc
 
@@ -103,9 +106,33 @@ async def _file_part(request: web.Request) -> BodyPartReader:
             if part.name == FILE_FIELD:
                 return part
             await part.release()
-    except (ValueError, AssertionError) as error:
-        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, f"malformed multipart body: {error}") from None
+    except (ValueError, AssertionError, HttpProcessingError) as error:
+        # HttpProcessingError: a part's headers do not parse (control characters in a file name...).
+        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, _malformed(error)) from None
     raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the multipart body has no 'file' field")
+
+
+def _malformed(error: Exception) -> str:
+    detail = getattr(error, "message", None) or str(error)
+    detail = " ".join(str(detail).split())[:200].encode("ascii", "backslashreplace").decode()
+    return f"malformed multipart body: {detail}" if detail else "malformed multipart body"
+
+
+def _file_name(part: BodyPartReader) -> str:
+    """The part's file name (cut to `_MAX_NAME_CHARS`), refused (400) when empty or holding control
+    characters (NUL, newlines, escapes) or lone surrogates, which cannot travel as UTF-8."""
+    try:
+        raw = part.filename or ""
+    except (ValueError, UnicodeError):  # an undecodable RFC 2231/5987 encoded name
+        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the file name is not valid text") from None
+    name = raw.strip()[:_MAX_NAME_CHARS]
+    if not name:
+        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the 'file' field has no file name")
+    if any(unicodedata.category(char) in ("Cc", "Cs") for char in raw):
+        raise UploadRefused(
+            grpc.StatusCode.INVALID_ARGUMENT, "the file name must not contain control characters"
+        )
+    return name
 
 
 def _declared_type(part: BodyPartReader, name: str) -> str:
@@ -114,6 +141,26 @@ def _declared_type(part: BodyPartReader, name: str) -> str:
         return declared
     guessed, _ = mimetypes.guess_type(name)
     return guessed or declared or "application/octet-stream"
+
+
+ACCEPT_WAIT_S: Final = 5.0
+"""How long the edge waits for the upload service to accept `info` before it sends chunks anyway
+(an upload service that does not announce acceptance, e.g. an older one during a rollout)."""
+
+
+async def _info_accepted(
+    call: aio.StreamUnaryCall[upload_pb2.UploadRequest, upload_pb2.UploadResponse],
+) -> None:
+    """Wait until the upload service accepted `info` (UPLOAD_ACCEPTED_KEY), so that no chunk races
+    its refusal: a chunk written while the service aborts can end the call with a transport-level
+    INTERNAL instead of the refusal's status. A refused call raises its AioRpcError here."""
+    waiting = asyncio.ensure_future(call.initial_metadata())
+    done, _ = await asyncio.wait({waiting}, timeout=ACCEPT_WAIT_S)
+    if not done:
+        return  # not announced in time: send the chunks; the call's status still decides
+    metadata = waiting.result()
+    if metadata is None or metadata.get(UPLOAD_ACCEPTED_KEY) is None:
+        await call  # refused: raises the call's AioRpcError with the refusal's status
 
 
 async def stream_upload(
@@ -133,9 +180,7 @@ async def stream_upload(
     if request.content_length is not None and request.content_length > max_bytes + _ENVELOPE_BYTES:
         raise _too_large(max_bytes)
     part = await _file_part(request)
-    name = (part.filename or "").strip()[:_MAX_NAME_CHARS]
-    if not name:
-        raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, "the 'file' field has no file name")
+    name = _file_name(part)
     info = upload_pb2.UploadFileInfo(name=name, mime_type=_declared_type(part, name))
     call: aio.StreamUnaryCall[upload_pb2.UploadRequest, upload_pb2.UploadResponse] = stub.Upload(
         metadata=metadata, timeout=timeout_s
@@ -143,6 +188,7 @@ async def stream_upload(
     try:
         try:
             await call.write(upload_pb2.UploadRequest(info=info))
+            await _info_accepted(call)
             received = 0
             while chunk := await _next_chunk(part, chunk_timeout_s):
                 received += len(chunk)
@@ -150,6 +196,8 @@ async def stream_upload(
                     raise _too_large(max_bytes)
                 await call.write(upload_pb2.UploadRequest(chunk=chunk))
             await call.done_writing()
+        except (HttpProcessingError, ValueError) as error:  # the body broke off or is malformed
+            raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, _malformed(error)) from None
         except (aio.AioRpcError, asyncio.InvalidStateError) as write_error:
             # A write that races with the service's refusal (it aborts after the first chunk, while
             # more are in flight) can fail with a transport-level INTERNAL, or find the call already

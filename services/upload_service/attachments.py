@@ -250,13 +250,15 @@ class Attachments:
         size: int,
         chunks: AsyncIterator[bytes],
         wanted: Callable[[], bool] = lambda: True,
+        accepted: Callable[[], Awaitable[None]] | None = None,
     ) -> AttachmentRecord:
         """Direct upload: validate, stream the bytes into storage, then record it as ready.
 
         The checked bytes go straight to the final key (`object_key`): no URL can write there, so
         no copy is needed. A user with `max_uploads_per_user` uploads streaming is refused
         (LimitExceeded) before anything is read; at most `max_concurrent_uploads` stream at once in
-        all, the others wait before reading any chunk.
+        all, the others wait before reading any chunk. `accepted` is awaited once the name, type,
+        declared size and the user's limit passed, before any chunk is read.
         """
         mime_type = self._policy.check_type(mime_type)
         self._policy.check_declared_size(size, required=False)
@@ -267,6 +269,8 @@ class Attachments:
                 f"too many uploads in progress: at most {self._per_user} at once per user; "
                 "retry when one has finished"
             )
+        if accepted is not None:
+            await accepted()
         self._uploading[user] += 1
         try:
             async with self._upload_slots:

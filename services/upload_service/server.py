@@ -36,6 +36,7 @@ from services.common.grpc_server import abort_with, enable_reflection, serve_unt
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
 from services.common.metrics import start_metrics_server
+from services.common.uploads import UPLOAD_ACCEPTED_KEY
 from services.upload_service import metrics
 from services.upload_service.attachments import Attachments, Presented
 from services.upload_service.records import AttachmentRecord
@@ -125,6 +126,7 @@ class UploadService(upload_pb2_grpc.UploadServiceServicer):
                     size=first.info.size,
                     chunks=_chunks(messages, context),
                     wanted=lambda: not context.cancelled(),
+                    accepted=lambda: context.send_initial_metadata(((UPLOAD_ACCEPTED_KEY, "1"),)),
                 )
             except SwitchboardError as error:
                 metrics.count_refusal(error)

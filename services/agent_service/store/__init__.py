@@ -11,8 +11,16 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
-from services.agent_service.store.base import Fence, LeaseLost, Order, SchemaError, Store, ThreadBusy
-from services.agent_service.store.lease import RunLease
+from services.agent_service.store.base import (
+    Fence,
+    KnownTitle,
+    LeaseLost,
+    Order,
+    SchemaError,
+    Store,
+    ThreadBusy,
+)
+from services.agent_service.store.lease import RunLease, drain_shielded, shielded
 from services.agent_service.store.postgres import PoolOptions, PostgresStore
 from services.agent_service.store.sql import SqlStore
 from services.agent_service.store.sqlite import SqliteStore
@@ -60,6 +68,7 @@ def create_store(settings: Settings) -> SqlStore:
 
 __all__ = [
     "Fence",
+    "KnownTitle",
     "LeaseLost",
     "Order",
     "PoolOptions",
@@ -72,4 +81,6 @@ __all__ = [
     "ThreadBusy",
     "create_store",
     "database_url",
+    "drain_shielded",
+    "shielded",
 ]

@@ -58,13 +58,26 @@ class Fence:
     holder: str
 
 
-class ThreadBusy(Busy):
-    """Another run holds the thread's lease (ABORTED: HTTP 409 at the edge)."""
+@dataclass(frozen=True, slots=True)
+class KnownTitle:
+    """The thread title a writer last read (see `Store.write`): when the stored title is no longer
+    this one, someone renamed the thread meanwhile and the stored title wins."""
 
-    def __init__(self, thread_id: str) -> None:
+    title: str | None
+
+
+class ThreadBusy(Busy):
+    """Another run holds the thread's lease (ABORTED: HTTP 409 at the edge).
+
+    `retry_after_s` is a hint for the caller (the run lease's TTL when known: a running turn renews
+    it, a crashed one blocks the thread at most that long); gRPC servers send it as the trailing
+    metadata `retry-after` and the edge as the `Retry-After` header (see `abort_with`)."""
+
+    def __init__(self, thread_id: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(
             f"thread {thread_id!r} is busy: another response is being generated; retry when it ends",
         )
+        self.retry_after_s = retry_after_s
 
 
 class LeaseLost(Busy):
@@ -124,6 +137,13 @@ class Store(ABC):
     async def load_thread(self, owner: Principal, thread_id: str) -> ThreadMetadata:
         """The thread, or NotFound when it is not the owner's."""
 
+    @abstractmethod
+    async def rename_thread(self, owner: Principal, thread_id: str, title: str) -> ThreadMetadata:
+        """Set the thread's title and nothing else, in ONE transaction that reads the stored thread
+        under a row lock: its status and metadata (the active specialist a running turn just saved)
+        are kept as stored, never rewritten from an older copy. Returns the thread as stored now.
+        NotFound when it is not the owner's."""
+
     async def save_thread(self, owner: Principal, thread: ThreadMetadata) -> None:
         """Update an existing thread's title, status and metadata."""
         await self.write(owner, thread.id, thread=thread)
@@ -154,9 +174,13 @@ class Store(ABC):
         deleted: Sequence[str] = (),
         thread: ThreadMetadata | None = None,
         fence: Fence | None = None,
+        known_title: KnownTitle | None = None,
     ) -> None:
         """In ONE transaction: upsert `items` (in order, as `add_item`), delete the `deleted` item ids
         (unknown ids are ignored), and save `thread`'s title, status and metadata when given.
+        With `known_title` (the title the writer last read), the title is compared and set: the
+        stored title is kept when it differs from `known_title` (a rename landed while a turn ran,
+        and it wins over the turn's own title), else `thread.title` is written.
         All or nothing: any failure leaves the thread as it was. With a `fence`, nothing is written
         unless `fence.holder` still holds the lease on `fence.key` (else `LeaseLost`)."""
 

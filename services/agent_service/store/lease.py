@@ -46,8 +46,8 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Final, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Any, Final, TypeVar
 
 from services.agent_service import metrics
 from services.agent_service.store.base import Fence, LeaseLost, Store, ThreadBusy
@@ -101,7 +101,7 @@ class RunLease:
         try:
             yield result
         finally:
-            await asyncio.shield(self.release())
+            await shielded(self.release())
 
     async def acquire(self) -> None:
         await self._take(self._acquire_once)
@@ -117,10 +117,11 @@ class RunLease:
             try:
                 result = await claim()
                 break
-            except ThreadBusy:
+            except ThreadBusy as busy:
                 remaining = deadline - loop.time()
                 if remaining <= 0:
                     metrics.LEASE_CONFLICTS.inc()
+                    busy.retry_after_s = self.ttl_s
                     raise
                 await asyncio.sleep(min(WAIT_POLL_S, remaining))
         self._adopt()
@@ -210,3 +211,24 @@ class RunLease:
         if self.interruptible and self._task is not None and not self._task.done():
             self._cancelled_run = True
             self._task.cancel()
+
+
+_SHIELDED: set[asyncio.Task[Any]] = set()
+
+
+def shielded(work: Coroutine[Any, Any, T]) -> Awaitable[T]:
+    """`asyncio.shield(work)`, tracked: work that must finish even when its caller is cancelled (a
+    cancelled turn's partial answer, a lease release) and that `drain_shielded` waits for, so the
+    service closes its store only after it is done."""
+    task = asyncio.ensure_future(work)
+    _SHIELDED.add(task)
+    task.add_done_callback(_SHIELDED.discard)
+    return asyncio.shield(task)
+
+
+async def drain_shielded(timeout_s: float) -> int:
+    """Wait up to `timeout_s` for shielded work still running; returns how many did not finish."""
+    if not _SHIELDED:
+        return 0
+    _, pending = await asyncio.wait(set(_SHIELDED), timeout=max(timeout_s, 0.001))
+    return len(pending)

@@ -82,4 +82,5 @@ class PostgresStore(SqlStore):
             pool_recycle=options.pool_recycle_s,
             pool_pre_ping=options.pool_pre_ping,
             connect_args=connect_args,
+            hide_parameters=True,  # a failing statement's log must not quote user messages
         )

@@ -40,7 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.agent_service import metrics
 from services.agent_service.store import migrate
-from services.agent_service.store.base import Fence, LeaseLost, Order, Store, ThreadBusy
+from services.agent_service.store.base import Fence, KnownTitle, LeaseLost, Order, Store, ThreadBusy
 from services.agent_service.store.schema import feedback, run_leases, threads
 from services.agent_service.store.schema import items as item_rows
 from services.common.auth import Principal
@@ -119,6 +119,7 @@ class _Statements:
         )
         self.thread_seq = select(threads.c.seq).where(owned)
         self.thread_data = select(threads.c.data).where(owned)
+        self.thread_for_update = select(threads.c.seq, threads.c.data).where(owned).with_for_update()
         # The owner's thread joined with the lease row of the holder. FOR UPDATE OF the lease row
         # (PostgreSQL; SQLite has one writer anyway): a takeover of the lease waits until the
         # writing transaction is committed, so writes of two runs never interleave.
@@ -408,6 +409,22 @@ class SqlStore(Store):
             raise not_found(f"thread {thread_id!r}")
         return ThreadMetadata.model_validate_json(data)
 
+    async def rename_thread(self, owner: Principal, thread_id: str, title: str) -> ThreadMetadata:
+        """Two statements: the stored thread, FOR UPDATE (PostgreSQL; SQLite has one writer), then
+        an UPDATE of its data with only the title changed."""
+
+        def body(connection: Connection) -> str:
+            row = connection.execute(self._sql.thread_for_update, _owned(owner, thread_id)).first()
+            if row is None:
+                raise not_found(f"thread {thread_id!r}")
+            stored = ThreadMetadata.model_validate_json(row[1])
+            stored.title = title
+            data = _dump_thread(stored)
+            connection.execute(self._sql.save_thread, {"t_seq": row[0], "data": data})
+            return data
+
+        return ThreadMetadata.model_validate_json(await self._run(body))
+
     async def list_threads(
         self, owner: Principal, *, limit: int, after: str | None, order: Order
     ) -> Page[ThreadMetadata]:
@@ -449,12 +466,13 @@ class SqlStore(Store):
         deleted: Sequence[str],
         thread: ThreadMetadata | None,
         fence: Fence | None,
+        known_title: KnownTitle | None = None,
     ) -> Callable[[Connection], int]:
         """The body of `write` (serialised here, off the database thread); it returns the thread's seq."""
         if thread is not None and thread.id != thread_id:
             raise invalid(f"thread {thread.id!r} saved as {thread_id!r}")
         rows = [(item.id, item.type, _dump_item(item)) for item in items]
-        thread_data = _dump_thread(thread) if thread is not None else None
+        thread_data = _dump_thread(thread) if thread is not None and known_title is None else None
 
         def body(connection: Connection) -> int:
             if fence is None:
@@ -464,8 +482,17 @@ class SqlStore(Store):
             self._upsert_items(connection, thread_seq, rows)
             if deleted:
                 connection.execute(self._sql.delete_items, {"t_seq": thread_seq, "item_ids": list(deleted)})
-            if thread_data is not None:
-                result = connection.execute(self._sql.save_thread, {"t_seq": thread_seq, "data": thread_data})
+            data = thread_data
+            if thread is not None and known_title is not None:
+                # Compare and set the title: a rename since the caller read the thread wins.
+                row = connection.execute(self._sql.thread_for_update, _owned(owner, thread_id)).first()
+                if row is None:
+                    raise not_found(f"thread {thread_id!r}")
+                stored_title = ThreadMetadata.model_validate_json(row[1]).title
+                title = thread.title if stored_title == known_title.title else stored_title
+                data = _dump_thread(thread.model_copy(update={"title": title}))
+            if data is not None:
+                result = connection.execute(self._sql.save_thread, {"t_seq": thread_seq, "data": data})
                 if result.rowcount == 0:
                     raise not_found(f"thread {thread_id!r}")
             return thread_seq
@@ -481,8 +508,9 @@ class SqlStore(Store):
         deleted: Sequence[str] = (),
         thread: ThreadMetadata | None = None,
         fence: Fence | None = None,
+        known_title: KnownTitle | None = None,
     ) -> None:
-        await self._run(self._writer(owner, thread_id, items, deleted, thread, fence))
+        await self._run(self._writer(owner, thread_id, items, deleted, thread, fence, known_title))
 
     async def write_recent(
         self,

@@ -80,6 +80,7 @@ class SqliteStore(SqlStore):
             # Every use is `engine.begin()`, which commits or rolls back itself; the pool's extra
             # rollback on return would cost one more trip to aiosqlite's thread per transaction.
             pool_reset_on_return=None,
+            hide_parameters=True,  # a failing statement's log must not quote user messages
         )
         event.listen(engine.sync_engine, "connect", _pragmas)
         return engine
@@ -94,6 +95,7 @@ class SqliteStore(SqlStore):
             max_overflow=0,
             pool_timeout=self._pool_timeout_s,
             pool_reset_on_return=None,
+            hide_parameters=True,  # a failing statement's log must not quote user messages
             # Made and used on the database thread; `close` disposes of it from the loop's thread.
             connect_args={"check_same_thread": False},
         )
