@@ -38,6 +38,7 @@ client tool and shows at most one form, as ChatKit does.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,6 +52,7 @@ from chatkit.types import (
     DurationSummary,
     GeneratedImage,
     GeneratedImageItem,
+    GeneratedImageUpdated,
     NoticeEvent,
     ProgressUpdateEvent,
     StructuredInput,
@@ -81,6 +83,8 @@ ImageStore = Callable[[bytes, str, str], Awaitable[GeneratedImage]]
 """Stores a generated image (bytes, MIME type, file name) with the thread; the core provides it."""
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 MAX_IMAGE_BYTES = 8 * 1024 * 1024
+MAX_PARTIAL_IMAGES = 8
+MAX_PARTIAL_BYTES = 1024 * 1024
 
 
 def _discard(event: ThreadStreamEvent) -> None:
@@ -223,22 +227,40 @@ class _Emitter:
         return final
 
     async def show_image(
-        self, data: bytes, *, mime_type: str = "image/png", name: str = "image.png"
+        self,
+        data: bytes,
+        *,
+        mime_type: str = "image/png",
+        name: str = "image.png",
+        partials: Sequence[bytes] = (),
     ) -> GeneratedImageItem:
         """Store a generated image with the thread and show it (module docstring).
 
-        The item is announced first (`thread.item.added`, no image yet: the UI shows a placeholder)
-        and completed once the image is stored; if storing fails, the placeholder is removed and the
-        error raised (`Unavailable` when this server cannot store images at all).
+        The item is announced first (`thread.item.added`, no image yet: the UI shows a placeholder),
+        then each of `partials` (drafts, e.g. the partial images of an image model) is shown as a
+        `generated_image.updated` with a `data:` URL and its progress (index / count, as chatkit
+        reports partial images), and the item is completed once the image is stored; if storing
+        fails, the placeholder is removed and the error raised (`Unavailable` when this server
+        cannot store images at all). Partials are not stored.
         """
         if mime_type not in IMAGE_TYPES:
             raise InvalidRequest(f"a generated image must be one of {', '.join(sorted(IMAGE_TYPES))}")
         if not data or len(data) > MAX_IMAGE_BYTES:
             raise InvalidRequest(f"a generated image has 1 to {MAX_IMAGE_BYTES} bytes")
+        if len(partials) > MAX_PARTIAL_IMAGES or any(len(p) > MAX_PARTIAL_BYTES for p in partials):
+            raise InvalidRequest(
+                f"at most {MAX_PARTIAL_IMAGES} partial images of {MAX_PARTIAL_BYTES} bytes each"
+            )
         if self.image_store is None:
             raise Unavailable("images cannot be stored on this server (no upload service)")
         item = GeneratedImageItem(id=new_id("msg"), thread_id=self.thread_id, created_at=datetime.now(UTC))
         self.emit(ThreadItemAddedEvent(item=item))
+        for index, partial in enumerate(partials):
+            draft = GeneratedImage(
+                id=item.id, url=f"data:{mime_type};base64,{base64.b64encode(partial).decode()}"
+            )
+            update = GeneratedImageUpdated(image=draft, progress=index / len(partials))
+            self.emit(ThreadItemUpdatedEvent(item_id=item.id, update=update))
         try:
             image = await self.image_store(data, mime_type, name)
         except BaseException:

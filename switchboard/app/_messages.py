@@ -6,8 +6,10 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from chatkit.types import (
+    Annotation,
     AssistantMessageContent,
     AssistantMessageContentPartAdded,
+    AssistantMessageContentPartAnnotationAdded,
     AssistantMessageContentPartDone,
     AssistantMessageContentPartTextDelta,
     AssistantMessageItem,
@@ -28,6 +30,7 @@ class AssistantMessageStream:
             id=new_id("msg"), thread_id=thread_id, created_at=datetime.now(UTC), content=[]
         )
         self._parts: list[str] = []
+        self._annotations: list[Annotation] = []
 
     def start(self) -> list[ThreadStreamEvent]:
         return [
@@ -46,8 +49,16 @@ class AssistantMessageStream:
             item_id=self.item.id, update=AssistantMessageContentPartTextDelta(content_index=0, delta=text)
         )
 
+    def annotate(self, annotation: Annotation) -> ThreadStreamEvent:
+        """A source the message cites (numbered in the order they come)."""
+        self._annotations.append(annotation)
+        update = AssistantMessageContentPartAnnotationAdded(
+            content_index=0, annotation_index=len(self._annotations) - 1, annotation=annotation
+        )
+        return ThreadItemUpdatedEvent(item_id=self.item.id, update=update)
+
     def finish(self) -> list[ThreadStreamEvent]:
-        content = AssistantMessageContent(text="".join(self._parts))
+        content = AssistantMessageContent(text="".join(self._parts), annotations=list(self._annotations))
         return [
             ThreadItemUpdatedEvent(
                 item_id=self.item.id, update=AssistantMessageContentPartDone(content_index=0, content=content)

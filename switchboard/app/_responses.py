@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from agents.items import TResponseOutputItem, TResponseStreamEvent
@@ -35,9 +36,11 @@ from openai.types.responses import (
     ResponseOutputItemDoneEvent,
     ResponseOutputMessage,
     ResponseOutputText,
+    ResponseOutputTextAnnotationAddedEvent,
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
 )
+from openai.types.responses.response_output_text import AnnotationURLCitation
 
 MODEL_NAME = "switchboard-offline"
 
@@ -46,13 +49,15 @@ def _hex() -> str:
     return secrets.token_hex(12)
 
 
-def output_message(text: str, item_id: str) -> ResponseOutputMessage:
+def output_message(
+    text: str, item_id: str, annotations: Sequence[AnnotationURLCitation] = ()
+) -> ResponseOutputMessage:
     return ResponseOutputMessage(
         id=item_id,
         type="message",
         role="assistant",
         status="completed",
-        content=[ResponseOutputText(type="output_text", text=text, annotations=[])],
+        content=[ResponseOutputText(type="output_text", text=text, annotations=list(annotations))],
     )
 
 
@@ -136,8 +141,24 @@ class ResponseStream:
             sequence_number=self._next(),
         )
 
+    def annotation_added(
+        self, item_id: str, index: int, citation: AnnotationURLCitation
+    ) -> ResponseOutputTextAnnotationAddedEvent:
+        return ResponseOutputTextAnnotationAddedEvent(
+            type="response.output_text.annotation.added",
+            item_id=item_id,
+            output_index=0,
+            content_index=0,
+            annotation_index=index,
+            annotation=citation.model_dump(),
+            sequence_number=self._next(),
+        )
+
     def message_end(self, message: ResponseOutputMessage, text: str) -> list[TResponseStreamEvent]:
-        part = ResponseOutputText(type="output_text", text=text, annotations=[])
+        annotations = (
+            message.content[0].annotations if isinstance(message.content[0], ResponseOutputText) else []
+        )
+        part = ResponseOutputText(type="output_text", text=text, annotations=annotations)
         return [
             ResponseTextDoneEvent(
                 type="response.output_text.done",

@@ -35,6 +35,7 @@ from agents import (
     Usage,
 )
 from agents.items import TResponseInputItem, TResponseOutputItem, TResponseStreamEvent
+from openai.types.responses.response_output_text import AnnotationURLCitation
 from openai.types.responses.response_prompt_param import ResponsePromptParam
 
 from switchboard.app._responses import ResponseStream, function_call, new_message_id, output_message
@@ -49,11 +50,31 @@ class Call:
 
 
 @dataclass(frozen=True, slots=True)
+class Citation:
+    """A source the answer cites: the web page at `url`, for the characters [start, end) of the text."""
+
+    url: str
+    title: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
 class Say:
-    """Answer `text`, streamed as `deltas` (which must concatenate to it); None: word by word."""
+    """Answer `text`, streamed as `deltas` (which must concatenate to it; None: word by word),
+    citing `citations` (URL citations, as a model with web search reports them)."""
 
     text: str
     deltas: tuple[str, ...] | None = None
+    citations: tuple[Citation, ...] = ()
+
+    def annotations(self) -> list[AnnotationURLCitation]:
+        return [
+            AnnotationURLCitation(
+                type="url_citation", url=c.url, title=c.title, start_index=c.start, end_index=c.end
+            )
+            for c in self.citations
+        ]
 
 
 Reply = Call | Say
@@ -132,8 +153,8 @@ class ScriptedModel(Model):
         match self.reply(system_instructions, input, tools, handoffs):
             case Call(name=name, arguments=arguments):
                 output = function_call(name, json.dumps(arguments))
-            case Say(text=text):
-                output = output_message(text, new_message_id())
+            case Say(text=text) as say:
+                output = output_message(text, new_message_id(), say.annotations())
         return ModelResponse(
             output=[output], usage=Usage(requests=1), response_id=ResponseStream().response_id
         )
@@ -159,8 +180,8 @@ class ScriptedModel(Model):
             case Call(name=name, arguments=arguments):
                 for event in stream.function_call_events(function_call(name, json.dumps(arguments))):
                     yield event
-            case Say(text=text, deltas=deltas):
-                message = output_message(text, new_message_id())
+            case Say(text=text, deltas=deltas) as say:
+                message = output_message(text, new_message_id(), say.annotations())
                 for event in stream.message_start(message.id):
                     yield event
                 if deltas is None:
@@ -171,8 +192,10 @@ class ScriptedModel(Model):
                     await asyncio.sleep(self.token_delay_s)
                     self.deltas_emitted += 1
                     yield stream.text_delta(message.id, delta)
+                for index, citation in enumerate(say.annotations()):
+                    yield stream.annotation_added(message.id, index, citation)
                 for event in stream.message_end(message, text):
                     yield event
 
 
-__all__ = ["Call", "Reply", "Say", "ScriptedModel", "as_mapping", "content_text", "user_texts"]
+__all__ = ["Call", "Citation", "Reply", "Say", "ScriptedModel", "as_mapping", "content_text", "user_texts"]

@@ -59,7 +59,7 @@ from typing import Any, Final
 from agents import Handoff, Tool
 from agents.items import TResponseInputItem
 
-from switchboard.app.offline import Call, Reply, Say, ScriptedModel, as_mapping, content_text
+from switchboard.app.offline import Call, Citation, Reply, Say, ScriptedModel, as_mapping, content_text
 
 EMPLOYEE_ID: Final = re.compile(r"\b(e\d{4})\b", re.IGNORECASE)
 ORDER_ID: Final = re.compile(r"\b(so-\d{4})\b", re.IGNORECASE)
@@ -260,6 +260,26 @@ class _Transcript:
         )
 
 
+def order_url(tenant: str, order_id: str) -> str:
+    """Where the demo's ERP would show an order (cited by answers about it)."""
+    return f"https://erp.{tenant}.example/orders/{order_id}"
+
+
+def _order_citations(text: str, tenant: str | None) -> tuple[Citation, ...]:
+    """A citation of the ERP record for every "Order SO-…" the answer reports."""
+    if not tenant:
+        return ()
+    return tuple(
+        Citation(
+            url=order_url(tenant, match.group(1)),
+            title=f"Order {match.group(1)}",
+            start=match.start(1),
+            end=match.end(1),
+        )
+        for match in re.finditer(r"\bOrder (SO-\d{4})\b", text)
+    )
+
+
 def _caller(instructions: str | None) -> dict[str, str]:
     return dict(_CALLER_FIELD.findall(instructions or ""))
 
@@ -376,7 +396,8 @@ def _policy(
     tool_names = {tool.name for tool in tools}
     outputs = [output for name, output in transcript.tool_outputs.items() if name in tool_names]
     if outputs:  # one tool round per user message: answer from what the tool returned
-        return Say(" ".join(outputs))
+        text = " ".join(outputs)
+        return Say(text, citations=_order_citations(text, _caller(instructions).get("tenant")))
     if domain is not None and (peer := _find_handoff(handoffs, domain)) is not None:
         return Call(peer.tool_name, {})
     if _TICKET_REQUEST.search(newest) and (tool := _find_tool(tools, "ticket")):

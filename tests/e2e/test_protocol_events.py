@@ -10,6 +10,7 @@ test runs on the fake OpenAI-compatible server, to see what the model is sent.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -695,3 +696,86 @@ async def test_workflow_tasks_stream_as_chatkits_agent_context_streams_them(
         and e.thread_item_updated.update.WhichOneof("kind").startswith("workflow")
     ]
     assert updates == ["workflow_task_updated", "workflow_task_added", "workflow_task_updated"]
+
+
+# ------------------------------------------------------------------- citations and image drafts
+
+
+async def test_answers_cite_their_sources_as_chatkit_converts_them(
+    http: aiohttp.ClientSession, stack: Stack
+) -> None:
+    """The demo's offline model cites the ERP record of an order it reports (a URL citation, as a
+    model with web search reports one); the edge streams it as chatkit's converter does."""
+    from chatkit.agents import ResponseStreamConverter
+    from chatkit.types import AssistantMessageContentPartAnnotationAdded
+    from openai.types.responses.response_output_text import AnnotationURLCitation
+
+    _, events = await _new_thread(http, stack, "What is the status of order SO-1001?")
+    added = [
+        e.update
+        for e in events
+        if isinstance(e, ThreadItemUpdatedEvent)
+        and isinstance(e.update, AssistantMessageContentPartAnnotationAdded)
+    ]
+    assert len(added) == 1, [e.type for e in events]
+    done = [
+        e.item
+        for e in events
+        if isinstance(e, ThreadItemDoneEvent) and isinstance(e.item, AssistantMessageItem)
+    ]
+    text = done[-1].content[0].text
+    start = text.index("SO-1001")
+    expected = await ResponseStreamConverter().url_citation_to_annotation(
+        AnnotationURLCitation(
+            type="url_citation",
+            url="https://erp.acme.example/orders/SO-1001",
+            title="Order SO-1001",
+            start_index=start,
+            end_index=start + len("SO-1001"),
+        )
+    )
+    assert added[0].annotation == expected and added[0].annotation_index == 0
+    assert done[-1].content[0].annotations == [expected]
+
+    async with aio.insecure_channel(stack.agent_address) as channel:
+        stub = chat_pb2_grpc.ChatServiceStub(channel)
+        grpc_events = [
+            e
+            async for e in stub.CreateThread(
+                chat_pb2.CreateThreadRequest(input=_input("Status of order SO-1002 please")),
+                metadata=_grpc_auth(stack, user="grpc-citations"),
+                timeout=60,
+            )
+        ]
+    citations = [
+        e.thread_item_updated.update.assistant_message_content_part_annotation_added
+        for e in grpc_events
+        if e.WhichOneof("kind") == "thread_item_updated"
+        and e.thread_item_updated.update.WhichOneof("kind")
+        == "assistant_message_content_part_annotation_added"
+    ]
+    assert len(citations) == 1
+    assert "https://erp.acme.example/orders/SO-1002" in str(citations[0])
+
+
+async def test_a_generated_image_shows_its_draft_before_it_is_stored(
+    http: aiohttp.ClientSession, stack: Stack
+) -> None:
+    from chatkit.types import GeneratedImageUpdated
+
+    _, events = await _new_thread(http, stack, "Plot a chart of our orders")
+    kinds = []
+    drafts = []
+    for event in events:
+        if isinstance(event, ThreadItemUpdatedEvent) and isinstance(event.update, GeneratedImageUpdated):
+            kinds.append("draft")
+            drafts.append(event.update)
+        elif isinstance(event, ThreadItemAddedEvent | ThreadItemDoneEvent) and isinstance(
+            event.item, GeneratedImageItem
+        ):
+            kinds.append(event.type)
+    assert kinds == ["thread.item.added", "draft", "thread.item.done"]
+    assert drafts[0].progress == 0.0
+    prefix = "data:image/png;base64,"
+    assert drafts[0].image.url.startswith(prefix)
+    assert base64.b64decode(drafts[0].image.url.removeprefix(prefix)).startswith(b"\x89PNG")

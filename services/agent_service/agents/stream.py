@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections import deque
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 from agents import (
     Agent,
@@ -42,12 +42,15 @@ from agents import (
 )
 from agents.items import TResponseStreamEvent
 from chatkit.types import (
+    Annotation,
     CustomSummary,
     CustomTask,
+    FileSource,
     ThreadItemAddedEvent,
     ThreadItemDoneEvent,
     ThreadMetadata,
     ThreadStreamEvent,
+    URLSource,
     Workflow,
     WorkflowItem,
 )
@@ -56,14 +59,45 @@ from openai.types.responses import (
     ResponseContentPartDoneEvent,
     ResponseOutputItemDoneEvent,
     ResponseOutputMessage,
+    ResponseOutputTextAnnotationAddedEvent,
     ResponseRefusalDeltaEvent,
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
 )
+from openai.types.responses.response_output_text import Annotation as ResponsesAnnotation
+from openai.types.responses.response_output_text import (
+    AnnotationContainerFileCitation,
+    AnnotationFileCitation,
+    AnnotationURLCitation,
+)
+from pydantic import TypeAdapter, ValidationError
 
 from services.agent_service.turn import ACTIVE_AGENT_KEY
 from services.common.ids import new_id
 from switchboard.app._messages import AssistantMessageStream
+
+_CITATION: Final = TypeAdapter[ResponsesAnnotation](ResponsesAnnotation)
+
+
+def to_chatkit_annotation(raw: object) -> Annotation | None:
+    """A model's citation as ChatKit shows it (chatkit's own conversion: URL citations become URL
+    sources, file citations file sources; one without a file name is dropped)."""
+    try:
+        dump = getattr(raw, "model_dump", None)
+        citation = _CITATION.validate_python(dump() if callable(dump) else raw)
+    except ValidationError:
+        return None
+    match citation:
+        case AnnotationURLCitation():
+            return Annotation(
+                source=URLSource(url=citation.url, title=citation.title), index=citation.end_index
+            )
+        case AnnotationFileCitation(filename=filename) if filename:
+            return Annotation(source=FileSource(filename=filename, title=filename), index=citation.index)
+        case AnnotationContainerFileCitation(filename=filename) if filename:
+            return Annotation(source=FileSource(filename=filename, title=filename), index=citation.end_index)
+        case _:
+            return None
 
 
 def _handoff_targets(agent: Agent[Any]) -> list[Agent[Any]]:
@@ -141,6 +175,9 @@ class StreamTranslator:
         match data:
             case ResponseTextDeltaEvent(delta=delta) | ResponseRefusalDeltaEvent(delta=delta):
                 return self._delta(delta) if delta else []
+            case ResponseOutputTextAnnotationAddedEvent(annotation=raw) if self._message is not None:
+                annotation = to_chatkit_annotation(raw)
+                return [self._message.annotate(annotation)] if annotation is not None else []
             case ResponseOutputItemDoneEvent(item=ResponseOutputMessage()):
                 return self._close()
             case ResponseTextDoneEvent() | ResponseContentPartDoneEvent() | ResponseCompletedEvent():
