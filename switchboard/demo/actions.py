@@ -40,6 +40,7 @@ async def _growing_list(employee: Employee, orders: list[Order]) -> AsyncGenerat
         await asyncio.sleep(LINE_PAUSE_S)
         lines.append(order_line(order))
         yield order_list(employee, lines)
+    yield order_list(employee, lines, done=True)
 
 
 def register_actions(app: App[DemoState]) -> None:

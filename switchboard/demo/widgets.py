@@ -81,20 +81,22 @@ ORDER_LIST: Final = WidgetTemplate(
   "size": "md",
   "children": [
     {"type": "Title", "value": {{ title | tojson }}, "size": "sm"},
-    {"type": "Markdown", "id": {{ lines_id | tojson }}, "value": {{ lines | tojson }}, "streaming": true},
+    {"type": "Markdown", "id": {{ lines_id | tojson }}, "value": {{ lines | tojson }},
+     "streaming": {{ streaming | tojson }}},
     {"type": "Button", "label": "Dismiss", "variant": "outline", "onClickAction": {{ dismiss | tojson }}}
   ]
 }""",
-        "jsonSchema": {"type": "object", "required": ["title", "lines", "lines_id", "dismiss"]},
+        "jsonSchema": {"type": "object", "required": ["title", "lines", "lines_id", "streaming", "dismiss"]},
     }
 )
 
 
-def order_list(employee: Employee, lines: list[str]) -> WidgetRoot:
+def order_list(employee: Employee, lines: list[str], *, done: bool = False) -> WidgetRoot:
     """The open orders of `employee` listed so far (one markdown line each) and a Dismiss button.
 
     Built again with one more line for every order found, so it can be streamed: each version only
-    appends to the list's text (a streamed text value).
+    appends to the list's text (a streamed text value). The `done` version stops the list's
+    streaming indicator, a change of the component itself (sent as a new root).
     """
     dismiss = ActionConfig(type=DISMISS, payload={}, handler="server")
     return ORDER_LIST.build(
@@ -102,6 +104,7 @@ def order_list(employee: Employee, lines: list[str]) -> WidgetRoot:
             "title": f"Open orders · {employee.name} ({employee.id})",
             "lines_id": ORDER_LINES_ID,
             "lines": "\n".join(lines),
+            "streaming": not done,
             "dismiss": dismiss.model_dump(),
         }
     )

@@ -35,6 +35,7 @@ from chatkit.types import (
     ThreadItemUpdatedEvent,
     ThreadStreamEvent,
     WidgetItem,
+    WidgetRootUpdated,
     WidgetStreamingTextValueDelta,
     WorkflowItem,
 )
@@ -83,7 +84,8 @@ class Erp:
     def versions(self) -> list[WidgetRoot]:
         """Every version of the order list the action streams: empty, then one more line each."""
         lines = [order_line(order) for order in self.orders]
-        return [order_list(self.employee, lines[:count]) for count in range(len(lines) + 1)]
+        growing = [order_list(self.employee, lines[:count]) for count in range(len(lines) + 1)]
+        return [*growing, order_list(self.employee, lines, done=True)]
 
     @property
     def copy_text(self) -> str:
@@ -190,6 +192,8 @@ def _shape(event: ThreadStreamEvent) -> tuple[Any, ...]:
     """What two streams of the same widget must agree on (ids and timestamps aside)."""
     if isinstance(event, ThreadItemUpdatedEvent):
         update = event.update
+        if isinstance(update, WidgetRootUpdated):
+            return (event.type, update.type, update.widget.model_dump(exclude_none=True))
         assert isinstance(update, WidgetStreamingTextValueDelta), update
         return (event.type, update.type, update.component_id, update.delta, update.done)
     return (event.type,)
@@ -273,7 +277,8 @@ async def test_show_open_orders_streams_the_list_then_answers_then_the_effect(
     assert [e.type for e in about] == [e.type for e in reference]
     assert [_shape(e) for e in about] == [_shape(e) for e in reference]
     updates = [e for e in about if isinstance(e, ThreadItemUpdatedEvent)]
-    assert len(updates) == len(erp.orders), "one streamed line per open order"
+    assert len(updates) == len(erp.orders) + 1, "one streamed line per open order, then the end"
+    assert isinstance(updates.pop().update, WidgetRootUpdated)  # streaming stops: a new root
     assert all(isinstance(u.update, WidgetStreamingTextValueDelta) for u in updates)
     assert {u.update.component_id for u in updates} == {ORDER_LINES_ID}  # type: ignore[union-attr]
     assert isinstance(about[0], ThreadItemAddedEvent) and isinstance(about[-1], ThreadItemDoneEvent)
@@ -448,7 +453,8 @@ async def test_notice_streamed_widget_and_effect_over_grpc(stack: Stack, erp: Er
     list_id = widget_added[0].id
     updates = [e.thread_item_updated for e in action if e.WhichOneof("kind") == "thread_item_updated"]
     widget_updates = [u for u in updates if u.item_id == list_id]
-    assert len(widget_updates) == len(erp.orders)
+    assert len(widget_updates) == len(erp.orders) + 1
+    assert widget_updates.pop().update.WhichOneof("kind") == "widget_root_updated"
     assert all(u.update.WhichOneof("kind") == "widget_streaming_text_value_delta" for u in widget_updates)
     deltas = [u.update.widget_streaming_text_value_delta for u in widget_updates]
     assert {d.component_id for d in deltas} == {ORDER_LINES_ID}
