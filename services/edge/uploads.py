@@ -181,7 +181,7 @@ async def stream_upload(
         raise _too_large(max_bytes)
     part = await _file_part(request)
     name = _file_name(part)
-    info = upload_pb2.UploadFileInfo(name=name, mime_type=_declared_type(part, name))
+    info = upload_pb2.UploadFileInfo(name=name, mime_type=_declared_type(part, name), ends_with_marker=True)
     call: aio.StreamUnaryCall[upload_pb2.UploadRequest, upload_pb2.UploadResponse] = stub.Upload(
         metadata=metadata, timeout=timeout_s
     )
@@ -195,6 +195,7 @@ async def stream_upload(
                 if received > max_bytes:
                     raise _too_large(max_bytes)
                 await call.write(upload_pb2.UploadRequest(chunk=chunk))
+            await call.write(upload_pb2.UploadRequest(end=upload_pb2.UploadEnd(size=received)))
             await call.done_writing()
         except (HttpProcessingError, ValueError) as error:  # the body broke off or is malformed
             raise UploadRefused(grpc.StatusCode.INVALID_ARGUMENT, _malformed(error)) from None

@@ -75,18 +75,31 @@ def to_proto(presented: Presented) -> thread_pb2.Attachment:
 
 
 async def _chunks(
-    messages: AsyncIterator[upload_pb2.UploadRequest], context: Context
+    messages: AsyncIterator[upload_pb2.UploadRequest], context: Context, *, marked: bool
 ) -> AsyncIterator[bytes]:
+    """The file's bytes. A client that cancels (the browser went away and the edge cancelled the
+    call) ends the request stream just like one that finished (grpc.aio merges the two), and the
+    cancellation may be noticed only a moment later: a client that promised an `end` message
+    (`info.ends_with_marker`, as the edge does) is complete only with it; for other clients the
+    cancellation is checked here and again before the record is saved (a truncated file that slips
+    through is unreferenced: its id reached nobody, and the sweep removes it)."""
+    received = 0
+    ended = False
     async for message in messages:
-        if message.WhichOneof("kind") != "chunk":
-            raise invalid("only the first message may carry `info`; the others carry `chunk`")
-        yield message.chunk
-    # A client that cancels (the browser went away and the edge cancelled the call) ends the
-    # request stream just like one that finished (grpc.aio merges the two), and the cancellation
-    # may be noticed a moment later. Checked here and again before the record is saved; a
-    # truncated file that slips through is unreferenced (its id reached nobody) and the sweep
-    # removes it with the other never-attached uploads.
-    if context.cancelled():
+        match message.WhichOneof("kind"):
+            case "chunk" if not ended:
+                received += len(message.chunk)
+                yield message.chunk
+            case "end" if marked and not ended:
+                if message.end.size != received:
+                    raise invalid(f"the upload ended after {received} bytes, not {message.end.size}")
+                ended = True
+            case _:
+                raise invalid("`info` first, then `chunk` messages, then `end` (when promised)")
+    if marked and not ended:
+        # Cut short: a cancelled client ignores the answer; one that stopped sending learns why.
+        raise invalid("the upload stopped before its `end` message: nothing was stored")
+    if not ended and context.cancelled():
         raise asyncio.CancelledError("the client cancelled the upload")
 
 
@@ -124,7 +137,7 @@ class UploadService(upload_pb2_grpc.UploadServiceServicer):
                     name=first.info.name,
                     mime_type=first.info.mime_type,
                     size=first.info.size,
-                    chunks=_chunks(messages, context),
+                    chunks=_chunks(messages, context, marked=first.info.ends_with_marker),
                     wanted=lambda: not context.cancelled(),
                     accepted=lambda: context.send_initial_metadata(((UPLOAD_ACCEPTED_KEY, "1"),)),
                 )

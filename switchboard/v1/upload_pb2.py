@@ -25,43 +25,45 @@ _sym_db = _symbol_database.Default()
 from switchboard.v1 import thread_pb2 as switchboard_dot_v1_dot_thread__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bswitchboard/v1/upload.proto\x12\x0eswitchboard.v1\x1a\x1bswitchboard/v1/thread.proto\"X\n\rUploadRequest\x12.\n\x04info\x18\x01 \x01(\x0b\x32\x1e.switchboard.v1.UploadFileInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04kind\"?\n\x0eUploadFileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\"^\n\x0eUploadResponse\x12.\n\nattachment\x18\x01 \x01(\x0b\x32\x1a.switchboard.v1.Attachment\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"H\n\x17\x43reateAttachmentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x11\n\tmime_type\x18\x03 \x01(\t\"J\n\x18\x43reateAttachmentResponse\x12.\n\nattachment\x18\x01 \x01(\x0b\x32\x1a.switchboard.v1.Attachment\"/\n\x15GetAttachmentsRequest\x12\x16\n\x0e\x61ttachment_ids\x18\x01 \x03(\t\"I\n\x16GetAttachmentsResponse\x12/\n\x0b\x61ttachments\x18\x01 \x03(\x0b\x32\x1a.switchboard.v1.Attachment\"B\n\x15\x41ttachToThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ttachment_ids\x18\x02 \x03(\t\"X\n\x16\x41ttachToThreadResponse\x12/\n\x0b\x61ttachments\x18\x01 \x03(\x0b\x32\x1a.switchboard.v1.Attachment\x12\r\n\x05sizes\x18\x02 \x03(\x03\"A\n\x15ReadAttachmentRequest\x12\x15\n\rattachment_id\x18\x01 \x01(\t\x12\x11\n\tmax_bytes\x18\x02 \x01(\x03\"\'\n\x16ReadAttachmentResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"0\n\x17\x44\x65leteAttachmentRequest\x12\x15\n\rattachment_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteAttachmentResponse\"3\n\x1e\x44\x65leteThreadAttachmentsRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"2\n\x1f\x44\x65leteThreadAttachmentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x32\xc9\x05\n\rUploadService\x12I\n\x06Upload\x12\x1d.switchboard.v1.UploadRequest\x1a\x1e.switchboard.v1.UploadResponse(\x01\x12\x65\n\x10\x43reateAttachment\x12\'.switchboard.v1.CreateAttachmentRequest\x1a(.switchboard.v1.CreateAttachmentResponse\x12_\n\x0eGetAttachments\x12%.switchboard.v1.GetAttachmentsRequest\x1a&.switchboard.v1.GetAttachmentsResponse\x12_\n\x0e\x41ttachToThread\x12%.switchboard.v1.AttachToThreadRequest\x1a&.switchboard.v1.AttachToThreadResponse\x12\x61\n\x0eReadAttachment\x12%.switchboard.v1.ReadAttachmentRequest\x1a&.switchboard.v1.ReadAttachmentResponse0\x01\x12\x65\n\x10\x44\x65leteAttachment\x12\'.switchboard.v1.DeleteAttachmentRequest\x1a(.switchboard.v1.DeleteAttachmentResponse\x12z\n\x17\x44\x65leteThreadAttachments\x12..switchboard.v1.DeleteThreadAttachmentsRequest\x1a/.switchboard.v1.DeleteThreadAttachmentsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bswitchboard/v1/upload.proto\x12\x0eswitchboard.v1\x1a\x1bswitchboard/v1/thread.proto\"\x82\x01\n\rUploadRequest\x12.\n\x04info\x18\x01 \x01(\x0b\x32\x1e.switchboard.v1.UploadFileInfoH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x12(\n\x03\x65nd\x18\x03 \x01(\x0b\x32\x19.switchboard.v1.UploadEndH\x00\x42\x06\n\x04kind\"\x19\n\tUploadEnd\x12\x0c\n\x04size\x18\x01 \x01(\x03\"Y\n\x0eUploadFileInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x18\n\x10\x65nds_with_marker\x18\x04 \x01(\x08\"^\n\x0eUploadResponse\x12.\n\nattachment\x18\x01 \x01(\x0b\x32\x1a.switchboard.v1.Attachment\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"H\n\x17\x43reateAttachmentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x11\n\tmime_type\x18\x03 \x01(\t\"J\n\x18\x43reateAttachmentResponse\x12.\n\nattachment\x18\x01 \x01(\x0b\x32\x1a.switchboard.v1.Attachment\"/\n\x15GetAttachmentsRequest\x12\x16\n\x0e\x61ttachment_ids\x18\x01 \x03(\t\"I\n\x16GetAttachmentsResponse\x12/\n\x0b\x61ttachments\x18\x01 \x03(\x0b\x32\x1a.switchboard.v1.Attachment\"B\n\x15\x41ttachToThreadRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61ttachment_ids\x18\x02 \x03(\t\"X\n\x16\x41ttachToThreadResponse\x12/\n\x0b\x61ttachments\x18\x01 \x03(\x0b\x32\x1a.switchboard.v1.Attachment\x12\r\n\x05sizes\x18\x02 \x03(\x03\"A\n\x15ReadAttachmentRequest\x12\x15\n\rattachment_id\x18\x01 \x01(\t\x12\x11\n\tmax_bytes\x18\x02 \x01(\x03\"\'\n\x16ReadAttachmentResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\"0\n\x17\x44\x65leteAttachmentRequest\x12\x15\n\rattachment_id\x18\x01 \x01(\t\"\x1a\n\x18\x44\x65leteAttachmentResponse\"3\n\x1e\x44\x65leteThreadAttachmentsRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"2\n\x1f\x44\x65leteThreadAttachmentsResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x05\x32\xc9\x05\n\rUploadService\x12I\n\x06Upload\x12\x1d.switchboard.v1.UploadRequest\x1a\x1e.switchboard.v1.UploadResponse(\x01\x12\x65\n\x10\x43reateAttachment\x12\'.switchboard.v1.CreateAttachmentRequest\x1a(.switchboard.v1.CreateAttachmentResponse\x12_\n\x0eGetAttachments\x12%.switchboard.v1.GetAttachmentsRequest\x1a&.switchboard.v1.GetAttachmentsResponse\x12_\n\x0e\x41ttachToThread\x12%.switchboard.v1.AttachToThreadRequest\x1a&.switchboard.v1.AttachToThreadResponse\x12\x61\n\x0eReadAttachment\x12%.switchboard.v1.ReadAttachmentRequest\x1a&.switchboard.v1.ReadAttachmentResponse0\x01\x12\x65\n\x10\x44\x65leteAttachment\x12\'.switchboard.v1.DeleteAttachmentRequest\x1a(.switchboard.v1.DeleteAttachmentResponse\x12z\n\x17\x44\x65leteThreadAttachments\x12..switchboard.v1.DeleteThreadAttachmentsRequest\x1a/.switchboard.v1.DeleteThreadAttachmentsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'switchboard.v1.upload_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_UPLOADREQUEST']._serialized_start=76
-  _globals['_UPLOADREQUEST']._serialized_end=164
-  _globals['_UPLOADFILEINFO']._serialized_start=166
-  _globals['_UPLOADFILEINFO']._serialized_end=229
-  _globals['_UPLOADRESPONSE']._serialized_start=231
-  _globals['_UPLOADRESPONSE']._serialized_end=325
-  _globals['_CREATEATTACHMENTREQUEST']._serialized_start=327
-  _globals['_CREATEATTACHMENTREQUEST']._serialized_end=399
-  _globals['_CREATEATTACHMENTRESPONSE']._serialized_start=401
-  _globals['_CREATEATTACHMENTRESPONSE']._serialized_end=475
-  _globals['_GETATTACHMENTSREQUEST']._serialized_start=477
-  _globals['_GETATTACHMENTSREQUEST']._serialized_end=524
-  _globals['_GETATTACHMENTSRESPONSE']._serialized_start=526
-  _globals['_GETATTACHMENTSRESPONSE']._serialized_end=599
-  _globals['_ATTACHTOTHREADREQUEST']._serialized_start=601
-  _globals['_ATTACHTOTHREADREQUEST']._serialized_end=667
-  _globals['_ATTACHTOTHREADRESPONSE']._serialized_start=669
-  _globals['_ATTACHTOTHREADRESPONSE']._serialized_end=757
-  _globals['_READATTACHMENTREQUEST']._serialized_start=759
-  _globals['_READATTACHMENTREQUEST']._serialized_end=824
-  _globals['_READATTACHMENTRESPONSE']._serialized_start=826
-  _globals['_READATTACHMENTRESPONSE']._serialized_end=865
-  _globals['_DELETEATTACHMENTREQUEST']._serialized_start=867
-  _globals['_DELETEATTACHMENTREQUEST']._serialized_end=915
-  _globals['_DELETEATTACHMENTRESPONSE']._serialized_start=917
-  _globals['_DELETEATTACHMENTRESPONSE']._serialized_end=943
-  _globals['_DELETETHREADATTACHMENTSREQUEST']._serialized_start=945
-  _globals['_DELETETHREADATTACHMENTSREQUEST']._serialized_end=996
-  _globals['_DELETETHREADATTACHMENTSRESPONSE']._serialized_start=998
-  _globals['_DELETETHREADATTACHMENTSRESPONSE']._serialized_end=1048
-  _globals['_UPLOADSERVICE']._serialized_start=1051
-  _globals['_UPLOADSERVICE']._serialized_end=1764
+  _globals['_UPLOADREQUEST']._serialized_start=77
+  _globals['_UPLOADREQUEST']._serialized_end=207
+  _globals['_UPLOADEND']._serialized_start=209
+  _globals['_UPLOADEND']._serialized_end=234
+  _globals['_UPLOADFILEINFO']._serialized_start=236
+  _globals['_UPLOADFILEINFO']._serialized_end=325
+  _globals['_UPLOADRESPONSE']._serialized_start=327
+  _globals['_UPLOADRESPONSE']._serialized_end=421
+  _globals['_CREATEATTACHMENTREQUEST']._serialized_start=423
+  _globals['_CREATEATTACHMENTREQUEST']._serialized_end=495
+  _globals['_CREATEATTACHMENTRESPONSE']._serialized_start=497
+  _globals['_CREATEATTACHMENTRESPONSE']._serialized_end=571
+  _globals['_GETATTACHMENTSREQUEST']._serialized_start=573
+  _globals['_GETATTACHMENTSREQUEST']._serialized_end=620
+  _globals['_GETATTACHMENTSRESPONSE']._serialized_start=622
+  _globals['_GETATTACHMENTSRESPONSE']._serialized_end=695
+  _globals['_ATTACHTOTHREADREQUEST']._serialized_start=697
+  _globals['_ATTACHTOTHREADREQUEST']._serialized_end=763
+  _globals['_ATTACHTOTHREADRESPONSE']._serialized_start=765
+  _globals['_ATTACHTOTHREADRESPONSE']._serialized_end=853
+  _globals['_READATTACHMENTREQUEST']._serialized_start=855
+  _globals['_READATTACHMENTREQUEST']._serialized_end=920
+  _globals['_READATTACHMENTRESPONSE']._serialized_start=922
+  _globals['_READATTACHMENTRESPONSE']._serialized_end=961
+  _globals['_DELETEATTACHMENTREQUEST']._serialized_start=963
+  _globals['_DELETEATTACHMENTREQUEST']._serialized_end=1011
+  _globals['_DELETEATTACHMENTRESPONSE']._serialized_start=1013
+  _globals['_DELETEATTACHMENTRESPONSE']._serialized_end=1039
+  _globals['_DELETETHREADATTACHMENTSREQUEST']._serialized_start=1041
+  _globals['_DELETETHREADATTACHMENTSREQUEST']._serialized_end=1092
+  _globals['_DELETETHREADATTACHMENTSRESPONSE']._serialized_start=1094
+  _globals['_DELETETHREADATTACHMENTSRESPONSE']._serialized_end=1144
+  _globals['_UPLOADSERVICE']._serialized_start=1147
+  _globals['_UPLOADSERVICE']._serialized_end=1860
 # @@protoc_insertion_point(module_scope)

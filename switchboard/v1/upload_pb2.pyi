@@ -31,27 +31,57 @@ class UploadRequest(_message.Message):
 
     INFO_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
     """Every following message: the next bytes (any size up to 4 MiB)."""
     @_builtins.property
     def info(self) -> Global___UploadFileInfo:
         """First message: the file as the user named it."""
 
+    @_builtins.property
+    def end(self) -> Global___UploadEnd:
+        """Last message, from clients that set `info.ends_with_marker`: the file is complete."""
+
     def __init__(
         self,
         *,
         info: Global___UploadFileInfo | None = ...,
         chunk: _builtins.bytes = ...,
+        end: Global___UploadEnd | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "info", b"info", "kind", b"kind"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "info", b"info", "kind", b"kind"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "info", b"info", "kind", b"kind"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chunk", b"chunk", "end", b"end", "info", b"info", "kind", b"kind"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["info", "chunk"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["info", "chunk", "end"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___UploadRequest: _TypeAlias = UploadRequest  # noqa: Y015
+
+@_typing.final
+class UploadEnd(_message.Message):
+    """The end of a complete upload. A stream that ends without it, from a client that promised one,
+    was cut short (the client cancelled or went away) and nothing is stored.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SIZE_FIELD_NUMBER: _builtins.int
+    size: _builtins.int
+    """Bytes sent in `chunk` messages, checked against what arrived."""
+    def __init__(
+        self,
+        *,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadEnd: _TypeAlias = UploadEnd  # noqa: Y015
 
 @_typing.final
 class UploadFileInfo(_message.Message):
@@ -60,21 +90,27 @@ class UploadFileInfo(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     MIME_TYPE_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    ENDS_WITH_MARKER_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Shown to the user as given; stored under a sanitised key."""
     mime_type: _builtins.str
     size: _builtins.int
     """Declared size in bytes, if known (0: unknown). A mismatch with the bytes received is refused."""
+    ends_with_marker: _builtins.bool
+    """The client ends a complete upload with an `end` message. Without this promise a stream that
+    ends is taken as complete unless the call was seen cancelled, which can be noticed too late.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         mime_type: _builtins.str = ...,
         size: _builtins.int = ...,
+        ends_with_marker: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["mime_type", b"mime_type", "name", b"name", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends_with_marker", b"ends_with_marker", "mime_type", b"mime_type", "name", b"name", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

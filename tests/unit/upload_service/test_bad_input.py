@@ -227,3 +227,27 @@ async def test_create_attachment_validates_before_writing(service: UploadServer,
     for request, code in cases:
         await expect_error(service.stub.CreateAttachment(request, metadata=metadata()), grpc.StatusCode[code])
     assert await s3.snapshot() == before
+
+
+async def test_a_promised_end_decides_what_is_complete(service: UploadServer, s3: S3) -> None:
+    """A client that sets `ends_with_marker` (the edge does) gets a file stored only with a right
+    `end`: a stream that stops without it was cut short, whenever the cancellation is noticed."""
+    before = await s3.snapshot()
+    info = upload_pb2.UploadFileInfo(name="n.txt", mime_type="text/plain", ends_with_marker=True)
+
+    async def messages(end: int | None) -> AsyncIterator[upload_pb2.UploadRequest]:
+        yield upload_pb2.UploadRequest(info=info)
+        yield upload_pb2.UploadRequest(chunk=b"hello ")
+        yield upload_pb2.UploadRequest(chunk=b"world")
+        if end is not None:
+            yield upload_pb2.UploadRequest(end=upload_pb2.UploadEnd(size=end))
+
+    await expect_error(
+        service.stub.Upload(messages(None), metadata=metadata(), timeout=30), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    await expect_error(
+        service.stub.Upload(messages(5), metadata=metadata(), timeout=30), grpc.StatusCode.INVALID_ARGUMENT
+    )
+    assert await s3.snapshot() == before
+    reply = await service.stub.Upload(messages(11), metadata=metadata(), timeout=30)
+    assert reply.size == 11
