@@ -43,7 +43,7 @@ from services.agent_service.store import SchemaError, Store, create_store, datab
 from services.agent_service.store.migrate import redacted
 from services.agent_service.transcription import Transcriber
 from services.agent_service.turn import Responder
-from services.common import codec
+from services.common import codec, tracing
 from services.common.auth import Principal
 from services.common.config import Settings
 from services.common.grpc_auth import AuthInterceptor, current_locale, current_principal
@@ -424,7 +424,8 @@ async def build_server(
     """
     verifier = build_verifier(settings)
     server = aio.server(
-        interceptors=[MetricsInterceptor(), AuthInterceptor(verifier)], options=server_options(settings)
+        interceptors=[*tracing.server_interceptors(), MetricsInterceptor(), AuthInterceptor(verifier)],
+        options=server_options(settings),
     )
     conversation = Conversation(
         store,
@@ -458,6 +459,7 @@ async def serve(settings: Settings) -> None:
     """
     from services.agent_service.agents import AppLoadError, create_responder, load_app
 
+    tracing.setup_tracing("agent")
     try:
         app = load_app(settings.app)
     except AppLoadError as error:
@@ -525,6 +527,7 @@ async def serve(settings: Settings) -> None:
     await store.close()
     if metrics is not None:
         metrics.stop()
+    tracing.shutdown_tracing()
     log.info("agent service stopped")
 
 

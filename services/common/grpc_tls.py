@@ -28,6 +28,7 @@ from typing import Any
 import grpc
 from grpc import aio
 
+from services.common import tracing
 from services.common.config import Settings
 
 ChannelOptions = Sequence[tuple[str, Any]]
@@ -88,11 +89,14 @@ def bind(server: aio.Server, address: str, settings: Settings) -> int:
 def client_channel(target: str, settings: Settings | None, *, options: ChannelOptions = ()) -> aio.Channel:
     """A grpc.aio channel to `target`, with TLS (and a client certificate) when configured.
 
-    `settings=None` is a plaintext channel (callers that have no settings, such as tests).
+    `settings=None` is a plaintext channel (callers that have no settings, such as tests). When
+    tracing is on, every call on the channel gets a client span and carries `traceparent`
+    (`services/common/tracing.py`).
     """
     files = TlsFiles.from_settings(settings) if settings is not None else TlsFiles()
+    interceptors = tracing.client_interceptors() or None
     if not files.client_tls:
-        return aio.insecure_channel(target, options=options)
+        return aio.insecure_channel(target, options=options, interceptors=interceptors)
     credentials = grpc.ssl_channel_credentials(
         root_certificates=files.ca.read_bytes() if files.ca is not None else None,
         private_key=files.key.read_bytes() if files.key is not None else None,
@@ -100,4 +104,4 @@ def client_channel(target: str, settings: Settings | None, *, options: ChannelOp
     )
     if files.server_name:
         options = [*options, ("grpc.ssl_target_name_override", files.server_name)]
-    return aio.secure_channel(target, credentials, options=options)
+    return aio.secure_channel(target, credentials, options=options, interceptors=interceptors)

@@ -4,7 +4,8 @@ Every record gets `request_id`, `tenant` and `operation` from the request's cont
 they are known (the edge sets them for its requests, the gRPC interceptors for each call:
 `services/common/grpc_auth.py`, `services/common/grpc_metrics.py`), so a JSON line can be found by
 request id across services without parsing the message. Text lines keep their format (messages that
-concern a request already start with `[request id]`).
+concern a request already start with `[request id]`). When tracing is on (`services/common/tracing.py`),
+JSON lines also carry `trace_id` and `span_id` of the span that was current when the line was written.
 
 User content (message text, file contents, tool arguments) is not logged at INFO or above; some
 DEBUG lines name users and tenants. What is not ours to format stays as it is: gRPC's C core writes
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Final
 
@@ -28,16 +30,27 @@ current_operation: ContextVar[str] = ContextVar("current_operation", default="-"
 
 TEXT_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 JSON_FIELDS: Final = ("asctime", "levelname", "name", "message")
+CONTEXT_FIELDS: Final = ("request_id", "tenant", "operation", "trace_id", "span_id")
+
+
+def _no_trace() -> tuple[str, str]:
+    return "-", "-"
+
+
+trace_ids: Callable[[], tuple[str, str]] = _no_trace
+"""The current (trace id, span id) in hex, "-" when none; `tracing.setup_tracing` replaces it."""
 
 
 class RequestContextFilter(logging.Filter):
-    """Adds `request_id`, `tenant` and `operation` to every record ("-" when not known)."""
+    """Adds `request_id`, `tenant`, `operation`, `trace_id` and `span_id` to every record ("-" when
+    not known)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = current_request_id.get()
         principal = current_principal.get(None)
         record.tenant = principal.tenant if principal is not None else "-"
         record.operation = current_operation.get()
+        record.trace_id, record.span_id = trace_ids()
         return True
 
 
@@ -51,7 +64,7 @@ class _JsonFormatter(JsonFormatter):
         message_dict: dict[str, object],
     ) -> None:
         super().add_fields(log_data, record, message_dict)
-        for name in ("request_id", "tenant", "operation"):
+        for name in CONTEXT_FIELDS:
             value = getattr(record, name, "-")
             if value != "-":
                 log_data[name] = value
@@ -61,7 +74,7 @@ def json_formatter() -> logging.Formatter:
     return _JsonFormatter(
         list(JSON_FIELDS),
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        reserved_attrs=[*RESERVED_ATTRS, "request_id", "tenant", "operation"],
+        reserved_attrs=[*RESERVED_ATTRS, *CONTEXT_FIELDS],
     )
 
 

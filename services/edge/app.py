@@ -50,7 +50,7 @@ from grpc import aio
 from grpc_health.v1 import health_pb2
 from pydantic import ValidationError
 
-from services.common import codec
+from services.common import codec, tracing
 from services.common.audio import transcribe_body_limit
 from services.common.auth import AuthError
 from services.common.config import Settings
@@ -337,6 +337,7 @@ async def request_context_middleware(
     request_id = _request_id(request)
     request[REQUEST_ID] = request_id
     current_request_id.set(request_id)  # for the logs (services/common/logs.py)
+    tracing.set_request_id(request_id)  # on the request's span, when tracing is on
     started = time.perf_counter()
     status = 500
     try:
@@ -806,6 +807,7 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
 
 async def run_edge(settings: Settings) -> None:
     """Serve the edge on `edge_host:edge_port` until SIGTERM or SIGINT, then shut down gracefully."""
+    tracing.setup_tracing("edge", http_server=True)  # before the app: it instruments web.Application
     runner = make_runner(create_app(settings), settings)
     await runner.setup()
     stopping = asyncio.Event()
@@ -828,3 +830,4 @@ async def run_edge(settings: Settings) -> None:
         for signum in handled:
             loop.remove_signal_handler(signum)
         await runner.cleanup()
+        tracing.shutdown_tracing()

@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from services.common import tracing
 from services.common.auth import Principal
 from services.common.config import Settings
 from services.common.errors import invalid
@@ -245,7 +246,7 @@ async def build_server(
     """
     verifier = build_verifier(settings)
     server = aio.server(
-        interceptors=[MetricsInterceptor(), AuthInterceptor(verifier)],
+        interceptors=[*tracing.server_interceptors(), MetricsInterceptor(), AuthInterceptor(verifier)],
         options=server_options(settings, max_message_bytes=MAX_MESSAGE_BYTES),
     )
     attachments = Attachments(
@@ -303,6 +304,7 @@ async def _ensure_bucket(
 
 async def serve(settings: Settings) -> None:
     """Run the upload service until SIGTERM/SIGINT, then drain in-flight calls within the grace."""
+    tracing.setup_tracing("upload")
     storage = ObjectStorage.from_settings(settings)
     try:
         scrape = start_metrics_server(
@@ -342,6 +344,7 @@ async def serve(settings: Settings) -> None:
         await storage.close()
         if scrape is not None:
             scrape.stop()
+        tracing.shutdown_tracing()
     log.info("upload service stopped")
 
 

@@ -149,7 +149,7 @@ def service_env(
 ) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith(("SWITCHBOARD_", "LLM_"))}
     for key in [*env]:
-        if key.startswith(("OPENAI_", "GEMINI_", "MINIO_")):
+        if key.startswith(("OPENAI_", "GEMINI_", "MINIO_", "OTEL_")):
             env.pop(key)
     env.update(
         {

@@ -85,6 +85,7 @@ from services.agent_service.metrics import ModelUsage, observe_sdk_event
 from services.agent_service.models.factory import ConfiguredModels, build_models, title_models
 from services.agent_service.transcription import Transcriber
 from services.agent_service.turn import ACTIVE_AGENT_KEY, ActionRequest, Turn
+from services.common import tracing
 from services.common.config import Settings
 from services.common.ids import new_id
 from switchboard.app import (
@@ -254,9 +255,19 @@ class AppResponder:
         # include_usage: streamed Chat Completions report their token usage (the metrics count it);
         # the SDK asks OpenAI itself for it, other compatible servers only when told to.
         usage = ModelSettings(include_usage=True)
-        self._run_config = RunConfig(model_provider=models, tracing_disabled=True, model_settings=usage)
+        # SDK tracing only into our OpenTelemetry traces, never with message content (factory.py).
+        off = not tracing.enabled()
+        self._run_config = RunConfig(
+            model_provider=models,
+            tracing_disabled=off,
+            trace_include_sensitive_data=False,
+            model_settings=usage,
+        )
         self._title_config = RunConfig(
-            model_provider=title_models(models), tracing_disabled=True, model_settings=usage
+            model_provider=title_models(models),
+            tracing_disabled=off,
+            trace_include_sensitive_data=False,
+            model_settings=usage,
         )
         self._usage = ModelUsage(models.provider)
         self.attachment_limits = AttachmentLimits()

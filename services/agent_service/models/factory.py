@@ -26,10 +26,12 @@ on top (server-side conversation state, stable output item ids, hosted tools); w
 the thread store holds the history, and the responder mints its own ChatKit item ids instead of the
 SDK's `__fake_id__` placeholders.
 
-Tracing is disabled globally (`agents.set_tracing_disabled(True)`): the SDK's default exporter
-uploads traces to OpenAI, which would leak conversation data to a third party for the Gemini and
-local-server cases and fails offline. Turning it on for the real OpenAI API is a deliberate future
-choice, not a default.
+The SDK's own trace processors are replaced whatever the configuration (`configure_agents_tracing`):
+its default exporter uploads traces to OpenAI, which would leak conversation data to a third party
+for the Gemini and local-server cases and fails offline. With OpenTelemetry tracing off (the
+default) SDK tracing is disabled and has no processor at all; with it on
+(`services/common/tracing.py`), SDK spans go only to `agents/otel_bridge.py`, into the service's
+OpenTelemetry traces. Sending traces to OpenAI would be a deliberate future choice, not a default.
 """
 
 from __future__ import annotations
@@ -37,10 +39,17 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
-from agents import Model, ModelProvider, OpenAIChatCompletionsModel, set_tracing_disabled
+from agents import (
+    Model,
+    ModelProvider,
+    OpenAIChatCompletionsModel,
+    set_trace_processors,
+    set_tracing_disabled,
+)
 from openai import AsyncOpenAI
 
 from services.agent_service.models.offline import OfflineModel, OfflineTitleModel
+from services.common import tracing
 from services.common.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -94,6 +103,18 @@ class ConfiguredModels(ModelProvider):
             await self.client.close()
 
 
+def configure_agents_tracing() -> bool:
+    """Replace the SDK's trace processors (module docstring); whether SDK tracing is on."""
+    if not tracing.enabled():
+        set_trace_processors([])
+        set_tracing_disabled(True)
+        return False
+    from services.agent_service.agents.otel_bridge import install_bridge
+
+    install_bridge()
+    return True
+
+
 def resolve_provider(settings: Settings) -> Provider:
     """Apply the provider rules of the module docstring (explicit choice first, then keys)."""
     if settings.llm_provider is not None:
@@ -107,7 +128,7 @@ def resolve_provider(settings: Settings) -> Provider:
 
 def build_models(settings: Settings) -> ConfiguredModels:
     """The configured provider's models (see the module docstring); offline, the plain offline model."""
-    set_tracing_disabled(True)
+    configure_agents_tracing()
     provider = resolve_provider(settings)
     match provider:
         case "openai":

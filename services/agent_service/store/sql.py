@@ -43,6 +43,7 @@ from services.agent_service.store import migrate
 from services.agent_service.store.base import Fence, KnownTitle, LeaseLost, Order, Store, ThreadBusy
 from services.agent_service.store.schema import feedback, run_leases, threads
 from services.agent_service.store.schema import items as item_rows
+from services.common import tracing
 from services.common.auth import Principal
 from services.common.errors import invalid, not_found
 from switchboard.app import AlreadyExists, SwitchboardError, TimedOut, Unavailable
@@ -198,6 +199,12 @@ def _owned(owner: Principal, thread_id: str) -> dict[str, Any]:
     return {"thread_id": thread_id, "tenant": owner.tenant, "user": owner.user}
 
 
+def _span_name(body: Callable[..., Any]) -> str:
+    """`store <method>` for a transaction body defined in (or made by) a store method."""
+    method = getattr(body, "__qualname__", "").split(".<locals>")[0].rsplit(".", 1)[-1]
+    return f"store {method.lstrip('_') or 'transaction'}"
+
+
 def _lease(key: str, holder: str, ttl_s: float) -> dict[str, Any]:
     return {"lease_thread": key, "lease_holder": holder, "lease_ttl": ttl_s}
 
@@ -239,6 +246,7 @@ class SqlStore(Store):
             await engine.dispose()
             raise
         self._engine = engine
+        tracing.instrument_engine(engine.sync_engine)  # after the migration: requests' SQL only
         self._dialect = engine.dialect.name
         self._sql = _Statements(self._dialect)
 
@@ -287,6 +295,14 @@ class SqlStore(Store):
             return await connection.run_sync(body)
 
     async def _run(self, body: Callable[[Connection], T]) -> T:
+        """`_run_body`, in a span `store <operation>` when tracing is on (its SQL statements are
+        spans under it: `services/common/tracing.py`)."""
+        if not tracing.enabled():
+            return await self._run_body(body)
+        with tracing.span(_span_name(body), **{"db.system.name": self._dialect}):
+            return await self._run_body(body)
+
+    async def _run_body(self, body: Callable[[Connection], T]) -> T:
         """`_execute`, with infrastructure failures turned into SwitchboardError (see `_translate`)."""
         started = time.perf_counter()
         try:

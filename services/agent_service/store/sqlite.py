@@ -26,6 +26,7 @@ all SQLite serves. Several replicas need PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from services.agent_service.store.sql import SqlStore
+from services.common import tracing
 
 T = TypeVar("T")
 
@@ -103,6 +105,7 @@ class SqliteStore(SqlStore):
         # Connect now, on the database thread: the first request should not pay for it, and a
         # file that cannot be opened should stop the start, not a request.
         await self._execute(lambda connection: None)
+        tracing.instrument_engine(self._sync_engine)
 
     async def close(self) -> None:
         if self._thread is not None:
@@ -120,7 +123,9 @@ class SqliteStore(SqlStore):
     async def _execute(self, body: Callable[[Connection], T]) -> T:
         if self._thread is None:
             raise RuntimeError("the store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._thread, self._transaction, body)
+        # In the caller's context (contextvars): the log fields and the current span reach the thread.
+        run = contextvars.copy_context().run
+        return await asyncio.get_running_loop().run_in_executor(self._thread, run, self._transaction, body)
 
     def _transaction(self, body: Callable[[Connection], T]) -> T:
         engine = self._sync_engine
