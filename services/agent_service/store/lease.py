@@ -216,6 +216,9 @@ class RunLease:
 _SHIELDED: set[asyncio.Task[Any]] = set()
 
 
+_SETTLE_S: Final = 0.05
+
+
 def shielded(work: Coroutine[Any, Any, T]) -> Awaitable[T]:
     """`asyncio.shield(work)`, tracked: work that must finish even when its caller is cancelled (a
     cancelled turn's partial answer, a lease release) and that `drain_shielded` waits for, so the
@@ -227,8 +230,18 @@ def shielded(work: Coroutine[Any, Any, T]) -> Awaitable[T]:
 
 
 async def drain_shielded(timeout_s: float) -> int:
-    """Wait up to `timeout_s` for shielded work still running; returns how many did not finish."""
-    if not _SHIELDED:
-        return 0
-    _, pending = await asyncio.wait(set(_SHIELDED), timeout=max(timeout_s, 0.001))
-    return len(pending)
+    """Wait up to `timeout_s` for shielded work still running; returns how many did not finish.
+
+    A cancelled handler starts its shielded steps one after another (the turn's save, then the
+    lease's release once the save is done), so the set is watched until it stays empty for a
+    moment, not only the work running when the drain began."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(timeout_s, 0.001)
+    while (remaining := deadline - loop.time()) > 0:
+        if _SHIELDED:
+            await asyncio.wait(set(_SHIELDED), timeout=remaining)
+            continue
+        await asyncio.sleep(min(_SETTLE_S, remaining))  # let handlers reach their next step
+        if not _SHIELDED:
+            break
+    return len(_SHIELDED)
