@@ -2,12 +2,12 @@
 
 Every call acts for the caller: it forwards the caller's bearer token (and request id), so the upload
 service checks ownership itself and a thread can only use its owner's attachments. Failures become
-SwitchboardErrors the conversation can report before it writes anything:
+domain errors the conversation can report before it writes anything:
 
-- an attachment that does not exist (or is someone else's) is NOT_FOUND, like any unknown id;
-- an attachment that is not uploaded completely, or whose bytes do not match its type, stays
-  FAILED_PRECONDITION;
-- an unreachable upload service is UNAVAILABLE.
+- an attachment that does not exist (or is someone else's) is `NotFound`, like any unknown id;
+- an attachment that is not uploaded completely, or whose bytes do not match its type, keeps the
+  upload service's answer (`PreconditionFailed`);
+- an unreachable upload service is `Unavailable`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,13 @@
 """What the upload service accepts: names, types, sizes and content that matches its declared type.
 
 Every check here runs before anything is written, or while bytes stream in, so that a refusal leaves
-nothing behind. Refusals are `SwitchboardError`s with the gRPC status the caller sees:
+nothing behind. Refusals are domain errors (`switchboard.app`), mapped to a status at the gRPC boundary:
 
-- INVALID_ARGUMENT: a missing or malformed MIME type, a type outside the allow-list, an empty file,
-  a name with a NUL character, a declared size that the bytes do not match, content whose magic bytes
-  contradict the declared type.
-- RESOURCE_EXHAUSTED with "too large" in the message: more bytes than `SWITCHBOARD_UPLOAD_MAX_BYTES`,
-  declared or received (the edge answers 413 for it on upload routes).
+- `InvalidRequest` (INVALID_ARGUMENT): a missing or malformed MIME type, a type outside the
+  allow-list, an empty file, a name with a NUL character, a declared size that the bytes do not
+  match, content whose magic bytes contradict the declared type.
+- `LimitExceeded` (RESOURCE_EXHAUSTED) with "too large" in the message: more bytes than
+  `SWITCHBOARD_UPLOAD_MAX_BYTES`, declared or received (the edge answers 413 for it on upload routes).
 
 File names. The name the user gave is what ChatKit shows, so it is kept as given
 (`display_name`, only truncated to `MAX_NAME_CHARS`); it never becomes part of an object key. A

@@ -15,9 +15,9 @@ costs one hop between threads instead of several per statement.
 The statements of the hot path are built once per dialect with bind parameters, so SQLAlchemy finds
 their compiled form in its cache without building and hashing a new statement on every call.
 
-Failures of the infrastructure become `SwitchboardError`s the edge can map (see `_translate`):
-connection refused or lost, the server shutting down or starting up, the pool exhausted, a lock
-conflict -> UNAVAILABLE (503, retry later); the statement timeout -> DEADLINE_EXCEEDED (504).
+Failures of the infrastructure become domain errors (see `_translate`): connection refused or lost,
+the server shutting down or starting up, the pool exhausted, a lock conflict -> `Unavailable` (503,
+retry later); the statement timeout -> `TimedOut` (504).
 After the database comes back, the pool replaces dead connections (pre-ping on checkout, and a
 disconnect invalidates the whole pool), so the service recovers without a restart.
 """
