@@ -87,6 +87,7 @@ from services.agent_service.turn import ActionRequest, Responder, Turn
 from services.common.auth import Principal
 from services.common.errors import invalid
 from services.common.ids import new_id
+from services.limits import Admission, Limits, UsageMeter
 from switchboard.app import PreconditionFailed, SwitchboardError
 from switchboard.app._context import ImageStore
 
@@ -252,13 +253,21 @@ class Conversation:
         attachments: AttachmentClient | None = None,
         lease_ttl_s: float = 15.0,
         lease_wait_s: float = 0.0,
+        limits: Limits | None = None,
     ) -> None:
+        """`limits`: the default limits every request is checked against (None: limits off)."""
         self._store = store
         self._responder = responder
         self._history_items = history_items
         self._attachments = attachments
         self._lease_ttl_s = lease_ttl_s
         self._lease_wait_s = lease_wait_s
+        self._limits = limits
+
+    async def admit(self, owner: Principal) -> None:
+        """A request that starts no response: one request of the owner's rate (`LimitReached`)."""
+        if self._limits is not None:
+            await self._store.admit(owner, Admission(self._limits))
 
     def _lease(self, thread_id: str) -> RunLease:
         return RunLease(self._store, thread_id, ttl_s=self._lease_ttl_s, wait_s=self._lease_wait_s)
@@ -271,9 +280,12 @@ class Conversation:
         (`Store.lease_thread`): another user's thread is NOT_FOUND, never "busy"; the thread is read
         after the previous run on it ended, whatever it changed just before."""
         lease = self._lease(thread_id)
+        admission = Admission(self._limits, run=True)
 
         async def claim() -> ThreadMetadata:
-            return await self._store.lease_thread(owner, thread_id, holder=lease.holder, ttl_s=lease.ttl_s)
+            return await self._store.lease_thread(
+                owner, thread_id, holder=lease.holder, ttl_s=lease.ttl_s, admission=admission
+            )
 
         async with lease.holding(claim) as thread:
             yield thread, lease
@@ -316,6 +328,10 @@ class Conversation:
         lease = self._lease(thread.id)
         item = _user_message(thread, message, [])
         stored = _for_storage(item)
+        meter = UsageMeter(turns=1, conversations=1)
+        # Without attachments, the turn and the conversation count in the transaction that
+        # stores the message; with them, in the write that stores the message once they are bound.
+        counted = None if message.attachments else meter.take()
 
         async def start() -> None:
             await self._store.start_thread(
@@ -324,6 +340,7 @@ class Conversation:
                 holder=lease.holder,
                 ttl_s=lease.ttl_s,
                 items=[] if message.attachments else [stored],
+                admission=Admission(self._limits, run=True, record=counted),
             )
 
         async with lease.holding(start):
@@ -335,7 +352,9 @@ class Conversation:
                     raise
                 item = _user_message(thread, message, attachments)
                 stored = _for_storage(item)
-                await self._store.write(owner, thread.id, items=[stored], fence=lease.fence)
+                await self._store.write(
+                    owner, thread.id, items=[stored], fence=lease.fence, usage=meter.take()
+                )
             yield ThreadCreatedEvent(thread=thread_response(thread))
             yield ThreadItemDoneEvent(item=item)
             # A new thread's history is the message just stored, exactly as `recent_items` would read
@@ -343,7 +362,7 @@ class Conversation:
             history: list[ThreadItem] = []
             if self._history_items > 0:
                 history.append(_ITEM.validate_json(stored.model_dump_json(exclude_none=True)))
-            async with _closing(self._run(owner, locale, thread, item, lease, history)) as events:
+            async with _closing(self._run(owner, locale, thread, item, lease, meter, history)) as events:
                 async for event in events:
                     yield event
 
@@ -362,12 +381,18 @@ class Conversation:
             _ensure_open(thread)
             attachments = await self._attach(thread.id, message)
             item = _user_message(thread, message, attachments)
+            meter = UsageMeter(turns=1)
             # Store the message and read the model's history (ending with it) in one transaction.
             history = await self._store.write_recent(
-                owner, thread.id, items=[_for_storage(item)], fence=lease.fence, limit=self._history_items
+                owner,
+                thread.id,
+                items=[_for_storage(item)],
+                fence=lease.fence,
+                limit=self._history_items,
+                usage=meter.take(),
             )
             yield ThreadItemDoneEvent(item=item)
-            async with _closing(self._run(owner, locale, thread, item, lease, history)) as events:
+            async with _closing(self._run(owner, locale, thread, item, lease, meter, history)) as events:
                 async for event in events:
                     yield event
 
@@ -394,10 +419,16 @@ class Conversation:
             ]
             for item in dangling:
                 log.warning("dropping dangling client tool call %s", item.call_id)
+            meter = UsageMeter(turns=1)
             await self._store.write(
-                owner, thread_id, items=[call], deleted=[item.id for item in dangling], fence=lease.fence
+                owner,
+                thread_id,
+                items=[call],
+                deleted=[item.id for item in dangling],
+                fence=lease.fence,
+                usage=meter.take(),
             )
-            async with _closing(self._run(owner, locale, thread, None, lease)) as events:
+            async with _closing(self._run(owner, locale, thread, None, lease, meter)) as events:
                 async for event in events:
                     yield event
 
@@ -417,15 +448,18 @@ class Conversation:
             if item.status != "pending":
                 raise PreconditionFailed(f"item {item_id!r} was already answered")
             answered = _apply_submission(item, submission)
+            meter = UsageMeter(turns=1)
 
             async def replaced_then_respond() -> AsyncIterator[ThreadStreamEvent]:
                 yield ThreadItemReplacedEvent(item=answered)
-                turn = await self._turn(owner, locale, thread, None)
+                turn = await self._turn(owner, locale, thread, None, meter)
                 async with _closing(self._responder.respond(turn)) as events:
                     async for event in events:
                         yield event
 
-            async with _closing(self._process(owner, thread, replaced_then_respond(), lease)) as events:
+            async with _closing(
+                self._process(owner, thread, replaced_then_respond(), lease, meter)
+            ) as events:
                 async for event in events:
                     yield event
 
@@ -438,7 +472,8 @@ class Conversation:
             if not isinstance(item, UserMessageItem):
                 raise invalid(f"item {item_id!r} is not a user message")
             await self._store.delete_items_after(owner, thread_id, item_id)
-            async with _closing(self._run(owner, locale, thread, item, lease)) as events:
+            meter = UsageMeter(turns=1)
+            async with _closing(self._run(owner, locale, thread, item, lease, meter)) as events:
                 async for event in events:
                     yield event
 
@@ -463,7 +498,7 @@ class Conversation:
                 images=self._image_store(thread.id),
             )
             async with _closing(
-                self._process(owner, thread, self._responder.action(request), lease)
+                self._process(owner, thread, self._responder.action(request), lease, UsageMeter())
             ) as events:
                 async for event in events:
                     yield event
@@ -473,6 +508,7 @@ class Conversation:
     async def sync_custom_action(
         self, owner: Principal, locale: str, thread_id: str, item_id: str | None, action: Action[str, Any]
     ) -> ThreadItem | None:
+        await self.admit(owner)
         thread = await self._store.load_thread(owner, thread_id)
         sender = await self._store.load_item(owner, thread_id, item_id) if item_id else None
         if sender is not None and not isinstance(sender, WidgetItem):
@@ -485,6 +521,7 @@ class Conversation:
         return updated
 
     async def get_thread(self, owner: Principal, thread_id: str) -> Thread:
+        await self.admit(owner)
         thread = await self._store.load_thread(owner, thread_id)
         items = await self._store.list_items(owner, thread_id, limit=DEFAULT_PAGE, after=None, order="asc")
         await self._fresh(items.data)
@@ -494,6 +531,7 @@ class Conversation:
         self, owner: Principal, *, limit: int, order: str, after: str | None
     ) -> Page[Thread]:
         size, direction = page_params(limit, order)
+        await self.admit(owner)
         page = await self._store.list_threads(owner, limit=size, after=after, order=direction)
         return Page(data=[thread_response(t) for t in page.data], has_more=page.has_more, after=page.after)
 
@@ -501,12 +539,14 @@ class Conversation:
         title = title.strip()
         if not title or len(title) > MAX_TITLE_CHARS:
             raise invalid(f"a title has 1 to {MAX_TITLE_CHARS} characters")
+        await self.admit(owner)
         # Title only: a turn running meanwhile keeps its status and metadata (store.rename_thread).
         thread = await self._store.rename_thread(owner, thread_id, title)
         return thread_response(thread)
 
     async def delete_thread(self, owner: Principal, thread_id: str) -> None:
         """Delete the thread's attachments first: if the upload service cannot, nothing is deleted."""
+        await self.admit(owner)
         await self._store.load_thread(owner, thread_id)
         if self._attachments is not None:
             await self._attachments.delete_thread(thread_id)
@@ -516,6 +556,7 @@ class Conversation:
         self, owner: Principal, thread_id: str, *, limit: int, order: str, after: str | None
     ) -> Page[ThreadItem]:
         size, direction = page_params(limit, order)
+        await self.admit(owner)
         page = await self._store.list_items(owner, thread_id, limit=size, after=after, order=direction)
         # Filtered after paging, as ChatKitServer does: a page may be shorter than the limit.
         page.data = [item for item in page.data if not isinstance(item, _HIDDEN)]
@@ -527,6 +568,7 @@ class Conversation:
             raise invalid("kind must be 'positive' or 'negative'")
         if not item_ids or len(item_ids) > MAX_PAGE:
             raise invalid(f"item_ids needs 1 to {MAX_PAGE} ids")
+        await self.admit(owner)
         await self._store.add_feedback(
             owner, thread_id, item_ids, "positive" if kind == "positive" else "negative"
         )
@@ -539,6 +581,7 @@ class Conversation:
         locale: str,
         thread: ThreadMetadata,
         message: UserMessageItem | None,
+        meter: UsageMeter,
         history: list[ThreadItem] | None = None,
     ) -> Turn:
         """The turn for the responder; `history` when the caller already has it (read in the
@@ -553,6 +596,7 @@ class Conversation:
             input_user_message=message,
             attachments=self._attachments,
             images=self._image_store(thread.id),
+            usage=meter,
         )
 
     async def _run(
@@ -562,10 +606,13 @@ class Conversation:
         thread: ThreadMetadata,
         message: UserMessageItem | None,
         lease: RunLease,
+        meter: UsageMeter,
         history: list[ThreadItem] | None = None,
     ) -> AsyncIterator[ThreadStreamEvent]:
-        turn = await self._turn(owner, locale, thread, message, history)
-        async with _closing(self._process(owner, thread, self._responder.respond(turn), lease)) as events:
+        turn = await self._turn(owner, locale, thread, message, meter, history)
+        async with _closing(
+            self._process(owner, thread, self._responder.respond(turn), lease, meter)
+        ) as events:
             async for event in events:
                 yield event
 
@@ -575,6 +622,7 @@ class Conversation:
         thread: ThreadMetadata,
         source: AsyncIterator[ThreadStreamEvent],
         lease: RunLease,
+        meter: UsageMeter,
     ) -> AsyncIterator[ThreadStreamEvent]:
         """Persist and forward what the responder streams, as ChatKitServer._process_events does.
 
@@ -583,6 +631,8 @@ class Conversation:
         then emits its "routed" item) is written together with that state in one transaction.
         The loop awaits the responder with `lease.interruptible` set, so a lost lease cancels the
         wait at once; between steps `lease.check()` stops a run whose lease is gone.
+        Every write takes the usage `meter` collected since the previous one (the turn's own usage
+        commits with its items); what is left at the end is written last.
         """
         await asyncio.sleep(0)
         yield StreamOptionsEvent(stream_options=StreamOptions(allow_cancel=True))
@@ -617,11 +667,14 @@ class Conversation:
                                 thread=thread if changed else None,
                                 fence=lease.fence,
                                 known_title=KnownTitle(saved[0]),
+                                usage=meter.take(),
                             )
                             saved = state
                             pending.finished(item.id)
                         case ThreadItemRemovedEvent(item_id=item_id):
-                            await self._store.write(owner, thread.id, deleted=[item_id], fence=lease.fence)
+                            await self._store.write(
+                                owner, thread.id, deleted=[item_id], fence=lease.fence, usage=meter.take()
+                            )
                             pending.finished(item_id)
                         case _:
                             pass
@@ -638,7 +691,9 @@ class Conversation:
                     raise LeaseLost(thread.id) from None
                 if not lease.lost:
                     await shielded(
-                        self._save_cancelled(owner, thread, pending, _state(thread) != saved, lease, saved[0])
+                        self._save_cancelled(
+                            owner, thread, pending, _state(thread) != saved, lease, saved[0], meter
+                        )
                     )
                 raise
             except CustomStreamError as error:
@@ -657,22 +712,35 @@ class Conversation:
                 yield ErrorEvent(code=ErrorCode.STREAM_ERROR, allow_retry=True)
             lease.check()
             if (thread.title, thread.status) != announced:
-                saved = await self._save_if_changed(owner, thread, saved, lease)
+                saved = await self._save_if_changed(owner, thread, saved, lease, meter)
                 yield ThreadUpdatedEvent(thread=thread_response(thread))
             else:
                 # Server-side state (the active specialist) changed: save it, the client sees nothing.
-                saved = await self._save_if_changed(owner, thread, saved, lease)
+                saved = await self._save_if_changed(owner, thread, saved, lease, meter)
+            rest = meter.take()
+            if rest is not None:
+                await self._store.write(owner, thread.id, fence=lease.fence, usage=rest)
         finally:
             await _close(source)
 
     async def _save_if_changed(
-        self, owner: Principal, thread: ThreadMetadata, saved: _ThreadState, lease: RunLease
+        self,
+        owner: Principal,
+        thread: ThreadMetadata,
+        saved: _ThreadState,
+        lease: RunLease,
+        meter: UsageMeter | None = None,
     ) -> _ThreadState:
         state = _state(thread)
         if state != saved:
             # A rename that landed during the run wins over the run's title (compare and set).
             await self._store.write(
-                owner, thread.id, thread=thread, fence=lease.fence, known_title=KnownTitle(saved[0])
+                owner,
+                thread.id,
+                thread=thread,
+                fence=lease.fence,
+                known_title=KnownTitle(saved[0]),
+                usage=meter.take() if meter is not None else None,
             )
         return state
 
@@ -684,9 +752,10 @@ class Conversation:
         thread_changed: bool,
         lease: RunLease,
         known_title: str | None,
+        meter: UsageMeter,
     ) -> None:
         """What ChatKitServer.handle_stream_cancelled stores, in one transaction: the partial
-        answers, a hidden note, and the thread's state if the run changed it."""
+        answers, a hidden note, the thread's state if the run changed it, and the turn's usage."""
         try:
             note = SDKHiddenContextItem(
                 id=new_id("shcx"), thread_id=thread.id, created_at=_now(), content=CANCELLED_NOTE
@@ -698,6 +767,7 @@ class Conversation:
                 thread=thread if thread_changed else None,
                 fence=lease.fence,
                 known_title=KnownTitle(known_title),
+                usage=meter.take(),
             )
         except Exception:
             log.exception("could not save the cancelled turn of thread %s", thread.id)

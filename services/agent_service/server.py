@@ -53,6 +53,7 @@ from services.common.grpc_server import server_options as common_server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
 from services.common.metrics import start_metrics_server
+from services.limits import Limits
 from switchboard.app import Caller, InvalidRequest, SwitchboardError
 from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
@@ -403,6 +404,7 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         caller = Caller(tenant=owner.tenant, user=owner.user, role=owner.role, locale=locale)
 
         async def call() -> chat_pb2.TranscribeResponse:
+            await self._conversation.admit(owner)
             text = await self._transcriber.transcribe(request.audio, request.mime_type, caller)
             return chat_pb2.TranscribeResponse(text=text)
 
@@ -434,6 +436,7 @@ async def build_server(
         attachments=attachments,
         lease_ttl_s=settings.run_lease_ttl_s,
         lease_wait_s=settings.run_lease_wait_s,
+        limits=Limits.from_settings(settings) if settings.limits_enabled else None,
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatService(conversation, transcriber), server)
     health_servicer = health.aio.HealthServicer()

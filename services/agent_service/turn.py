@@ -16,6 +16,7 @@ from chatkit.actions import Action
 from chatkit.types import ThreadItem, ThreadMetadata, ThreadStreamEvent, UserMessageItem, WidgetItem
 
 from services.common.auth import Principal
+from services.limits import UsageMeter
 from switchboard.app._context import ImageStore
 
 ACTIVE_AGENT_KEY = "active_agent"
@@ -49,6 +50,9 @@ class Turn:
     """Reads attachment bytes for the model input, on the caller's behalf (None: no upload service)."""
     images: ImageStore | None = None
     """Stores generated images with this thread, on the caller's behalf (None: no upload service)."""
+    usage: UsageMeter | None = None
+    """Where the responder counts the turn's model tokens (by model, as reported) and tool calls;
+    the conversation writes them with the turn's items."""
 
 
 @dataclass(slots=True)

@@ -123,6 +123,29 @@ class Settings(BaseSettings):
     """How long a request for a busy thread waits for the running turn to end; 0 refuses at once
     (ABORTED, HTTP 409)."""
 
+    # Limits (services/limits/): defaults for every tenant, overridden per tenant with
+    # `switchboard limits set` or the admin service. 0 means no limit.
+    limits_enabled: bool = Field(True, validation_alias=_env("SWITCHBOARD_LIMITS_ENABLED"))
+    """Off: no limit is checked (usage is still accounted)."""
+    limit_runs_per_user: int = Field(10, ge=0, validation_alias=_env("SWITCHBOARD_LIMIT_RUNS_PER_USER"))
+    """Responses one user may have running at once, across every replica."""
+    limit_runs_per_tenant: int = Field(0, ge=0, validation_alias=_env("SWITCHBOARD_LIMIT_RUNS_PER_TENANT"))
+    """Responses one tenant may have running at once, across every replica."""
+    limit_requests_per_minute: int = Field(
+        300, ge=0, validation_alias=_env("SWITCHBOARD_LIMIT_REQUESTS_PER_MINUTE")
+    )
+    """Requests per minute per user to the agent and upload services (a token bucket)."""
+    limit_request_burst: int = Field(60, ge=0, validation_alias=_env("SWITCHBOARD_LIMIT_REQUEST_BURST"))
+    """Requests a user may make at once after a pause (the bucket's size; 0: a minute's worth)."""
+    limit_tokens_per_day: int = Field(0, ge=0, validation_alias=_env("SWITCHBOARD_LIMIT_TOKENS_PER_DAY"))
+    """Model tokens (input + output, as reported by the model) per tenant per UTC day."""
+    limit_upload_bytes_per_day: int = Field(
+        1024**3, ge=0, validation_alias=_env("SWITCHBOARD_LIMIT_UPLOAD_BYTES_PER_DAY")
+    )
+    """Bytes one user may upload per UTC day."""
+    limit_stored_bytes: int = Field(0, ge=0, validation_alias=_env("SWITCHBOARD_LIMIT_STORED_BYTES"))
+    """Attachment bytes one tenant may keep stored."""
+
     # Models
     llm_provider: Literal["openai", "gemini", "local"] | None = Field(
         None, validation_alias=_env("LLM_PROVIDER")

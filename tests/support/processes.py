@@ -167,6 +167,10 @@ def service_env(
             "SWITCHBOARD_LOCAL_TOKEN_DELAY_MS": "2",
             "SWITCHBOARD_SHUTDOWN_GRACE_S": "5",
             "SWITCHBOARD_LOG_LEVEL": "INFO",
+            # The suite drives one user hard (fuzzing, concurrent turns): limits are checked but
+            # the rate and run limits are off unless a test sets them (tests/e2e/test_limits.py).
+            "SWITCHBOARD_LIMIT_REQUESTS_PER_MINUTE": "0",
+            "SWITCHBOARD_LIMIT_RUNS_PER_USER": "0",
             "PYTHONUNBUFFERED": "1",
             **s3.env(bucket),
         }

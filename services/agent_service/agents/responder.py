@@ -74,7 +74,7 @@ from chatkit.types import (
     UserMessageTagContent,
     UserMessageTextContent,
 )
-from openai.types.responses import ResponseRefusalDeltaEvent, ResponseTextDeltaEvent
+from openai.types.responses import ResponseCompletedEvent, ResponseRefusalDeltaEvent, ResponseTextDeltaEvent
 from pydantic import BaseModel, ValidationError
 
 from services.agent_service.agents.attachment_input import AttachmentLimits
@@ -88,6 +88,7 @@ from services.agent_service.turn import ACTIVE_AGENT_KEY, ActionRequest, Turn
 from services.common import tracing
 from services.common.config import Settings
 from services.common.ids import new_id
+from services.limits import UsageMeter
 from switchboard.app import (
     ActionContext,
     App,
@@ -210,6 +211,23 @@ def _stream_error(error: Exception | None) -> Exception:
     return error or RuntimeError("the agent run failed")
 
 
+def _account(
+    event: RawResponsesStreamEvent | RunItemStreamEvent | AgentUpdatedStreamEvent, meter: UsageMeter
+) -> None:
+    """Count a finished model call's reported usage and each tool call into the turn's usage."""
+    if isinstance(event, RawResponsesStreamEvent):
+        if isinstance(event.data, ResponseCompletedEvent):
+            response = event.data.response
+            reported = response.usage
+            meter.model_call(
+                str(response.model or "unknown"),
+                reported.input_tokens if reported is not None else 0,
+                reported.output_tokens if reported is not None else 0,
+            )
+    elif isinstance(event, RunItemStreamEvent) and event.name == "tool_called":
+        meter.tool_call()
+
+
 def caller_of(turn: Turn | ActionRequest) -> Caller:
     principal = turn.principal
     return Caller(tenant=principal.tenant, user=principal.user, role=principal.role, locale=turn.locale)
@@ -318,6 +336,8 @@ class AppResponder:
                             events += translator.on_text("".join(parts))
                         case RawResponsesStreamEvent() | RunItemStreamEvent() | AgentUpdatedStreamEvent():
                             observe_sdk_event(envelope, self._usage)
+                            if turn.usage is not None:
+                                _account(envelope, turn.usage)
                             events += translator.on_sdk_event(envelope)
                         case _:
                             events += translator.on_tool_event(envelope)
@@ -351,6 +371,8 @@ class AppResponder:
             logger.warning("Could not generate a title for thread %s", turn.thread.id, exc_info=True)
             return
         used = result.context_wrapper.usage
+        if turn.usage is not None:
+            turn.usage.model_call(self._model_name(title_agent), used.input_tokens, used.output_tokens)
         self._usage.record(
             self._model_name(title_agent),
             requests=used.requests,

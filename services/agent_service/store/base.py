@@ -30,6 +30,12 @@ owner's thread is NOT_FOUND, never busy); `write_recent` is a `write` that also 
 the model reads next. A lease taken by `start_thread` or `lease_thread` is the same row
 `acquire_lease` writes: `renew_lease`, `release_lease` and fenced writes treat it alike.
 
+Limits (`services/limits/`) are checked where a request starts: `admit` for a request that starts
+no response, and inside `start_thread` / `lease_thread` for one that does, where the run's slot is
+its lease row (counted by tenant and owner), so a refused request leaves nothing behind and a
+crashed replica's slots expire with its leases. Usage is added by the writes that store what
+produced it (`usage=`), so it commits or rolls back with them.
+
 Infrastructure failures (database down, pool exhausted, statement timeout) surface as
 `Unavailable` (or `TimedOut`), which the gRPC boundary answers UNAVAILABLE (DEADLINE_EXCEEDED) and
 the edge 503 (504).
@@ -45,6 +51,7 @@ from typing import Literal
 from chatkit.types import FeedbackKind, Page, ThreadItem, ThreadMetadata
 
 from services.common.auth import Principal
+from services.limits import Admission, UsageDelta
 from switchboard.app import Busy
 
 Order = Literal["asc", "desc"]
@@ -111,8 +118,10 @@ class Store(ABC):
         holder: str,
         ttl_s: float,
         items: Sequence[ThreadItem] = (),
+        admission: Admission | None = None,
     ) -> None:
-        """In ONE transaction: `create_thread`, `acquire_lease(thread.id, holder, ttl_s)` and
+        """In ONE transaction: `admit(owner, admission)` when given (the limits; the run slot is the
+        lease, counted once it is taken), `create_thread`, `acquire_lease(thread.id, holder, ttl_s)` and
         `write(owner, thread.id, items=items)` (a new thread's first turn: one transaction instead of
         three). All or nothing: when the lease is held by another holder (possible only for a thread
         id someone leased without creating it) this raises `ThreadBusy` and nothing is written; an
@@ -121,9 +130,16 @@ class Store(ABC):
 
     @abstractmethod
     async def lease_thread(
-        self, owner: Principal, thread_id: str, *, holder: str, ttl_s: float
+        self,
+        owner: Principal,
+        thread_id: str,
+        *,
+        holder: str,
+        ttl_s: float,
+        admission: Admission | None = None,
     ) -> ThreadMetadata:
-        """In ONE transaction: take the lease on `thread_id` for `holder` (as `acquire_lease`) and read
+        """In ONE transaction: `admit(owner, admission)` when given, take the lease on `thread_id`
+        for `holder` (as `acquire_lease`) and read
         the owner's thread, as it is once the lease is held (what the previous run wrote before it
         released the lease is visible). One transaction instead of the three of an ownership check,
         `acquire_lease` and a read under the lease.
@@ -131,7 +147,7 @@ class Store(ABC):
         Ownership first: a thread that is not the owner's is NotFound, whether or not
         someone holds its lease, and no lease is taken. `ThreadBusy` when it is the owner's and another
         holder has an unexpired lease (nothing changes; callers may poll). An expired lease of another
-        holder is taken over."""
+        holder is taken over. A limit that refuses (`LimitReached`) changes nothing either."""
 
     @abstractmethod
     async def load_thread(self, owner: Principal, thread_id: str) -> ThreadMetadata:
@@ -175,6 +191,7 @@ class Store(ABC):
         thread: ThreadMetadata | None = None,
         fence: Fence | None = None,
         known_title: KnownTitle | None = None,
+        usage: UsageDelta | None = None,
     ) -> None:
         """In ONE transaction: upsert `items` (in order, as `add_item`), delete the `deleted` item ids
         (unknown ids are ignored), and save `thread`'s title, status and metadata when given.
@@ -182,7 +199,8 @@ class Store(ABC):
         stored title is kept when it differs from `known_title` (a rename landed while a turn ran,
         and it wins over the turn's own title), else `thread.title` is written.
         All or nothing: any failure leaves the thread as it was. With a `fence`, nothing is written
-        unless `fence.holder` still holds the lease on `fence.key` (else `LeaseLost`)."""
+        unless `fence.holder` still holds the lease on `fence.key` (else `LeaseLost`). `usage` is added
+        to the owner's accounting in the same transaction (what produced it is stored with it)."""
 
     @abstractmethod
     async def load_item(self, owner: Principal, thread_id: str, item_id: str) -> ThreadItem: ...
@@ -198,6 +216,7 @@ class Store(ABC):
         deleted: Sequence[str] = (),
         thread: ThreadMetadata | None = None,
         fence: Fence | None = None,
+        usage: UsageDelta | None = None,
     ) -> list[ThreadItem]:
         """`write(...)` and then `recent_items(owner, thread_id, limit)`, in ONE transaction: a turn
         stores the user message and reads the model's history in one trip instead of two. The
@@ -225,6 +244,12 @@ class Store(ABC):
         self, owner: Principal, thread_id: str, item_ids: list[str], kind: FeedbackKind
     ) -> None:
         """Record the owner's feedback on items of the thread (the latest kind per item wins)."""
+
+    # Limits
+    @abstractmethod
+    async def admit(self, owner: Principal, admission: Admission) -> None:
+        """Check (and take) what a request that starts no response costs: one request of the owner's
+        rate, and `admission.record` counted, in ONE transaction; `LimitReached` changes nothing."""
 
     # Run leases
     @abstractmethod

@@ -24,27 +24,11 @@ Connections (all settings in docs/scale-out.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Final
-
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.agent_service.store.sql import SqlStore
-
-_CLIENT_MARGIN_S: Final = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class PoolOptions:
-    pool_size: int = 10
-    max_overflow: int = 10
-    pool_timeout_s: float = 5.0
-    connect_timeout_s: float = 5.0
-    statement_timeout_ms: int = 10_000
-    pool_recycle_s: float = 1800.0
-    pool_pre_ping: bool = True
-    application_name: str = "switchboard-agent"
+from services.common.database import PoolOptions, create_postgres_engine
 
 
 class PostgresStore(SqlStore):
@@ -60,27 +44,4 @@ class PostgresStore(SqlStore):
         return self._url.render_as_string(hide_password=True)
 
     def _create_engine(self) -> AsyncEngine:
-        options = self._options
-        server_settings = {"application_name": options.application_name}
-        command_timeout: float | None = None
-        if options.statement_timeout_ms:
-            server_settings["statement_timeout"] = str(options.statement_timeout_ms)
-            server_settings["idle_in_transaction_session_timeout"] = str(
-                max(options.statement_timeout_ms * 6, 60_000)
-            )
-            command_timeout = options.statement_timeout_ms / 1000 + _CLIENT_MARGIN_S
-        connect_args: dict[str, Any] = {
-            "timeout": options.connect_timeout_s,
-            "command_timeout": command_timeout,
-            "server_settings": server_settings,
-        }
-        return create_async_engine(
-            self._url,
-            pool_size=options.pool_size,
-            max_overflow=options.max_overflow,
-            pool_timeout=options.pool_timeout_s,
-            pool_recycle=options.pool_recycle_s,
-            pool_pre_ping=options.pool_pre_ping,
-            connect_args=connect_args,
-            hide_parameters=True,  # a failing statement's log must not quote user messages
-        )
+        return create_postgres_engine(self._url, self._options)

@@ -13,7 +13,12 @@ create it (a unit test checks that the two agree). Layout and why:
 - `feedback` cascades with its item, items cascade with their thread (one DELETE removes a thread
   and everything in it, in one transaction).
 - `run_leases` holds the per-thread run lease: one row per busy thread, its holder token and an
-  expiry in seconds since the epoch by the database's clock (so replicas' clocks do not matter).
+  expiry in seconds since the epoch by the database's clock (so replicas' clocks do not matter),
+  and the thread's tenant and owner: a lease is also the run's slot, counted by the concurrency
+  limits (`services/limits/`).
+
+The limits' and usage accounting's tables are in `services/limits/schema.py` (same database,
+same migrations).
 """
 
 from __future__ import annotations
@@ -106,4 +111,7 @@ run_leases = Table(
     Column("thread_id", Text, primary_key=True),
     Column("holder", Text, nullable=False),
     Column("expires_at", Double, nullable=False),
+    Column("tenant", Text),
+    Column("owner", Text),
+    Index("run_leases_by_owner", "tenant", "owner"),
 )

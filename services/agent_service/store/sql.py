@@ -32,7 +32,7 @@ from typing import Any, Final, TypeVar
 
 from chatkit.types import FeedbackKind, Page, ThreadItem, ThreadMetadata
 from pydantic import TypeAdapter
-from sqlalchemy import ColumnElement, Double, bindparam, cast, delete, extract, func, select, update
+from sqlalchemy import Double, bindparam, case, delete, func, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -45,15 +45,15 @@ from services.agent_service.store.schema import feedback, run_leases, threads
 from services.agent_service.store.schema import items as item_rows
 from services.common import tracing
 from services.common.auth import Principal
+from services.common.database import database_now, error_cause, sqlstate, translate_error
 from services.common.errors import invalid, not_found
-from switchboard.app import AlreadyExists, SwitchboardError, TimedOut, Unavailable
+from services.limits import Admission, Limits, LimitsSql, UsageDelta
+from switchboard.app import SwitchboardError
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _ITEM: Final = TypeAdapter[ThreadItem](ThreadItem)
-UNAVAILABLE_MESSAGE: Final = "the database is unavailable; try again later"
-TIMEOUT_MESSAGE: Final = "the database did not answer in time"
 
 
 def _dump_thread(thread: ThreadMetadata) -> str:
@@ -74,32 +74,13 @@ def _thread_row(owner: Principal, thread: ThreadMetadata) -> dict[str, Any]:
     }
 
 
-def _sqlstate(error: BaseException) -> str:
-    orig = getattr(error, "orig", None)
-    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
-
-
 def _translate(error: Exception) -> SwitchboardError | None:
-    """The SwitchboardError an infrastructure failure means, or None for a bug (left to propagate)."""
-    if isinstance(error, sa_exc.TimeoutError):  # no pooled connection became free in time
-        return Unavailable("the database connection pool is exhausted")
-    if isinstance(error, OSError | TimeoutError):  # connect refused/reset, asyncpg command timeout
-        return Unavailable(UNAVAILABLE_MESSAGE)
-    if isinstance(error, sa_exc.IntegrityError):
-        if "foreign key" in str(error).lower() or _sqlstate(error) == "23503":
-            return not_found("thread")  # deleted by a concurrent request
-        return AlreadyExists("the record exists already")
-    if isinstance(error, sa_exc.DBAPIError):
-        state = _sqlstate(error)
-        if state == "57014":  # query_canceled: statement_timeout
-            return TimedOut(TIMEOUT_MESSAGE)
-        if (
-            error.connection_invalidated
-            or isinstance(error, sa_exc.OperationalError | sa_exc.InterfaceError)
-            or state.startswith(("08", "53", "57P", "40"))  # connection, resources, shutdown, conflict
-        ):
-            return Unavailable(UNAVAILABLE_MESSAGE)
-    return None
+    """`translate_error`, where a foreign key that fails means a thread deleted meanwhile."""
+    if isinstance(error, sa_exc.IntegrityError) and (
+        "foreign key" in str(error).lower() or sqlstate(error) == "23503"
+    ):
+        return not_found("thread")
+    return translate_error(error)
 
 
 class _Statements:
@@ -112,7 +93,7 @@ class _Statements:
 
     def __init__(self, dialect: str) -> None:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self.now = _now(dialect)
+        self.now = database_now(dialect)
         owned = (
             (threads.c.id == bindparam("thread_id"))
             & (threads.c.tenant == bindparam("tenant"))
@@ -173,12 +154,24 @@ class _Statements:
             thread_id=bindparam("lease_thread"),
             holder=bindparam("lease_holder"),
             expires_at=self.now + bindparam("lease_ttl", type_=Double),
+            tenant=bindparam("lease_tenant"),
+            owner=bindparam("lease_owner"),
         )
         self.acquire_lease = lease.on_conflict_do_update(
             index_elements=[run_leases.c.thread_id],
-            set_={"holder": lease.excluded.holder, "expires_at": lease.excluded.expires_at},
+            set_={
+                "holder": lease.excluded.holder,
+                "expires_at": lease.excluded.expires_at,
+                "tenant": lease.excluded.tenant,
+                "owner": lease.excluded.owner,
+            },
             where=run_leases.c.expires_at < self.now,
         )
+        # Running responses of a tenant and of one of its users: their unexpired leases.
+        self.running = select(
+            func.count(),
+            func.coalesce(func.sum(case((run_leases.c.owner == bindparam("user"), 1), else_=0)), 0),
+        ).where(run_leases.c.tenant == bindparam("tenant"), run_leases.c.expires_at > self.now)
         held = (run_leases.c.thread_id == bindparam("lease_thread")) & (
             run_leases.c.holder == bindparam("lease_holder")
         )
@@ -186,13 +179,6 @@ class _Statements:
             update(run_leases).where(held).values(expires_at=self.now + bindparam("lease_ttl", type_=Double))
         )
         self.release_lease = delete(run_leases).where(held)
-
-
-def _now(dialect: str) -> ColumnElement[float]:
-    """Now, in seconds since the epoch, by the database's clock (leases ignore replicas' clocks)."""
-    if dialect == "postgresql":
-        return cast(extract("epoch", func.clock_timestamp()), Double)
-    return (func.julianday("now") - 2440587.5) * 86400.0
 
 
 def _owned(owner: Principal, thread_id: str) -> dict[str, Any]:
@@ -205,8 +191,14 @@ def _span_name(body: Callable[..., Any]) -> str:
     return f"store {method.lstrip('_') or 'transaction'}"
 
 
-def _lease(key: str, holder: str, ttl_s: float) -> dict[str, Any]:
-    return {"lease_thread": key, "lease_holder": holder, "lease_ttl": ttl_s}
+def _lease(key: str, holder: str, ttl_s: float, owner: Principal | None = None) -> dict[str, Any]:
+    return {
+        "lease_thread": key,
+        "lease_holder": holder,
+        "lease_ttl": ttl_s,
+        "lease_tenant": owner.tenant if owner is not None else None,
+        "lease_owner": owner.user if owner is not None else None,
+    }
 
 
 class SqlStore(Store):
@@ -223,6 +215,7 @@ class SqlStore(Store):
         self._engine: AsyncEngine | None = None
         self._dialect = ""
         self._sql = _Statements("")
+        self._limits = LimitsSql("")
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -249,6 +242,7 @@ class SqlStore(Store):
         tracing.instrument_engine(engine.sync_engine)  # after the migration: requests' SQL only
         self._dialect = engine.dialect.name
         self._sql = _Statements(self._dialect)
+        self._limits = LimitsSql(self._dialect)
 
     async def migrate(self, revision: str = "head") -> tuple[str | None, str | None]:
         """Upgrade the schema to `revision` (what `switchboard migrate` does); returns (before, after).
@@ -317,10 +311,7 @@ class SqlStore(Store):
             translated = _translate(error)
             if translated is None:
                 raise
-            # The driver's message, not SQLAlchemy's (that one lists the statement's parameters:
-            # user content would reach the logs).
-            cause = str(getattr(error, "orig", None) or error).splitlines()[0][:300]
-            log.warning("database operation failed: %s: %s", type(error).__name__, cause)
+            log.warning("database operation failed: %s: %s", type(error).__name__, error_cause(error))
             raise translated from error
 
     # ------------------------------------------------------------------ lookups (inside bodies)
@@ -362,6 +353,39 @@ class SqlStore(Store):
             raise not_found(f"item {item_id!r}")
         return int(seq)
 
+    # ------------------------------------------------------------------ limits (inside bodies)
+
+    def _admit(
+        self, connection: Connection, owner: Principal, admission: Admission | None, now: datetime
+    ) -> Limits | None:
+        """The checks before a request's changes: the owner's request rate and, for a response,
+        the tenant's token budget; for a response under a concurrency limit, the tenant's run
+        slots are locked until the transaction ends (see `_take_slot`). Returns the limits that
+        apply (None: none)."""
+        if admission is None or admission.limits is None:
+            return None
+        limits = self._limits.limits_of(connection, owner.tenant, admission.limits)
+        self._limits.take_request_token(connection, owner, limits)
+        if admission.run:
+            self._limits.check_budget(connection, owner.tenant, limits, now)
+            if limits.runs_per_user or limits.runs_per_tenant:
+                self._limits.lock_runs(connection, owner.tenant)
+        return limits
+
+    def _take_slot(self, connection: Connection, owner: Principal, limits: Limits | None) -> None:
+        """After the run's lease row is written: refuse when the running responses (this one
+        included) pass a concurrency limit; raising rolls the lease back."""
+        if limits is None or not (limits.runs_per_user or limits.runs_per_tenant):
+            return
+        row = connection.execute(self._sql.running, {"tenant": owner.tenant, "user": owner.user}).one()
+        self._limits.check_runs(limits, running_user=int(row[1]), running_tenant=int(row[0]))
+
+    def _record(
+        self, connection: Connection, owner: Principal, usage: UsageDelta | None, now: datetime
+    ) -> None:
+        if usage:
+            self._limits.record(connection, owner, usage, now.date())
+
     # ------------------------------------------------------------------ threads
 
     async def create_thread(self, owner: Principal, thread: ThreadMetadata) -> None:
@@ -380,38 +404,54 @@ class SqlStore(Store):
         holder: str,
         ttl_s: float,
         items: Sequence[ThreadItem] = (),
+        admission: Admission | None = None,
     ) -> None:
         """Three statements on the common path: INSERT the thread (RETURNING its seq), the lease UPSERT
-        of `acquire_lease`, and the item UPSERTs of `write` (usually one)."""
+        of `acquire_lease`, and the item UPSERTs of `write` (usually one); with an admission, the
+        limits' statements around them (`_admit`, `_take_slot`, `_record`)."""
         row = _thread_row(owner, thread)
-        lease = _lease(thread.id, holder, ttl_s)
+        lease = _lease(thread.id, holder, ttl_s, owner)
         rows = [(item.id, item.type, _dump_item(item)) for item in items]
+        now = datetime.now(UTC)
 
         def body(connection: Connection) -> None:
+            limits = self._admit(connection, owner, admission, now)
             thread_seq = int(connection.execute(self._sql.insert_thread_seq, row).scalar_one())
             if not connection.execute(self._sql.acquire_lease, lease).rowcount:
                 raise ThreadBusy(thread.id)  # rolls the thread back too
+            self._take_slot(connection, owner, limits)
             self._upsert_items(connection, thread_seq, rows)
+            self._record(connection, owner, admission.record if admission else None, now)
 
         await self._run(body)
 
     async def lease_thread(
-        self, owner: Principal, thread_id: str, *, holder: str, ttl_s: float
+        self,
+        owner: Principal,
+        thread_id: str,
+        *,
+        holder: str,
+        ttl_s: float,
+        admission: Admission | None = None,
     ) -> ThreadMetadata:
         """Two statements: the lease UPSERT of `acquire_lease`, then the owner's thread. In that order:
         on PostgreSQL (READ COMMITTED) each statement sees what was committed before it started, so
         the read comes after the previous holder's last write and release. When the thread is not
         the owner's, raising rolls the lease back: a stranger takes nothing and learns nothing."""
         owned = _owned(owner, thread_id)
-        lease = _lease(thread_id, holder, ttl_s)
+        lease = _lease(thread_id, holder, ttl_s, owner)
+        now = datetime.now(UTC)
 
         def body(connection: Connection) -> Any:
+            limits = self._admit(connection, owner, admission, now)
             taken = connection.execute(self._sql.acquire_lease, lease).rowcount
             data = connection.scalar(self._sql.thread_data, owned)
             if data is None:
                 raise not_found(f"thread {thread_id!r}")
             if not taken:
                 raise ThreadBusy(thread_id)
+            self._take_slot(connection, owner, limits)
+            self._record(connection, owner, admission.record if admission else None, now)
             return data
 
         return ThreadMetadata.model_validate_json(await self._run(body))
@@ -483,12 +523,14 @@ class SqlStore(Store):
         thread: ThreadMetadata | None,
         fence: Fence | None,
         known_title: KnownTitle | None = None,
+        usage: UsageDelta | None = None,
     ) -> Callable[[Connection], int]:
         """The body of `write` (serialised here, off the database thread); it returns the thread's seq."""
         if thread is not None and thread.id != thread_id:
             raise invalid(f"thread {thread.id!r} saved as {thread_id!r}")
         rows = [(item.id, item.type, _dump_item(item)) for item in items]
         thread_data = _dump_thread(thread) if thread is not None and known_title is None else None
+        now = datetime.now(UTC)
 
         def body(connection: Connection) -> int:
             if fence is None:
@@ -511,6 +553,7 @@ class SqlStore(Store):
                 result = connection.execute(self._sql.save_thread, {"t_seq": thread_seq, "data": data})
                 if result.rowcount == 0:
                     raise not_found(f"thread {thread_id!r}")
+            self._record(connection, owner, usage, now)
             return thread_seq
 
         return body
@@ -525,8 +568,9 @@ class SqlStore(Store):
         thread: ThreadMetadata | None = None,
         fence: Fence | None = None,
         known_title: KnownTitle | None = None,
+        usage: UsageDelta | None = None,
     ) -> None:
-        await self._run(self._writer(owner, thread_id, items, deleted, thread, fence, known_title))
+        await self._run(self._writer(owner, thread_id, items, deleted, thread, fence, known_title, usage))
 
     async def write_recent(
         self,
@@ -538,9 +582,10 @@ class SqlStore(Store):
         deleted: Sequence[str] = (),
         thread: ThreadMetadata | None = None,
         fence: Fence | None = None,
+        usage: UsageDelta | None = None,
     ) -> list[ThreadItem]:
         """`write`'s statements, then the newest items by the thread's seq the write just checked."""
-        write = self._writer(owner, thread_id, items, deleted, thread, fence)
+        write = self._writer(owner, thread_id, items, deleted, thread, fence, usage=usage)
 
         def body(connection: Connection) -> list[Any]:
             thread_seq = write(connection)
@@ -636,6 +681,17 @@ class SqlStore(Store):
             return {str(row[0]): str(row[1]) for row in rows}
 
         return await self._run(body)
+
+    # ------------------------------------------------------------------ limits
+
+    async def admit(self, owner: Principal, admission: Admission) -> None:
+        now = datetime.now(UTC)
+
+        def body(connection: Connection) -> None:
+            self._admit(connection, owner, admission, now)
+            self._record(connection, owner, admission.record, now)
+
+        await self._run(body)
 
     # ------------------------------------------------------------------ run leases
 

@@ -11,7 +11,9 @@ the result, so the loop never blocks on the disk and a transaction costs one hop
 the one connection stayed checked out across event-loop iterations between them; see
 docs/performance.md.) SQLite allows one writer at a time; with several connections a transaction
 that reads first and then writes can fail at once with "database is locked" instead of waiting,
-so one connection serialises transactions in the process, exactly like the first SQLite store did.
+so one connection serialises transactions in the process, exactly like the first SQLite store did,
+and every transaction begins IMMEDIATE (`services/common/database.py`), which serialises it with
+the other processes on the file too (the upload service's limits, a second agent replica).
 A caller that is cancelled while its transaction runs does not stop it: the body commits or rolls
 back as a whole. WAL mode lets other processes (backups, tests, `sqlite3` in a shell) read while
 a turn writes.
@@ -19,8 +21,8 @@ a turn writes.
 Migrations and `engine` (administrative access, tests) use an aiosqlite engine of their own, as the
 PostgreSQL store does with asyncpg.
 
-Run leases work here too, through the same code path: they guard one process's threads, which is
-all SQLite serves. Several replicas need PostgreSQL.
+Run leases and limits work here too, through the same code path, for the processes of one machine
+sharing the file. Replicas on several machines need PostgreSQL.
 """
 
 from __future__ import annotations
@@ -30,28 +32,18 @@ import contextvars
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, QueuePool
 
 from services.agent_service.store.sql import SqlStore
 from services.common import tracing
+from services.common.database import configure_sqlite
 
 T = TypeVar("T")
-
-BUSY_TIMEOUT_MS = 5000
-
-
-def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    cursor.close()
 
 
 class SqliteStore(SqlStore):
@@ -84,7 +76,7 @@ class SqliteStore(SqlStore):
             pool_reset_on_return=None,
             hide_parameters=True,  # a failing statement's log must not quote user messages
         )
-        event.listen(engine.sync_engine, "connect", _pragmas)
+        configure_sqlite(engine.sync_engine)
         return engine
 
     async def open(self) -> None:
@@ -101,7 +93,7 @@ class SqliteStore(SqlStore):
             # Made and used on the database thread; `close` disposes of it from the loop's thread.
             connect_args={"check_same_thread": False},
         )
-        event.listen(self._sync_engine, "connect", _pragmas)
+        configure_sqlite(self._sync_engine)
         # Connect now, on the database thread: the first request should not pay for it, and a
         # file that cannot be opened should stop the start, not a request.
         await self._execute(lambda connection: None)

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection
 from services.agent_service.store import PostgresStore, SchemaError, SqliteStore, SqlStore
 from services.agent_service.store import migrate as migrations
 from services.agent_service.store.schema import metadata
+from services.limits.schema import metadata as limits_metadata
 from services.common.auth import Principal
 from services.common.ids import new_id
 from tests.support.postgres import shared_postgres
@@ -148,7 +149,7 @@ async def test_a_newer_schema_is_refused(backend: str, tmp_path: Path, pg_url: s
 
 
 def _drift(connection: Connection) -> list[object]:
-    return list(compare_metadata(MigrationContext.configure(connection), metadata))
+    return list(compare_metadata(MigrationContext.configure(connection), [metadata, limits_metadata]))
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])

@@ -13,6 +13,7 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from services.agent_service.store.schema import metadata
+from services.limits.schema import metadata as limits_metadata
 
 connection = context.config.attributes.get("connection")
 if not isinstance(connection, Connection):
@@ -20,7 +21,7 @@ if not isinstance(connection, Connection):
 
 context.configure(
     connection=connection,
-    target_metadata=metadata,
+    target_metadata=[metadata, limits_metadata],
     # SQLite cannot ALTER most things in place: batch mode rebuilds the table instead.
     render_as_batch=connection.dialect.name == "sqlite",
 )
