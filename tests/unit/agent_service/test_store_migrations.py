@@ -23,9 +23,9 @@ from sqlalchemy.engine import Connection
 from services.agent_service.store import PostgresStore, SchemaError, SqliteStore, SqlStore
 from services.agent_service.store import migrate as migrations
 from services.agent_service.store.schema import metadata
-from services.limits.schema import metadata as limits_metadata
 from services.common.auth import Principal
 from services.common.ids import new_id
+from services.limits.schema import metadata as limits_metadata
 from tests.support.postgres import shared_postgres
 
 ALICE = Principal(tenant="acme", user="alice", role="user")
