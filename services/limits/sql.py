@@ -84,15 +84,15 @@ class LimitsSql:
         self.now = now = database_now(dialect)
 
         self.overrides = select(*(tenant_limits.c[name] for name in NAMES)).where(
-            tenant_limits.c.tenant == bindparam("tenant")
+            tenant_limits.c.tenant == bindparam("b_tenant")
         )
 
         # One request: take a token from the user's bucket, refilled by the elapsed time. A new
         # bucket starts full (minus this request); an empty one is left as it is (no row returned).
-        size = bindparam("size", type_=Double)
-        per_s = bindparam("per_s", type_=Double)
+        size = bindparam("b_size", type_=Double)
+        per_s = bindparam("b_per_s", type_=Double)
         bucket = insert(rate_buckets).values(
-            tenant=bindparam("tenant"), owner=bindparam("user"), tokens=size - 1.0, updated_at=now
+            tenant=bindparam("b_tenant"), owner=bindparam("b_user"), tokens=size - 1.0, updated_at=now
         )
         refilled = least(size, rate_buckets.c.tokens + (now - rate_buckets.c.updated_at) * per_s)
         self.take_request = bucket.on_conflict_do_update(
@@ -101,13 +101,13 @@ class LimitsSql:
             where=refilled >= 1.0,
         ).returning(rate_buckets.c.tokens)
         self.bucket_level = select(refilled).where(
-            rate_buckets.c.tenant == bindparam("tenant"), rate_buckets.c.owner == bindparam("user")
+            rate_buckets.c.tenant == bindparam("b_tenant"), rate_buckets.c.owner == bindparam("b_user")
         )
 
         self.tokens_today = select(tenant_tokens.c.tokens).where(
-            tenant_tokens.c.tenant == bindparam("tenant"), tenant_tokens.c.day == bindparam("day")
+            tenant_tokens.c.tenant == bindparam("b_tenant"), tenant_tokens.c.day == bindparam("b_day")
         )
-        self.lock_tenant = text("SELECT pg_advisory_xact_lock(hashtextextended(:lock_key, 0))")
+        self.lock_tenant = text("SELECT pg_advisory_xact_lock(hashtextextended(:b_lock_key, 0))")
 
         usage = insert(usage_daily)
         self.add_usage = usage.on_conflict_do_update(
@@ -126,13 +126,13 @@ class LimitsSql:
         )
 
         # Uploads: add the bytes unless that passes the limit (0: no limit), in one statement each.
-        limit = bindparam("limit", type_=BigInteger)
+        limit = bindparam("b_limit", type_=BigInteger)
         uploaded = insert(usage_daily).values(
-            day=bindparam("day"),
-            tenant=bindparam("tenant"),
-            owner=bindparam("user"),
+            day=bindparam("b_day"),
+            tenant=bindparam("b_tenant"),
+            owner=bindparam("b_user"),
             model="",
-            uploaded_bytes=bindparam("size"),
+            uploaded_bytes=bindparam("b_size"),
         )
         self.add_uploaded = uploaded.on_conflict_do_update(
             index_elements=[
@@ -145,24 +145,24 @@ class LimitsSql:
             where=(limit == 0) | (usage_daily.c.uploaded_bytes + uploaded.excluded.uploaded_bytes <= limit),
         ).returning(usage_daily.c.uploaded_bytes)
         self.uploaded_today = select(usage_daily.c.uploaded_bytes).where(
-            usage_daily.c.day == bindparam("day"),
-            usage_daily.c.tenant == bindparam("tenant"),
-            usage_daily.c.owner == bindparam("user"),
+            usage_daily.c.day == bindparam("b_day"),
+            usage_daily.c.tenant == bindparam("b_tenant"),
+            usage_daily.c.owner == bindparam("b_user"),
             usage_daily.c.model == "",
         )
-        stored = insert(tenant_storage).values(tenant=bindparam("tenant"), stored_bytes=bindparam("size"))
+        stored = insert(tenant_storage).values(tenant=bindparam("b_tenant"), stored_bytes=bindparam("b_size"))
         self.add_stored = stored.on_conflict_do_update(
             index_elements=[tenant_storage.c.tenant],
             set_={"stored_bytes": tenant_storage.c.stored_bytes + stored.excluded.stored_bytes},
             where=(limit == 0) | (tenant_storage.c.stored_bytes + stored.excluded.stored_bytes <= limit),
         ).returning(tenant_storage.c.stored_bytes)
         self.stored_now = select(tenant_storage.c.stored_bytes).where(
-            tenant_storage.c.tenant == bindparam("tenant")
+            tenant_storage.c.tenant == bindparam("b_tenant")
         )
-        released = tenant_storage.c.stored_bytes - bindparam("size")
+        released = tenant_storage.c.stored_bytes - bindparam("b_size")
         self.release_stored = (
             update(tenant_storage)
-            .where(tenant_storage.c.tenant == bindparam("tenant"))
+            .where(tenant_storage.c.tenant == bindparam("b_tenant"))
             .values(stored_bytes=case((released > 0, released), else_=literal(0)))
         )
         set_limits = insert(tenant_limits)
@@ -170,20 +170,20 @@ class LimitsSql:
             index_elements=[tenant_limits.c.tenant],
             set_={name: set_limits.excluded[name] for name in (*NAMES, "updated_at")},
         )
-        self.clear_limits = delete(tenant_limits).where(tenant_limits.c.tenant == bindparam("tenant"))
+        self.clear_limits = delete(tenant_limits).where(tenant_limits.c.tenant == bindparam("b_tenant"))
 
     # ------------------------------------------------------------------ admission
 
     def limits_of(self, connection: Connection, tenant: str, defaults: Limits) -> Limits:
         """The tenant's limits: the defaults with its overrides, as stored now."""
-        row = connection.execute(self.overrides, {"tenant": tenant}).first()
+        row = connection.execute(self.overrides, {"b_tenant": tenant}).first()
         if row is None:
             return defaults
         return defaults.overridden(dict(zip(NAMES, row, strict=True)))
 
     def overrides_of(self, connection: Connection, tenant: str) -> dict[str, int]:
         """The limits the tenant has overrides for (and nothing else)."""
-        row = connection.execute(self.overrides, {"tenant": tenant}).first()
+        row = connection.execute(self.overrides, {"b_tenant": tenant}).first()
         if row is None:
             return {}
         return {name: int(value) for name, value in zip(NAMES, row, strict=True) if value is not None}
@@ -194,10 +194,10 @@ class LimitsSql:
         if not limits.requests_per_minute:
             return
         params = {
-            "tenant": caller.tenant,
-            "user": caller.user,
-            "size": float(limits.bucket_size),
-            "per_s": limits.requests_per_minute / 60.0,
+            "b_tenant": caller.tenant,
+            "b_user": caller.user,
+            "b_size": float(limits.bucket_size),
+            "b_per_s": limits.requests_per_minute / 60.0,
         }
         if connection.execute(self.take_request, params).first() is not None:
             return
@@ -214,7 +214,9 @@ class LimitsSql:
         """`LimitReached` when the tenant's tokens of the day have reached `tokens_per_day`."""
         if not limits.tokens_per_day:
             return
-        used = connection.scalar(self.tokens_today, {"tenant": tenant, "day": now.date().isoformat()}) or 0
+        used = (
+            connection.scalar(self.tokens_today, {"b_tenant": tenant, "b_day": now.date().isoformat()}) or 0
+        )
         if int(used) >= limits.tokens_per_day:
             raise LimitReached(
                 "tokens_per_day",
@@ -227,7 +229,7 @@ class LimitsSql:
         """Serialise the transactions that count and take a tenant's run slots (PostgreSQL; on
         SQLite each transaction holds the write lock already)."""
         if self.dialect == "postgresql":
-            connection.execute(self.lock_tenant, {"lock_key": f"switchboard-runs:{tenant}"})
+            connection.execute(self.lock_tenant, {"b_lock_key": f"switchboard-runs:{tenant}"})
 
     @staticmethod
     def check_runs(limits: Limits, running_user: int, running_tenant: int) -> None:
@@ -291,7 +293,7 @@ class LimitsSql:
     ) -> None:
         """`LimitReached` unless `size` more bytes fit the user's day and the tenant's storage
         (nothing is taken: `add_upload` does that once the bytes are stored)."""
-        params = {"day": day.isoformat(), "tenant": owner.tenant, "user": owner.user}
+        params = {"b_day": day.isoformat(), "b_tenant": owner.tenant, "b_user": owner.user}
         if limits.upload_bytes_per_day:
             uploaded = int(connection.scalar(self.uploaded_today, params) or 0)
             if uploaded + size > limits.upload_bytes_per_day:
@@ -306,27 +308,27 @@ class LimitsSql:
     ) -> None:
         """Count `size` stored bytes against the user's day and the tenant's storage, atomically
         with the checks; `LimitReached` (and nothing counted) when either would pass its limit."""
-        params = {"day": day.isoformat(), "tenant": owner.tenant, "user": owner.user, "size": size}
+        params = {"b_day": day.isoformat(), "b_tenant": owner.tenant, "b_user": owner.user, "b_size": size}
         if limits.upload_bytes_per_day and size > limits.upload_bytes_per_day:
             raise self._uploads_full(limits, 0)
         if limits.stored_bytes and size > limits.stored_bytes:
             raise self._storage_full(limits, 0)
         added = connection.execute(
-            self.add_uploaded, {**params, "limit": limits.upload_bytes_per_day}
+            self.add_uploaded, {**params, "b_limit": limits.upload_bytes_per_day}
         ).first()
         if added is None:
             raise self._uploads_full(limits, int(connection.scalar(self.uploaded_today, params) or 0))
-        stored = connection.execute(self.add_stored, {**params, "limit": limits.stored_bytes}).first()
+        stored = connection.execute(self.add_stored, {**params, "b_limit": limits.stored_bytes}).first()
         if stored is None:
             raise self._storage_full(limits, int(connection.scalar(self.stored_now, params) or 0))
 
     def release_storage(self, connection: Connection, tenant: str, size: int) -> None:
         """Stored bytes deleted (never below zero)."""
         if size > 0:
-            connection.execute(self.release_stored, {"tenant": tenant, "size": size})
+            connection.execute(self.release_stored, {"b_tenant": tenant, "b_size": size})
 
     def stored_bytes(self, connection: Connection, tenant: str) -> int:
-        return int(connection.scalar(self.stored_now, {"tenant": tenant}) or 0)
+        return int(connection.scalar(self.stored_now, {"b_tenant": tenant}) or 0)
 
     @staticmethod
     def _uploads_full(limits: Limits, uploaded: int) -> LimitReached:
@@ -377,7 +379,7 @@ class LimitsSql:
         """Set the tenant's overrides to `values` (every name; None follows the default). A tenant
         left with no override at all has no row."""
         if all(values.get(name) is None for name in NAMES):
-            connection.execute(self.clear_limits, {"tenant": tenant})
+            connection.execute(self.clear_limits, {"b_tenant": tenant})
             return
         row = {"tenant": tenant, **{name: values.get(name) for name in NAMES}}
         connection.execute(self.set_limits.values(**row, updated_at=self.now))

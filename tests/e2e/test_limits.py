@@ -36,6 +36,9 @@ LEASE_TTL_S = 2.0
 OPERATOR = Principal(tenant="ops", user="test", role="platform-admin")
 LONG_TEXT = " ".join(f"word{index}" for index in range(30))
 """The fake echoes it word by word: a turn that lasts 30 word pauses."""
+SLOW_WORD_S = 0.2
+"""Turns of 6 s: every concurrent start reaches admission while the admitted ones still run, even
+on a loaded machine (a run that ended early would free its slot for a later start)."""
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -113,7 +116,7 @@ async def test_fifty_simultaneous_starts_on_two_replicas_run_exactly_the_limit(
     stack, fake, limits = limited
     await limits.set_limits(OPERATOR, "t-runs", {"runs_per_user": 5}, via="test")
     refused_before = _refusals(stack)
-    fake.word_delay_s = 0.05
+    fake.word_delay_s = SLOW_WORD_S
     try:
         answers = await asyncio.gather(
             *(
@@ -152,7 +155,7 @@ async def test_the_tenant_limit_counts_every_user_of_the_tenant(
 ) -> None:
     stack, fake, limits = limited
     await limits.set_limits(OPERATOR, "t-tenant", {"runs_per_tenant": 3}, via="test")
-    fake.word_delay_s = 0.05
+    fake.word_delay_s = SLOW_WORD_S
     try:
         answers = await asyncio.gather(
             *(
