@@ -262,11 +262,11 @@ async def test_refused_and_retried_requests_leave_the_usage_unchanged(
     http: aiohttp.ClientSession, limited: tuple[Stack, FakeOpenAI, LimitsStore]
 ) -> None:
     stack, fake, limits = limited
-    status, raw, _ = await _post(http, stack, request("threads.create", input=user_input("Hello")), "t-retry")
+    status, raw, _ = await _post(http, stack, _create("Who is employee E1001?"), "t-retry")
     assert status == 200
     thread_id = next(event.thread.id for event in parse_sse(raw) if isinstance(event, ThreadCreatedEvent))
     _rows, before = await _usage(limits, "t-retry")
-    assert (before["conversations"], before["turns"]) == (1, 1)
+    assert (before["conversations"], before["turns"], before["tool_calls"]) == (1, 1, 1)
 
     # Sent twice at once (a client retrying too early): one turn runs, the other is 409 and counts nothing.
     calls_before = len(fake.requests)
