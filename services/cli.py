@@ -1,5 +1,5 @@
 """`switchboard`: run the services, migrate the database, run the whole stack for development, mint
-tokens, chat over gRPC.
+tokens, chat over gRPC, report usage and set limits.
 
 Every setting comes from the environment (see the README's configuration table); the few flags here
 override the matching variables for one run.
@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
+import json
 import os
 import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from services.common.auth import mint_token
+from services.common.auth import Principal, mint_token
 from services.common.config import Settings, grpc_target, load_settings
 from services.common.logs import configure_logging
+from services.common.principal import PLATFORM_ADMIN_ROLE
 
 if TYPE_CHECKING:
+    from services.agent_service.store import SqlStore
+    from services.limits import Limits, LimitsStore, UsageRow
     from services.upload_service.embedded_s3 import SeaweedFS
 
 DEV_TENANT: Final = "acme"
@@ -154,6 +159,263 @@ def _sweep(args: argparse.Namespace) -> int:
     settings = load_settings()
     _configure_logging(settings)
     return asyncio.run(_sweep_bucket(settings, dry_run=args.dry_run))
+
+
+# --------------------------------------------------------------------------- administration
+# `switchboard usage` and `switchboard limits` work on the database directly, with the operator's
+# access (as `switchboard migrate` does), and check their input as the admin service does
+# (`services.limits.admin`). `services.limits` is imported only when one of them runs: it loads the
+# app API, which costs every other command a second or two.
+
+CLI_ACTOR_TENANT: Final = "*cli*"
+"""The audit log's actor tenant for the CLI (no token can carry it: tenant ids start with a letter
+or a digit)."""
+VIA_CLI: Final = "cli"
+
+LIMIT_FLAGS: Final = {
+    "runs_per_user": "responses one user may have running at once",
+    "runs_per_tenant": "responses the tenant's users may have running at once",
+    "requests_per_minute": "a user's sustained request rate per minute",
+    "request_burst": "requests a user may make at once after a pause (0: --requests-per-minute)",
+    "tokens_per_day": "model tokens (input + output) the tenant may use per UTC day",
+    "upload_bytes_per_day": "bytes one user may upload per UTC day",
+    "stored_bytes": "attachment bytes the tenant may keep stored at once",
+}
+"""Every limit `switchboard limits set` takes (`--runs-per-user N`, ...), in the order and with the
+names of `services.limits.NAMES` (a unit test checks that they agree)."""
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def cli_actor() -> Principal:
+    """Who the audit log names for the CLI: the operating system user, with the operator's role."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no passwd entry (some containers)
+        user = f"uid-{os.getuid()}"
+    return Principal(tenant=CLI_ACTOR_TENANT, user=user, role=PLATFORM_ADMIN_ROLE)
+
+
+def _refuse(command: str, message: str, code: int) -> int:
+    print(f"switchboard {command}: {message}", file=sys.stderr)
+    return code
+
+
+def _administer(settings: Settings, command: str, work: Callable[[LimitsStore], Awaitable[None]]) -> int:
+    """Run `work` on the limits store of the configured database. 0: done; 1: the database is
+    missing, unreachable or not at this version's schema (`switchboard migrate`); 2: the database
+    URL or the request is not usable (InvalidRequest)."""
+    from sqlalchemy.engine import make_url
+
+    from services.agent_service.store import create_store
+    from services.common.database import database_url
+
+    try:
+        url = make_url(database_url(settings))
+        store = create_store(settings)
+    except ValueError as error:
+        return _refuse(command, str(error), 2)
+    if url.get_backend_name() == "sqlite":
+        path = Path(url.database or settings.store_path)
+        if not path.exists():  # opening it would create an empty database
+            return _refuse(
+                command,
+                f"no database at {path}: start the agent service once (it creates it) or run "
+                "`switchboard migrate`, with the same SWITCHBOARD_DATA_DIR or SWITCHBOARD_DATABASE_URL",
+                1,
+            )
+    return asyncio.run(_administer_store(settings, command, store, work))
+
+
+async def _administer_store(
+    settings: Settings, command: str, store: SqlStore, work: Callable[[LimitsStore], Awaitable[None]]
+) -> int:
+    from sqlalchemy.exc import DBAPIError
+
+    from services.agent_service.store.migrate import head_revision
+    from services.limits import LimitsStore
+    from switchboard.app import InvalidRequest, SwitchboardError
+
+    try:
+        current = await store.schema_revision()
+    except (OSError, TimeoutError, DBAPIError) as error:
+        reason = error.orig if isinstance(error, DBAPIError) and error.orig else error
+        return _refuse(command, f"cannot read {store.url}: {reason}", 1)
+    head = head_revision()
+    if current != head:
+        return _refuse(
+            command,
+            f"{store.url} is at schema revision {current or 'none'} and this version needs {head}: "
+            "run `switchboard migrate`",
+            1,
+        )
+    limits = LimitsStore(settings, application_name="switchboard-cli")
+    await limits.open()
+    try:
+        await work(limits)
+    except InvalidRequest as error:
+        return _refuse(command, error.message, 2)
+    except SwitchboardError as error:
+        return _refuse(command, f"{store.url}: {error.message}", 1)
+    finally:
+        await limits.close()
+    return 0
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]], *, text_columns: int) -> list[str]:
+    """Aligned columns: the first `text_columns` to the left, the numbers to the right."""
+    cells = [[str(cell) for cell in row] for row in [header, *rows]]
+    widths = [max(len(row[index]) for row in cells) for index in range(len(header))]
+    return [
+        "  ".join(
+            cell.ljust(width) if index < text_columns else cell.rjust(width)
+            for index, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in cells
+    ]
+
+
+COUNTER_COLUMNS: Final = (
+    "conversations",
+    "turns",
+    "tool_calls",
+    "uploaded_bytes",
+    "input_tokens",
+    "output_tokens",
+)
+
+
+def usage_report(
+    tenant: str, since: str, until: str, rows: Sequence[UsageRow], stored: int
+) -> dict[str, Any]:
+    """What `switchboard usage --json` prints (the admin service's GetUsageResponse, as JSON)."""
+    from services.limits import usage_rows_total
+
+    return {
+        "tenant": tenant,
+        "since": since,
+        "until": until,
+        "rows": [
+            {"day": row.day, "user": row.user, "model": row.model}
+            | {name: getattr(row, name) for name in COUNTER_COLUMNS}
+            for row in rows
+        ],
+        "totals": usage_rows_total(rows),
+        "stored_bytes": stored,
+    }
+
+
+def usage_text(report: dict[str, Any]) -> str:
+    """`switchboard usage` without --json: one line per day, user and model ('-' is the row that
+    counts conversations, turns, tool calls and uploads), the totals and the bytes stored now."""
+    lines = [f"usage of tenant {report['tenant']} from {report['since']} to {report['until']} (UTC days)"]
+    body: list[list[object]] = [
+        [row["day"], row["user"], row["model"] or "-", *(row[name] for name in COUNTER_COLUMNS)]
+        for row in report["rows"]
+    ]
+    totals = report["totals"]
+    body.append(["total", "", "", *(totals[name] for name in COUNTER_COLUMNS)])
+    lines += _table(["day", "user", "model", *COUNTER_COLUMNS], body, text_columns=3)
+    lines.append(f"stored bytes now: {report['stored_bytes']}")
+    return "\n".join(lines)
+
+
+def limits_report(
+    tenant: str, defaults: Limits, effective: Limits, overrides: dict[str, int]
+) -> dict[str, Any]:
+    """What `switchboard limits show --json` prints (the admin service's TenantLimits, as JSON)."""
+    return {
+        "tenant": tenant,
+        "effective": effective.as_dict(),
+        "defaults": defaults.as_dict(),
+        "overrides": {name: overrides[name] for name in LIMIT_FLAGS if name in overrides},
+    }
+
+
+def limits_text(report: dict[str, Any]) -> str:
+    """One line per limit: the effective value, the default and the tenant's override ('-': none)."""
+    overrides = report["overrides"]
+    body: list[list[object]] = [
+        [name, report["effective"][name], report["defaults"][name], overrides.get(name, "-")]
+        for name in LIMIT_FLAGS
+    ]
+    lines = [f"limits of tenant {report['tenant']} (0 means no limit)"]
+    lines += _table(["limit", "effective", "default", "override"], body, text_columns=1)
+    return "\n".join(lines)
+
+
+def _print_report(report: dict[str, Any], text: Callable[[dict[str, Any]], str], as_json: bool) -> None:
+    print(json.dumps(report, indent=2) if as_json else text(report))
+
+
+def _usage(args: argparse.Namespace) -> int:
+    """Print a tenant's usage per UTC day, user and model."""
+    from services.limits import today
+    from services.limits.admin import USAGE_READ, checked_tenant, checked_user, usage_period
+    from switchboard.app import InvalidRequest
+
+    try:
+        tenant = checked_tenant(args.tenant)
+        user = checked_user(args.user) if args.user is not None else None
+        since, until = usage_period(args.since, args.until, today())
+    except InvalidRequest as error:
+        return _refuse("usage", error.message, 2)
+    settings = load_settings()
+    _configure_logging(settings)
+
+    async def work(store: LimitsStore) -> None:
+        rows, stored = await store.usage(tenant, user=user, since=since, until=until)
+        detail = {"via": VIA_CLI, "user": user, "since": since.isoformat(), "until": until.isoformat()}
+        await store.audit(cli_actor(), USAGE_READ, tenant, detail)
+        report = usage_report(tenant, since.isoformat(), until.isoformat(), rows, stored)
+        _print_report(report, usage_text, args.json)
+
+    return _administer(settings, "usage", work)
+
+
+def _limits_show(args: argparse.Namespace) -> int:
+    """Print a tenant's effective limits, the defaults and its overrides."""
+    from services.limits.admin import LIMITS_READ, checked_tenant
+    from switchboard.app import InvalidRequest
+
+    try:
+        tenant = checked_tenant(args.tenant)
+    except InvalidRequest as error:
+        return _refuse("limits show", error.message, 2)
+    settings = load_settings()
+    _configure_logging(settings)
+
+    async def work(store: LimitsStore) -> None:
+        effective, overrides = await store.limits(tenant)
+        await store.audit(cli_actor(), LIMITS_READ, tenant, {"via": VIA_CLI})
+        _print_report(limits_report(tenant, store.defaults, effective, overrides), limits_text, args.json)
+
+    return _administer(settings, "limits show", work)
+
+
+def _limits_set(args: argparse.Namespace) -> int:
+    """Change a tenant's overrides and print its limits afterwards; the audit log gets the change."""
+    from services.limits.admin import checked_tenant, limit_changes
+    from switchboard.app import InvalidRequest
+
+    values = {name: getattr(args, name) for name in LIMIT_FLAGS if getattr(args, name) is not None}
+    try:
+        tenant = checked_tenant(args.tenant)
+        changes = limit_changes(values, args.clear, reset=args.reset)
+    except InvalidRequest as error:
+        return _refuse("limits set", error.message, 2)
+    settings = load_settings()
+    _configure_logging(settings)
+
+    async def work(store: LimitsStore) -> None:
+        effective, overrides = await store.set_limits(
+            cli_actor(), tenant, changes, reset=args.reset, via=VIA_CLI
+        )
+        _print_report(limits_report(tenant, store.defaults, effective, overrides), limits_text, args.json)
+
+    return _administer(settings, "limits set", work)
 
 
 # --------------------------------------------------------------------------- dev stack
@@ -367,6 +629,103 @@ def _chat(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _limit_value(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def _limit_name(text: str) -> str:
+    name = text.strip().replace("-", "_")
+    if name not in LIMIT_FLAGS:
+        raise argparse.ArgumentTypeError(f"unknown limit {text!r} (choose from {', '.join(LIMIT_FLAGS)})")
+    return name
+
+
+_ADMIN_NOTE: Final = (
+    "Works on the configured database directly (SWITCHBOARD_DATABASE_URL, else the SQLite file in "
+    "SWITCHBOARD_DATA_DIR), with the operator's access: no token is needed, and the audit log names "
+    f"the operating system user (actor tenant {CLI_ACTOR_TENANT}, role {PLATFORM_ADMIN_ROLE}). "
+    "Exit status: 0 done, 1 the database is missing, unreachable or needs `switchboard migrate`, "
+    "2 bad usage."
+)
+
+
+def _add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`switchboard usage` and `switchboard limits show|set`."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    usage = commands.add_parser(
+        "usage",
+        help="print a tenant's usage per UTC day, user and model",
+        description="Print a tenant's usage, per UTC day, user and model: conversations, turns, tool "
+        "calls and uploaded bytes (model '-'), and the model tokens in and out as each model "
+        "reported them; then the totals and the attachment bytes the tenant stores now. Numbers are "
+        "exact: they are counted in the transactions that store what produced them.\n\n" + _ADMIN_NOTE,
+        formatter_class=formatter,
+    )
+    usage.add_argument("--tenant", required=True, help="the tenant")
+    usage.add_argument("--user", help="only this user's usage (default: every user of the tenant)")
+    usage.add_argument("--since", metavar="YYYY-MM-DD", help="the first UTC day (default: --until)")
+    usage.add_argument(
+        "--until", metavar="YYYY-MM-DD", help="the last UTC day, included (default: today); at most 366 days"
+    )
+    usage.add_argument("--json", action="store_true", help="print JSON (the admin service's GetUsage)")
+    usage.set_defaults(func=_usage)
+
+    limits = commands.add_parser(
+        "limits",
+        help="show or set a tenant's limits (overrides of the SWITCHBOARD_LIMIT_* defaults)",
+        description="Show or set a tenant's limits. Every limit has a default from the settings "
+        "(SWITCHBOARD_LIMIT_<NAME>, as this command's environment has them: run it with the "
+        "services' configuration) and may be overridden per tenant; 0 means no limit. Changes apply "
+        "to the next request on every replica.\n\n" + _ADMIN_NOTE,
+        formatter_class=formatter,
+    )
+    actions = limits.add_subparsers(dest="limits_command", required=True, metavar="ACTION")
+    show = actions.add_parser(
+        "show",
+        help="print the effective limits, the defaults and the tenant's overrides",
+        description="Print a tenant's effective limits, the defaults and its overrides "
+        "('-': the limit follows the default).\n\n" + _ADMIN_NOTE,
+        formatter_class=formatter,
+    )
+    show.add_argument("--tenant", required=True, help="the tenant")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    show.set_defaults(func=_limits_show)
+
+    change = actions.add_parser(
+        "set",
+        help="override limits for a tenant, or clear overrides",
+        description="Change a tenant's overrides and print its limits afterwards. Limits not named "
+        "keep their override (unless --reset). The change and the overrides before and after are "
+        "written to the audit log in the same transaction.\n\n"
+        "  switchboard limits set --tenant acme --tokens-per-day 2000000\n"
+        "  switchboard limits set --tenant acme --clear tokens-per-day\n"
+        "  switchboard limits set --tenant acme --reset\n\n" + _ADMIN_NOTE,
+        formatter_class=formatter,
+    )
+    change.add_argument("--tenant", required=True, help="the tenant")
+    for name, text in LIMIT_FLAGS.items():
+        change.add_argument(
+            _flag(name), dest=name, type=_limit_value, metavar="N", help=f"{text} (0: no limit)"
+        )
+    change.add_argument(
+        "--clear",
+        nargs="+",
+        action="extend",
+        default=[],
+        type=_limit_name,
+        metavar="NAME",
+        help="remove these overrides, so the limits follow the default again (e.g. tokens-per-day)",
+    )
+    change.add_argument(
+        "--reset", action="store_true", help="remove every override first (then apply the limits given)"
+    )
+    change.add_argument("--json", action="store_true", help="print JSON")
+    change.set_defaults(func=_limits_set)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="switchboard",
@@ -411,6 +770,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
     sweep.set_defaults(func=_sweep)
+
+    _add_admin_commands(commands)
 
     edge = commands.add_parser("edge", help="run the ChatKit HTTP/SSE edge")
     edge.add_argument("--host", help="interface to bind (SWITCHBOARD_EDGE_HOST)")

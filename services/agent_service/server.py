@@ -1,4 +1,5 @@
-"""The agent service's gRPC wiring: ChatService handlers, auth, health, reflection, shutdown.
+"""The agent service's gRPC wiring: ChatService handlers, auth, health, reflection, shutdown. The
+admin service (AdminService, `admin.py`) is served next to ChatService, on the same port.
 
 Each handler turns its protobuf request into chatkit models, asks the Conversation for the result
 and turns that back into protobuf. Streaming handlers use grpc.aio's writer API so that a failure
@@ -36,6 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError
 
+from services.agent_service.admin import ADMIN_SERVICE_NAME, AdminService
 from services.agent_service.attachments import AttachmentClient
 from services.agent_service.conversation import Conversation
 from services.agent_service.metrics import STREAMS_IN_FLIGHT, StreamMetrics, watch_pool
@@ -53,9 +55,9 @@ from services.common.grpc_server import server_options as common_server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
 from services.common.metrics import start_metrics_server
-from services.limits import Limits
+from services.limits import Limits, LimitsStore
 from switchboard.app import Caller, InvalidRequest, SwitchboardError
-from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
+from switchboard.v1 import admin_pb2_grpc, chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
 log = logging.getLogger(__name__)
 
@@ -416,13 +418,16 @@ async def build_server(
     store: Store,
     responder: Responder,
     *,
+    limits_store: LimitsStore,
     attachments: AttachmentClient | None = None,
     transcriber: Transcriber | None = None,
     listen: str | None = None,
 ) -> tuple[aio.Server, health.aio.HealthServicer, int]:
     """A started gRPC server with every service registered; returns it, its health servicer and port.
 
-    Without a `transcriber`, dictation answers with the offline placeholder.
+    ChatService works on `store`; AdminService (usage, limits, audit log) on `limits_store`, an open
+    `LimitsStore` on the same database. Without a `transcriber`, dictation answers with the offline
+    placeholder.
     """
     verifier = build_verifier(settings)
     server = aio.server(
@@ -439,15 +444,16 @@ async def build_server(
         limits=Limits.from_settings(settings) if settings.limits_enabled else None,
     )
     chat_pb2_grpc.add_ChatServiceServicer_to_server(ChatService(conversation, transcriber), server)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(limits_store), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    enable_reflection(server, [SERVICE_NAME], settings)
+    enable_reflection(server, [SERVICE_NAME, ADMIN_SERVICE_NAME], settings)
     port = bind(server, listen or settings.agent_listen, settings)
     if port == 0:
         raise OSError(f"cannot listen on {listen or settings.agent_listen}")
     # SERVING before the first connection: clients with client-side health checking (the edge)
     # must never see this replica as unknown while it is ready.
-    for name in ("", SERVICE_NAME):
+    for name in ("", SERVICE_NAME, ADMIN_SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     await server.start()
     return server, health_servicer, port
@@ -499,8 +505,16 @@ async def serve(settings: Settings) -> None:
         await store.close()
         log.error("cannot start: metrics on %s: %s", settings.agent_metrics_listen, error)
         raise SystemExit(2) from None
+    # The admin service's own small pool on the same database (connections are made on first use).
+    limits_store = LimitsStore(settings, application_name="switchboard-agent-admin")
+    await limits_store.open()
     server, health_servicer, port = await build_server(
-        settings, store, responder, attachments=attachments, transcriber=responder.transcriber
+        settings,
+        store,
+        responder,
+        limits_store=limits_store,
+        attachments=attachments,
+        transcriber=responder.transcriber,
     )
     log.info(
         "agent service listening on %s (port %d), store %s",
@@ -528,10 +542,19 @@ async def serve(settings: Settings) -> None:
     await responder.aclose()
     await attachments.aclose()
     await store.close()
+    await limits_store.close()
     if metrics is not None:
         metrics.stop()
     tracing.shutdown_tracing()
     log.info("agent service stopped")
 
 
-__all__ = ["SERVICE_NAME", "ChatService", "build_server", "events_pb2", "serve", "server_options"]
+__all__ = [
+    "ADMIN_SERVICE_NAME",
+    "SERVICE_NAME",
+    "ChatService",
+    "build_server",
+    "events_pb2",
+    "serve",
+    "server_options",
+]

@@ -12,6 +12,10 @@ from typing import Final
 
 DEFAULT_ROLE: Final = "user"
 """The least-privileged role: what a token gets when it names no role we know."""
+ADMIN_ROLE: Final = "admin"
+"""Administers its own tenant: usage, limits and audit log (the admin service)."""
+PLATFORM_ADMIN_ROLE: Final = "platform-admin"
+"""Administers every tenant (the operator's role; the CLI acts with it)."""
 
 # Ids travel into storage keys and logs: keep them to a safe, bounded alphabet.
 ID_PATTERN: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,127}$")
