@@ -197,8 +197,13 @@ def cost_of_observability(
 ) -> dict[str, Any] | None:
     """`switchboard` and its variants at `COST_CONCURRENCY` streams, one turn: per system, the
     medians over its rounds (its cell in `records`, its cells in `repeats`) of conversations per
-    second, server CPU per conversation and TTFT, and the difference from `COST_BASELINE`; the spans
-    its OTLP sink received per turn (`traces`). None when fewer than two of them ran there."""
+    second, server CPU per conversation and TTFT; its difference from `COST_BASELINE`; the spans its
+    OTLP sink received per turn (`traces`). None when fewer than two of them ran there.
+
+    The difference is paired: in each round the systems' cells run back to back, so each round
+    gives one difference (conv/s in %, CPU in ms) from the baseline's cell of the same round, and the
+    row takes their median. A shared machine drifts from round to round (other work comes and goes)
+    more than it does within one; pairing leaves that drift out."""
     compared = [COST_BASELINE, *(s for s in SYSTEMS if s == SWITCHBOARD or s in STACK_VARIANTS)]
     cells: dict[str, list[dict[str, Any]]] = {}
     for cell in (*records, *repeats):
@@ -211,10 +216,12 @@ def cost_of_observability(
     if len(cells) < 2:
         return None
     rows: list[dict[str, Any]] = []
+    by_round: dict[str, dict[int, dict[str, Any]]] = {}
     for system in dict.fromkeys(compared):
         ran = sorted(cells.get(system, ()), key=lambda cell: cell.get("round", 1))
         if not ran:
             continue
+        by_round[system] = {cell.get("round", 1): cell for cell in ran}
         cpu = _median(cell["cpu_s_per_conversation"] for cell in ran)
         rows.append(
             {
@@ -231,15 +238,26 @@ def cost_of_observability(
                 "spans_per_turn": (traces or {}).get(system, {}).get("spans_per_turn"),
             }
         )
-    base = next((row for row in rows if row["system"] == COST_BASELINE), None)
+    base = by_round.get(COST_BASELINE, {})
     for row in rows:
-        row["vs_baseline_pct"] = row["cpu_ms_vs_baseline"] = None
-        if base is None or row is base:
-            continue
-        if base["conversations_per_s"]:
-            row["vs_baseline_pct"] = 100 * (row["conversations_per_s"] / base["conversations_per_s"] - 1)
-        if row["cpu_ms_per_conversation"] is not None and base["cpu_ms_per_conversation"] is not None:
-            row["cpu_ms_vs_baseline"] = row["cpu_ms_per_conversation"] - base["cpu_ms_per_conversation"]
+        pairs = [
+            (cell, base[number])
+            for number, cell in by_round[row["system"]].items()
+            if number in base and row["system"] != COST_BASELINE
+        ]
+        row["paired_rounds"] = len(pairs)
+        row["vs_baseline_pct_by_round"] = [
+            100 * (cell["conversations_per_s"] / baseline["conversations_per_s"] - 1)
+            for cell, baseline in pairs
+            if baseline["conversations_per_s"]
+        ]
+        row["vs_baseline_pct"] = _median(row["vs_baseline_pct_by_round"])
+        cpu_differences = [
+            1000 * (cell["cpu_s_per_conversation"] - baseline["cpu_s_per_conversation"])
+            for cell, baseline in pairs
+            if cell["cpu_s_per_conversation"] is not None and baseline["cpu_s_per_conversation"] is not None
+        ]
+        row["cpu_ms_vs_baseline"] = _median(cpu_differences)
     return {
         "concurrency": COST_CONCURRENCY,
         "variant": "create",
@@ -255,15 +273,17 @@ def _cost_row(cost: dict[str, Any] | None, system: str) -> dict[str, Any] | None
 
 def metrics_cost_target(cost: dict[str, Any] | None) -> dict[str, Any]:
     """`switchboard` (metrics on) against `switchboard-no-metrics`: at most `METRICS_COST_PCT` %
-    fewer conversations per second (medians of the rounds); n/a when either did not run."""
+    fewer conversations per second (the median of the rounds' differences); n/a when either did not
+    run."""
     requirement = f">= -{METRICS_COST_PCT:.0f} % conv/s vs {COST_BASELINE}"
     row, base = _cost_row(cost, SWITCHBOARD), _cost_row(cost, COST_BASELINE)
     if row is None or base is None or row["vs_baseline_pct"] is None:
         return _target(METRICS_COST_TARGET, None, "-", requirement)
-    rounds = min(row["rounds"], base["rounds"])
+    rounds = row["paired_rounds"]
     value = (
-        f"{row['vs_baseline_pct']:+.1f} % ({row['conversations_per_s']:.1f} vs "
-        f"{base['conversations_per_s']:.1f} conv/s, median of {rounds} round{'s' * (rounds != 1)})"
+        f"{row['vs_baseline_pct']:+.1f} % conv/s, median of {rounds} round{'s' * (rounds != 1)} "
+        f"({', '.join(f'{pct:+.1f}' for pct in row['vs_baseline_pct_by_round'])}); medians "
+        f"{row['conversations_per_s']:.1f} vs {base['conversations_per_s']:.1f} conv/s"
     )
     return _target(METRICS_COST_TARGET, row["vs_baseline_pct"] >= -METRICS_COST_PCT, value, requirement)
 
@@ -450,15 +470,21 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:+.1f} %"
 
 
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
 def _number(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
 def cost_heading(cost: dict[str, Any]) -> str:
+    """What the cost table shows (Markdown; `cost_table` drops the backquotes)."""
     rounds = max(row["rounds"] for row in cost["rows"])
     return (
-        f"Cost of observability: `{SWITCHBOARD}` and its variants at {cost['concurrency']} streams, one "
-        f"turn, medians of {rounds} interleaved round{'s' * (rounds != 1)}, against `{cost['baseline']}`"
+        f"`{SWITCHBOARD}` and its variants at {cost['concurrency']} streams, one turn, medians of "
+        f"{rounds} interleaved round{'s' * (rounds != 1)}; the differences from `{cost['baseline']}` "
+        "are the medians of each round's difference"
     )
 
 
@@ -476,7 +502,7 @@ def cost_summary(cost: dict[str, Any]) -> list[str]:
             continue
         text = (
             f"{row['system']}: {_pct(row['vs_baseline_pct'])} conv/s, "
-            f"{_number(row['cpu_ms_vs_baseline'], 2)} ms more server CPU per conversation, p99 TTFT "
+            f"{_signed(row['cpu_ms_vs_baseline'])} ms server CPU per conversation, p99 TTFT "
             f"{_number(row['ttft_p99_ms'], 0)} vs {_number(base['ttft_p99_ms'], 0)} ms"
         )
         trace = cost["traces"].get(row["system"])
@@ -496,7 +522,8 @@ def cost_table(cost: dict[str, Any]) -> list[str]:
         f"{'system':<22} {'conv/s':>7} {'vs base':>8} {'CPU ms':>7} {'TTFT p50':>9} {'TTFT p99':>9} "
         f"{'spans/turn':>10}  conv/s by round"
     )
-    lines = [cost_heading(cost).replace("`", "") + ":", head, "-" * len(head)]
+    heading = "Cost of observability: " + cost_heading(cost).replace("`", "") + ":"
+    lines = [*textwrap.wrap(heading, width=len(head)), head, "-" * len(head)]
     for row in cost["rows"]:
         lines.append(
             f"{row['system']:<22} {_number(row['conversations_per_s']):>7} {_pct(row['vs_baseline_pct']):>8} "

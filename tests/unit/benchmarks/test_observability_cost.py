@@ -41,6 +41,9 @@ from benchmarks.systems import (
 from switchboard.demo.benchmark import benchmark_text
 
 COMPARED = (SWITCHBOARD, SWITCHBOARD_NO_METRICS, SWITCHBOARD_TRACING)
+"""In the order of the report's rows."""
+COST_ORDER = (SWITCHBOARD_NO_METRICS, SWITCHBOARD, SWITCHBOARD_TRACING)
+"""In the order of the cost table: the run without metrics first."""
 Sink = TestClient[web.Request, web.Application]
 
 
@@ -150,43 +153,56 @@ TRACES = {
 
 
 def _measured(switchboard_conv_s: tuple[float, ...]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Three rounds of the three systems; the machine is slower in round 2 (80 conv/s without
+    metrics) than in round 1 (100)."""
     cells = [
-        *_rounds(SWITCHBOARD_NO_METRICS, 100.0, 90.0, 95.0, cpu_ms=14.0),
+        *_rounds(SWITCHBOARD_NO_METRICS, 100.0, 80.0, 90.0, cpu_ms=14.0),
         *_rounds(SWITCHBOARD, *switchboard_conv_s, cpu_ms=14.5),
-        *_rounds(SWITCHBOARD_TRACING, 60.0, 66.0, 63.0, cpu_ms=24.0),
+        *_rounds(SWITCHBOARD_TRACING, 60.0, 50.0, 55.0, cpu_ms=24.0),
     ]
     return [c for c in cells if c["round"] == 1], [c for c in cells if c["round"] > 1]
 
 
-def test_the_cost_is_each_systems_median_over_its_rounds_against_the_run_without_metrics() -> None:
-    records, repeats = _measured((93.0, 91.0, 99.0))
+def test_the_cost_is_each_systems_medians_and_the_median_of_its_differences_round_by_round() -> None:
+    records, repeats = _measured((97.0, 78.0, 88.0))
     cost = cost_of_observability(records, repeats, TRACES)
     assert cost is not None and cost["baseline"] == SWITCHBOARD_NO_METRICS and cost["concurrency"] == 32
     rows = {row["system"]: row for row in cost["rows"]}
+    # the run without metrics first
     assert [row["system"] for row in cost["rows"]] == [
         SWITCHBOARD_NO_METRICS,
         SWITCHBOARD,
         SWITCHBOARD_TRACING,
     ]
     base, metrics, traced = rows[SWITCHBOARD_NO_METRICS], rows[SWITCHBOARD], rows[SWITCHBOARD_TRACING]
-    assert base["conversations_per_s"] == 95.0 and base["rounds"] == 3 and base["vs_baseline_pct"] is None
-    assert base["conversations_per_s_by_round"] == [100.0, 90.0, 95.0]
-    assert metrics["conversations_per_s"] == 93.0
-    assert metrics["vs_baseline_pct"] == pytest.approx(100 * (93 / 95 - 1))
+    assert base["conversations_per_s"] == 90.0 and base["rounds"] == 3 and base["vs_baseline_pct"] is None
+    assert base["conversations_per_s_by_round"] == [100.0, 80.0, 90.0]
+    assert metrics["conversations_per_s"] == 88.0
+    # paired: -3 %, -2.5 %, -2.2 % round by round (the medians alone would say 88 / 90: -2.2 %)
+    assert metrics["vs_baseline_pct_by_round"] == pytest.approx([-3.0, -2.5, 100 * (88 / 90 - 1)])
+    assert metrics["vs_baseline_pct"] == pytest.approx(-2.5) and metrics["paired_rounds"] == 3
     assert metrics["cpu_ms_vs_baseline"] == pytest.approx(0.5)
-    assert traced["vs_baseline_pct"] == pytest.approx(100 * (63 / 95 - 1))
+    assert traced["vs_baseline_pct"] == pytest.approx(100 * (55 / 90 - 1))
     assert traced["cpu_ms_per_conversation"] == pytest.approx(24.0) and traced["spans_per_turn"] == 16.2
     assert metrics["spans_per_turn"] is None
 
 
+def test_only_rounds_both_ran_are_paired() -> None:
+    records, repeats = _measured((97.0, 78.0, 88.0))
+    cost = cost_of_observability(records, [r for r in repeats if r["system"] != SWITCHBOARD_NO_METRICS])
+    assert cost is not None
+    metrics = next(row for row in cost["rows"] if row["system"] == SWITCHBOARD)
+    assert metrics["paired_rounds"] == 1 and metrics["vs_baseline_pct"] == pytest.approx(-3.0)
+
+
 @pytest.mark.parametrize(
-    ("switchboard", "status"), [((90.3, 91.0, 89.0), "PASS"), ((90.2, 88.0, 91.0), "MISS")]
+    ("switchboard", "status"), [((95.1, 76.1, 85.4), "PASS"), ((94.9, 75.9, 85.6), "MISS")]
 )
 def test_metrics_may_cost_at_most_5_percent(switchboard: tuple[float, ...], status: str) -> None:
     records, repeats = _measured(switchboard)
     target = metrics_cost_target(cost_of_observability(records, repeats))
     assert target["target"] == METRICS_COST_TARGET == "metrics cost (32 concurrent, create)"
-    assert target["status"] == status  # 90.25 conv/s is 5 % under 95
+    assert target["status"] == status  # the median difference is -4.9 % / -5.1 %
     assert target["requirement"] == ">= -5 % conv/s vs switchboard-no-metrics"
     assert "median of 3 rounds" in target["value"]
     statuses = {t["target"]: t["status"] for t in evaluate_targets(records, None, 2, repeats=repeats)}
@@ -218,18 +234,21 @@ def _results(records: list[dict[str, Any]], repeats: list[dict[str, Any]]) -> di
 
 
 def test_the_report_has_a_section_on_the_cost_of_observability(tmp_path: Path) -> None:
-    results = _results(*_measured((93.0, 91.0, 99.0)))
+    results = _results(*_measured((97.0, 78.0, 88.0)))
     text = table(results)
     assert "Cost of observability: switchboard and its variants at 32 streams, one turn, medians of 3" in text
-    assert "switchboard-tracing       63.0  -33.7 %   24.00" in text
-    assert "Metrics (switchboard vs switchboard-no-metrics): PASS, -2.1 %" in text
+    assert "switchboard-tracing       55.0  -38.9 %   24.00" in text
+    assert "Metrics (switchboard vs switchboard-no-metrics): PASS, -2.5 % conv/s, median of 3 rounds" in text
     assert "OTLP sink received 30000 spans in 40 requests" in text
     # the main table has one row per cell: the first round
     assert sum(line.startswith("switchboard ") for line in text.splitlines()) == 2  # its cell, its cost row
     md = markdown(results)
     assert "### Cost of observability" in md
-    assert "| switchboard | 93.0 | -2.1 % | 14.50 | 140.0 | 400.0 | - | 93.0, 91.0, 99.0 | 0 |" in md
-    assert "| metrics cost (32 concurrent, create) | **PASS** | -2.1 % (93.0 vs 95.0 conv/s" in md
+    assert "| switchboard | 88.0 | -2.5 % | 14.50 | 140.0 | 400.0 | - | 97.0, 78.0, 88.0 | 0 |" in md
+    assert (
+        "| metrics cost (32 concurrent, create) | **PASS** | -2.5 % conv/s, median of 3 rounds "
+        "(-3.0, -2.5, -2.2); medians 88.0 vs 90.0 conv/s |"
+    ) in md
     chart = tmp_path / "latest.png"
     write_chart(results, chart)  # the variants are left out of the chart, and it still draws
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
