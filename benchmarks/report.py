@@ -34,6 +34,7 @@ from benchmarks.systems import (
     CEILING,
     GRPC_DIRECT,
     LABELS,
+    OBSERVED,
     PG_REPLICAS,
     POSTGRES_ROLE,
     REFERENCE,
@@ -204,7 +205,7 @@ def cost_of_observability(
     gives one difference (conv/s in %, CPU in ms) from the baseline's cell of the same round, and the
     row takes their median. A shared machine drifts from round to round (other work comes and goes)
     more than it does within one; pairing leaves that drift out."""
-    compared = [COST_BASELINE, *(s for s in SYSTEMS if s == SWITCHBOARD or s in STACK_VARIANTS)]
+    compared = [COST_BASELINE, *OBSERVED]
     cells: dict[str, list[dict[str, Any]]] = {}
     for cell in (*records, *repeats):
         if (

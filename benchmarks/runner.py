@@ -52,6 +52,7 @@ from benchmarks.systems import (
     CEILING,
     GRPC_DIRECT,
     LABELS,
+    OBSERVED,
     PG_REPLICAS,
     REFERENCE,
     STACK_VARIANTS,
@@ -168,14 +169,14 @@ class Plan:
 
     def schedule(self) -> list[Group]:
         """Every group of `groups()` (round 1); right after the one at `report.COST_CONCURRENCY`
-        streams, one turn, `cost_rounds - 1` more rounds of its `switchboard` and variant cells, when
-        there are at least two of them to compare."""
+        streams, one turn, `cost_rounds - 1` more rounds of its cells of the systems the cost of
+        observability compares (`OBSERVED`), when there are at least two of them."""
         schedule: list[Group] = []
         for concurrency, variant, systems in self.groups():
             schedule.append(Group(concurrency, variant, systems))
             if concurrency != report.COST_CONCURRENCY or variant != ONE_TURN:
                 continue
-            compared = tuple(s for s in systems if s == SWITCHBOARD or s in STACK_VARIANTS)
+            compared = tuple(s for s in systems if s in OBSERVED)
             if len(compared) > 1:
                 schedule += [Group(concurrency, variant, compared, r) for r in range(2, self.cost_rounds + 1)]
         return schedule

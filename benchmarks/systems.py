@@ -17,7 +17,8 @@ The Switchboard variants (`STACK_VARIANTS`) are the `switchboard` system started
 environment, the same processes and the same cost (edge, agent, upload): `switchboard-no-metrics`
 runs with metrics off, `switchboard-tracing` with metrics and traces on, every trace kept and
 exported over OTLP/HTTP to a sink of its own (`benchmarks/otlp_sink.py`, a process that counts
-the spans and discards them). One more variant is one more `StackVariant` line.
+the spans and discards them). One more variant is one more `StackVariant` line; it joins the cost
+of observability (`OBSERVED`) only when it says so.
 """
 
 from __future__ import annotations
@@ -58,6 +59,9 @@ class StackVariant:
     otlp_sink: bool = False
     """The variant gets an OTLP sink of its own, and its services export their traces to it
     (`OTEL_EXPORTER_OTLP_ENDPOINT`)."""
+    observability: bool = False
+    """Part of the cost of observability: it runs the extra rounds at 32 streams with `switchboard`,
+    and has a row in the report's cost section (`OBSERVED`)."""
 
 
 METRICS_OFF_ENV: Final = {"SWITCHBOARD_METRICS_ENABLED": "false"}
@@ -67,11 +71,19 @@ the batching keep their defaults: every trace is kept, spans are exported in bat
 STACK_VARIANTS: Final = {
     variant.name: variant
     for variant in (
-        StackVariant(SWITCHBOARD_NO_METRICS, "Switchboard, metrics off", METRICS_OFF_ENV),
-        StackVariant(SWITCHBOARD_TRACING, "Switchboard, metrics and traces on", TRACING_ENV, otlp_sink=True),
+        StackVariant(SWITCHBOARD_NO_METRICS, "Switchboard, metrics off", METRICS_OFF_ENV, observability=True),
+        StackVariant(
+            SWITCHBOARD_TRACING,
+            "Switchboard, metrics and traces on",
+            TRACING_ENV,
+            otlp_sink=True,
+            observability=True,
+        ),
     )
 }
 """The Switchboard variants, by name, in the order of the report (after `switchboard`)."""
+OBSERVED: Final = (SWITCHBOARD, *(name for name, v in STACK_VARIANTS.items() if v.observability))
+"""The systems the cost of observability compares, in the order of the report."""
 
 SYSTEMS: Final = (
     SWITCHBOARD,

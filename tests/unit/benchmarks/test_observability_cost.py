@@ -30,6 +30,7 @@ from benchmarks.report import (
 from benchmarks.runner import ONE_TURN, Client, Group, Plan, arguments, main, plan_from_args, sink_figures
 from benchmarks.systems import (
     LABELS,
+    OBSERVED,
     STACK_VARIANTS,
     SWITCHBOARD,
     SWITCHBOARD_NO_METRICS,
@@ -65,6 +66,15 @@ def test_the_variants_are_the_switchboard_stack_with_more_environment() -> None:
     assert tracing.env["OTEL_TRACES_EXPORTER"] == "otlp" and tracing.otlp_sink
     assert "SWITCHBOARD_METRICS_ENABLED" not in tracing.env  # metrics stay on, the default
     assert all(name in LABELS for name in STACK_VARIANTS)
+    assert OBSERVED == COMPARED
+
+
+def test_a_variant_outside_the_cost_of_observability_gets_no_extra_rounds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("benchmarks.runner.OBSERVED", (SWITCHBOARD, SWITCHBOARD_NO_METRICS))
+    later = [g for g in Plan.full(64).schedule() if g.round > 1]
+    assert [g.systems for g in later] == [(SWITCHBOARD, SWITCHBOARD_NO_METRICS)] * 2
 
 
 def test_the_full_plan_runs_the_variants_at_1_and_32_one_turn_then_two_more_rounds_at_32() -> None:
