@@ -5,6 +5,12 @@ target, two agent replicas against one at 256 streams, is informational on a sma
 replicas can only scale when each has a core of its own besides the edge, PostgreSQL and the load
 generator, so below `SCALE_OUT_MIN_CPUS` CPUs it reports INFO with the machine's CPU count instead
 of PASS or MISS.
+
+The cost of observability compares `switchboard` (metrics on, the default) and its variants
+(`benchmarks.systems.STACK_VARIANTS`) with `switchboard-no-metrics` at `COST_CONCURRENCY` streams,
+one turn: each system's medians over its interleaved rounds (`cost_of_observability`). Metrics may
+cost at most `METRICS_COST_PCT` % of the conversations per second; the cost of tracing is stated,
+not judged.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import textwrap
@@ -27,10 +34,13 @@ from benchmarks.systems import (
     CEILING,
     GRPC_DIRECT,
     LABELS,
+    OBSERVED,
     PG_REPLICAS,
     POSTGRES_ROLE,
     REFERENCE,
+    STACK_VARIANTS,
     SWITCHBOARD,
+    SWITCHBOARD_NO_METRICS,
     SWITCHBOARD_PG,
     SWITCHBOARD_PG_2,
     SYSTEMS,
@@ -68,6 +78,11 @@ SCALE_OUT_MIN_CPUS: Final = 4
 replica's throughput is bound by it), and the edge, PostgreSQL and the load generator need about
 one more between them."""
 SCALE_OUT_TARGET: Final = f"two replicas vs one (PostgreSQL, {SCALE_OUT_CONCURRENCY} concurrent)"
+COST_CONCURRENCY: Final = TARGET_CONCURRENCY
+COST_BASELINE: Final = SWITCHBOARD_NO_METRICS
+"""The run without metrics, which the cost of observability is measured against."""
+METRICS_COST_PCT: Final = 5.0
+METRICS_COST_TARGET: Final = f"metrics cost ({COST_CONCURRENCY} concurrent, create)"
 
 
 # --------------------------------------------------------------------------- machine
@@ -171,11 +186,119 @@ def scale_out_target(records: Sequence[dict[str, Any]], cpus: int | None) -> dic
     return {"target": SCALE_OUT_TARGET, "status": "INFO", "value": value, "requirement": requirement}
 
 
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
+def cost_of_observability(
+    records: Sequence[dict[str, Any]],
+    repeats: Sequence[dict[str, Any]] = (),
+    traces: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any] | None:
+    """`switchboard` and its variants at `COST_CONCURRENCY` streams, one turn: per system, the
+    medians over its rounds (its cell in `records`, its cells in `repeats`) of conversations per
+    second, server CPU per conversation and TTFT; its difference from `COST_BASELINE`; the spans its
+    OTLP sink received per turn (`traces`). None when fewer than two of them ran there.
+
+    The difference is paired: in each round the systems' cells run back to back, so each round
+    gives one difference (conv/s in %, CPU in ms) from the baseline's cell of the same round, and the
+    row takes their median. A shared machine drifts from round to round (other work comes and goes)
+    more than it does within one; pairing leaves that drift out."""
+    compared = [COST_BASELINE, *OBSERVED]
+    cells: dict[str, list[dict[str, Any]]] = {}
+    for cell in (*records, *repeats):
+        if (
+            cell["concurrency"] == COST_CONCURRENCY
+            and cell["variant"] == "create"
+            and cell["system"] in compared
+        ):
+            cells.setdefault(cell["system"], []).append(cell)
+    if len(cells) < 2:
+        return None
+    rows: list[dict[str, Any]] = []
+    by_round: dict[str, dict[int, dict[str, Any]]] = {}
+    for system in dict.fromkeys(compared):
+        ran = sorted(cells.get(system, ()), key=lambda cell: cell.get("round", 1))
+        if not ran:
+            continue
+        by_round[system] = {cell.get("round", 1): cell for cell in ran}
+        cpu = _median(cell["cpu_s_per_conversation"] for cell in ran)
+        rows.append(
+            {
+                "system": system,
+                "label": LABELS[system],
+                "rounds": len(ran),
+                "conversations": sum(cell["conversations"] for cell in ran),
+                "errors": sum(cell["errors"] for cell in ran),
+                "conversations_per_s": _median(cell["conversations_per_s"] for cell in ran),
+                "conversations_per_s_by_round": [cell["conversations_per_s"] for cell in ran],
+                "cpu_ms_per_conversation": None if cpu is None else cpu * 1000,
+                "ttft_p50_ms": _median(cell["ttft_p50_ms"] for cell in ran),
+                "ttft_p99_ms": _median(cell["ttft_p99_ms"] for cell in ran),
+                "spans_per_turn": (traces or {}).get(system, {}).get("spans_per_turn"),
+            }
+        )
+    base = by_round.get(COST_BASELINE, {})
+    for row in rows:
+        pairs = [
+            (cell, base[number])
+            for number, cell in by_round[row["system"]].items()
+            if number in base and row["system"] != COST_BASELINE
+        ]
+        row["paired_rounds"] = len(pairs)
+        row["vs_baseline_pct_by_round"] = [
+            100 * (cell["conversations_per_s"] / baseline["conversations_per_s"] - 1)
+            for cell, baseline in pairs
+            if baseline["conversations_per_s"]
+        ]
+        row["vs_baseline_pct"] = _median(row["vs_baseline_pct_by_round"])
+        cpu_differences = [
+            1000 * (cell["cpu_s_per_conversation"] - baseline["cpu_s_per_conversation"])
+            for cell, baseline in pairs
+            if cell["cpu_s_per_conversation"] is not None and baseline["cpu_s_per_conversation"] is not None
+        ]
+        row["cpu_ms_vs_baseline"] = _median(cpu_differences)
+    return {
+        "concurrency": COST_CONCURRENCY,
+        "variant": "create",
+        "baseline": COST_BASELINE,
+        "rows": rows,
+        "traces": traces or {},
+    }
+
+
+def _cost_row(cost: dict[str, Any] | None, system: str) -> dict[str, Any] | None:
+    return None if cost is None else next((r for r in cost["rows"] if r["system"] == system), None)
+
+
+def metrics_cost_target(cost: dict[str, Any] | None) -> dict[str, Any]:
+    """`switchboard` (metrics on) against `switchboard-no-metrics`: at most `METRICS_COST_PCT` %
+    fewer conversations per second (the median of the rounds' differences); n/a when either did not
+    run."""
+    requirement = f">= -{METRICS_COST_PCT:.0f} % conv/s vs {COST_BASELINE}"
+    row, base = _cost_row(cost, SWITCHBOARD), _cost_row(cost, COST_BASELINE)
+    if row is None or base is None or row["vs_baseline_pct"] is None:
+        return _target(METRICS_COST_TARGET, None, "-", requirement)
+    rounds = row["paired_rounds"]
+    value = (
+        f"{row['vs_baseline_pct']:+.1f} % conv/s, median of {rounds} round{'s' * (rounds != 1)} "
+        f"({', '.join(f'{pct:+.1f}' for pct in row['vs_baseline_pct_by_round'])}); medians "
+        f"{row['conversations_per_s']:.1f} vs {base['conversations_per_s']:.1f} conv/s"
+    )
+    return _target(METRICS_COST_TARGET, row["vs_baseline_pct"] >= -METRICS_COST_PCT, value, requirement)
+
+
 def evaluate_targets(
-    records: Sequence[dict[str, Any]], upload: dict[str, Any] | None, cpus: int | None = None
+    records: Sequence[dict[str, Any]],
+    upload: dict[str, Any] | None,
+    cpus: int | None = None,
+    *,
+    repeats: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Every target of the issue, PASS / MISS (n/a when its cell was not run; the scale-out target
-    is INFO on a machine with fewer than `SCALE_OUT_MIN_CPUS` CPUs, `cpus`)."""
+    is INFO on a machine with fewer than `SCALE_OUT_MIN_CPUS` CPUs, `cpus`). `repeats` are the
+    later rounds of the cost comparison (`cost_of_observability`)."""
     targets: list[dict[str, Any]] = []
     variants = sorted({r["variant"] for r in records}, key=lambda v: (len(v), v))
     for variant in variants:
@@ -256,6 +379,7 @@ def evaluate_targets(
             )
         )
     targets.append(scale_out_target(records, cpus))
+    targets.append(metrics_cost_target(cost_of_observability(records, repeats)))
     return targets
 
 
@@ -263,9 +387,19 @@ def evaluate_targets(
 
 
 def assemble(
-    records: list[dict[str, Any]], upload: dict[str, Any] | None, *, plan: dict[str, Any], wall_s: float
+    records: list[dict[str, Any]],
+    upload: dict[str, Any] | None,
+    *,
+    plan: dict[str, Any],
+    wall_s: float,
+    repeats: list[dict[str, Any]] | None = None,
+    traces: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    """The results: `records` (one cell per system, concurrency and variant: the first round),
+    `repeats` (the later rounds of the cost comparison), `traces` (what each traced variant's OTLP
+    sink received), the cost of observability and the targets."""
     about = machine()
+    repeats = repeats or []
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "make bench  (.venv/bin/python -m benchmarks)",
@@ -274,8 +408,11 @@ def assemble(
         "plan": plan,
         "systems": {name: LABELS[name] for name in SYSTEMS},
         "records": records,
+        "repeats": repeats,
         "upload": upload,
-        "targets": evaluate_targets(records, upload, about["cpus"]),
+        "traces": traces or {},
+        "observability_cost": cost_of_observability(records, repeats, traces),
+        "targets": evaluate_targets(records, upload, about["cpus"], repeats=repeats),
     }
 
 
@@ -288,8 +425,9 @@ def _ms(value: float | None) -> str:
 
 
 def progress_line(record: dict[str, Any], elapsed_s: float) -> str:
+    round_note = f" round {record['round']}" if record.get("round", 1) > 1 else ""
     return (
-        f"{record['system']:<16} {record['variant']:<10} c={record['concurrency']:<5} "
+        f"{record['system']:<22} {record['variant']:<10} c={record['concurrency']:<5}{round_note} "
         f"{record['conversations_per_s']:7.1f} conv/s  ttft p50 {_ms(record['ttft_p50_ms'])} "
         f"p99 {_ms(record['ttft_p99_ms'])} ms  cpu {1000 * (record['cpu_s_per_conversation'] or 0):.2f} "
         f"ms/conv  deltas/turn {record['deltas_per_turn']:.1f}  errors {record['errors']}  "
@@ -329,10 +467,102 @@ def postgres_note(results: dict[str, Any]) -> str | None:
     )
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.1f} %"
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.2f}"
+
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def cost_heading(cost: dict[str, Any]) -> str:
+    """What the cost table shows (Markdown; `cost_table` drops the backquotes)."""
+    rounds = max(row["rounds"] for row in cost["rows"])
+    return (
+        f"`{SWITCHBOARD}` and its variants at {cost['concurrency']} streams, one turn, medians of "
+        f"{rounds} interleaved round{'s' * (rounds != 1)}; the differences from `{cost['baseline']}` "
+        "are the medians of each round's difference"
+    )
+
+
+def cost_summary(cost: dict[str, Any]) -> list[str]:
+    """The metrics target's verdict, then what each system costs against the baseline (and, for a
+    traced one, what its OTLP sink received)."""
+    target = metrics_cost_target(cost)
+    lines = [
+        f"Metrics ({SWITCHBOARD} vs {cost['baseline']}): {target['status']}, {target['value']} "
+        f"(needs {target['requirement']})."
+    ]
+    base = _cost_row(cost, cost["baseline"])
+    for row in cost["rows"]:
+        if base is None or row is base or row["vs_baseline_pct"] is None:
+            continue
+        text = (
+            f"{row['system']}: {_pct(row['vs_baseline_pct'])} conv/s, "
+            f"{_signed(row['cpu_ms_vs_baseline'])} ms server CPU per conversation, p99 TTFT "
+            f"{_number(row['ttft_p99_ms'], 0)} vs {_number(base['ttft_p99_ms'], 0)} ms"
+        )
+        trace = cost["traces"].get(row["system"])
+        if trace and trace.get("spans") is not None:
+            text += (
+                f"; its OTLP sink received {trace['spans']} spans in {trace['requests']} requests over "
+                f"the run, {_number(trace['spans_per_turn'])} per turn served, and used "
+                f"{_number(trace['sink_cpu_ms_per_turn'], 2)} ms of CPU per turn itself (not counted above)"
+            )
+        lines.append(text + ".")
+    return lines
+
+
+def cost_table(cost: dict[str, Any]) -> list[str]:
+    """The cost of observability for stdout."""
+    head = (
+        f"{'system':<22} {'conv/s':>7} {'vs base':>8} {'CPU ms':>7} {'TTFT p50':>9} {'TTFT p99':>9} "
+        f"{'spans/turn':>10}  conv/s by round"
+    )
+    heading = "Cost of observability: " + cost_heading(cost).replace("`", "") + ":"
+    lines = [*textwrap.wrap(heading, width=len(head)), head, "-" * len(head)]
+    for row in cost["rows"]:
+        lines.append(
+            f"{row['system']:<22} {_number(row['conversations_per_s']):>7} {_pct(row['vs_baseline_pct']):>8} "
+            f"{_number(row['cpu_ms_per_conversation'], 2):>7} {_number(row['ttft_p50_ms']):>9} "
+            f"{_number(row['ttft_p99_ms']):>9} {_number(row['spans_per_turn']):>10}  "
+            + " ".join(f"{value:.1f}" for value in row["conversations_per_s_by_round"])
+        )
+    for sentence in cost_summary(cost):
+        lines += textwrap.wrap(sentence, width=len(head))
+    return lines
+
+
+def cost_markdown(cost: dict[str, Any]) -> list[str]:
+    """The cost of observability as a Markdown section."""
+    lines = [
+        "### Cost of observability",
+        "",
+        cost_heading(cost) + ":",
+        "",
+        "| system | conv/s | vs no metrics | server CPU ms/conv | TTFT p50 ms | TTFT p99 ms "
+        "| spans/turn | conv/s by round | errors |",
+        "|---|--:|--:|--:|--:|--:|--:|---|--:|",
+    ]
+    for row in cost["rows"]:
+        lines.append(
+            f"| {row['system']} | {_number(row['conversations_per_s'])} | {_pct(row['vs_baseline_pct'])} "
+            f"| {_number(row['cpu_ms_per_conversation'], 2)} | {_number(row['ttft_p50_ms'])} "
+            f"| {_number(row['ttft_p99_ms'])} | {_number(row['spans_per_turn'])} "
+            f"| {', '.join(f'{value:.1f}' for value in row['conversations_per_s_by_round'])} "
+            f"| {row['errors']} |"
+        )
+    return [*lines, "", *(f"- {sentence}" for sentence in cost_summary(cost))]
+
+
 def table(results: dict[str, Any]) -> str:
     """The stdout report: one line per cell, then the upload scenario, then the targets."""
     head = (
-        f"{'system':<16} {'variant':<10} {'conc':>5} {'conv/s':>8} {'text KiB/s':>10} {'deltas':>6} "
+        f"{'system':<22} {'variant':<10} {'conc':>5} {'conv/s':>8} {'text KiB/s':>10} {'deltas':>6} "
         f"{'TTFT p50':>9} {'TTFT p99':>9} {'CPU ms':>7} {'client':>6} {'err':>4}  "
         "peak RSS MiB / growth KiB per stream"
     )
@@ -358,7 +588,7 @@ def table(results: dict[str, Any]) -> str:
         previous = (r["variant"], r["concurrency"])
         cpu = r["cpu_s_per_conversation"]
         lines.append(
-            f"{r['system']:<16} {r['variant']:<10} {r['concurrency']:>5} {r['conversations_per_s']:>8.1f} "
+            f"{r['system']:<22} {r['variant']:<10} {r['concurrency']:>5} {r['conversations_per_s']:>8.1f} "
             f"{r['text_bytes_per_s'] / 1024:>10.1f} {r['deltas_per_turn']:>6.1f} {_ms(r['ttft_p50_ms']):>9} "
             f"{_ms(r['ttft_p99_ms']):>9} {'-' if cpu is None else f'{cpu * 1000:.2f}':>7} "
             f"{_client_ms(r):>6} {r['errors']:>4}  "
@@ -367,6 +597,9 @@ def table(results: dict[str, Any]) -> str:
     note = postgres_note(results)
     if note:
         lines += ["", *textwrap.wrap(note, width=len(head))]
+    cost = results.get("observability_cost")
+    if cost:
+        lines += ["", *cost_table(cost)]
     upload = results.get("upload")
     if upload:
         growth = ", ".join(f"{name} {mib:.1f} MiB" for name, mib in upload["peak_rss_growth_mib"].items())
@@ -416,6 +649,9 @@ def markdown(results: dict[str, Any]) -> str:
     note = postgres_note(results)
     if note:
         lines += ["", note]
+    cost = results.get("observability_cost")
+    if cost:
+        lines += ["", *cost_markdown(cost)]
     upload = results.get("upload")
     if upload:
         growth = ", ".join(f"{name} {mib:.1f} MiB" for name, mib in upload["peak_rss_growth_mib"].items())
@@ -450,7 +686,8 @@ def update_docs(path: Path, results_markdown: str) -> bool:
 
 def write_chart(results: dict[str, Any], path: Path) -> None:
     """Throughput and p99 TTFT versus concurrency, one line per system (solid: one turn, dashed: two;
-    the PostgreSQL systems have points only where they ran, 32 and 256 streams in `make bench`)."""
+    the PostgreSQL systems have points only where they ran, 32 and 256 streams in `make bench`). The
+    Switchboard variants are left out: their figures are the cost of observability's table."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -466,7 +703,7 @@ def write_chart(results: dict[str, Any], path: Path) -> None:
         CEILING: "#7f7f7f",
     }
     variants = sorted({r["variant"] for r in results["records"]}, key=len)
-    for system in SYSTEMS:
+    for system in (s for s in SYSTEMS if s not in STACK_VARIANTS):
         for variant in variants:
             cells = sorted(
                 (r for r in results["records"] if r["system"] == system and r["variant"] == variant),

@@ -1,17 +1,26 @@
 """`python -m benchmarks` (`make bench`): every system, every concurrency, one run, one table.
 
 Order of work:
-1. start all systems (Switchboard's stack on SeaweedFS S3, Switchboard on PostgreSQL with one and with two
-   agent replicas, the reference, the ceiling), each in its own process(es) on 127.0.0.1, so they are
-   measured under the same conditions;
+1. start all systems (Switchboard's stack on SeaweedFS S3, its variants without metrics and with
+   tracing, Switchboard on PostgreSQL with one and with two agent replicas, the reference, the
+   ceiling), each in its own process(es) on 127.0.0.1, so they are measured under the same conditions;
 2. warm each one up, then take every process's idle RSS (the baseline of the growth figures);
 3. for each concurrency and variant, run one cell per system planned there (the PostgreSQL systems
-   run the one-turn variant at 32 and 256 streams only, which keeps `make bench` under 10 minutes),
-   rotating the order of the systems from one cell group to the next, so slow drift of the machine
-   (thermal, other tenants) does not always hit the same system;
+   run the one-turn variant at 32 and 256 streams only, the Switchboard variants at 1 and 32, which
+   keeps `make bench` under 10 minutes), rotating the order of the systems from one cell group to
+   the next, so slow drift of the machine (thermal, other tenants) does not always hit the same
+   system; right after the group of 32 streams, one turn, `switchboard` and its variants run two more
+   rounds of it by themselves (the cost of observability: medians of three interleaved rounds);
 4. the upload scenario (a 256 MiB file through the edge vs. a direct `put_object`, alternated);
 5. the table (stdout), `benchmarks/results/latest.json` (every figure), `latest.md` (the same
    tables in Markdown, for docs/performance.md) and `latest.png` (the chart).
+
+The Switchboard variants are the `switchboard` system with more environment:
+- `switchboard-no-metrics`: SWITCHBOARD_METRICS_ENABLED=false, the run without metrics;
+- `switchboard-tracing`: metrics on and traces on (OTLP/HTTP, every trace kept) to a local sink
+  that counts the spans and discards them.
+The report's "Cost of observability" compares them with `switchboard` (metrics on, the default) at
+32 streams; `--no-variants` leaves them out.
 
 The PostgreSQL systems need the PostgreSQL server binaries (`apt-get install -y postgresql`);
 `--no-pg` leaves them out.
@@ -43,15 +52,19 @@ from benchmarks.systems import (
     CEILING,
     GRPC_DIRECT,
     LABELS,
+    OBSERVED,
     PG_REPLICAS,
     REFERENCE,
+    STACK_VARIANTS,
     SWITCHBOARD,
     SYSTEMS,
+    OtlpSink,
     Target,
     aiohttp_server,
     switchboard,
     switchboard_pg,
     switchboard_targets,
+    switchboard_variant,
 )
 from benchmarks.workload import TURN_TIMEOUT_S, Driver, GrpcDriver, HttpDriver
 from services.common.auth import mint_token
@@ -63,6 +76,7 @@ RESULTS: Final = Path(__file__).resolve().parent / "results"
 DEFAULT_REPLY_TOKENS: Final = 64
 CONCURRENCIES: Final = (1, 32, 256, 1000)
 PG_CONCURRENCIES: Final = (32, 256)
+STACK_VARIANT_CONCURRENCIES: Final = (1, 32)
 UPLOAD_MAX_BYTES: Final = 300 * MiB
 _GRPC_OPTIONS: Final = [("grpc.max_receive_message_length", 16 * MiB)]
 
@@ -75,6 +89,17 @@ class Variant:
 
 ONE_TURN: Final = Variant("create", 1)
 TWO_TURNS: Final = Variant("create+add", 2)
+
+
+@dataclass(frozen=True)
+class Group:
+    """Cells run one after another, one per system, at one concurrency and variant; `round` is 1,
+    or the number of a later round of the cost comparison (`Plan.schedule`)."""
+
+    concurrency: int
+    variant: Variant
+    systems: tuple[str, ...]
+    round: int = 1
 
 
 @dataclass(frozen=True)
@@ -98,7 +123,14 @@ class Plan:
     pg_variants: tuple[Variant, ...] = (ONE_TURN,)
     """The PostgreSQL systems run the one-turn variant only (the same reason)."""
     pg_warmup: int = 100
-    """Warm-up conversations of the PostgreSQL systems (they run two cells, not seven)."""
+    """Warm-up conversations of the PostgreSQL systems and of the Switchboard variants (they run
+    two cells, not seven)."""
+    stack_variant_concurrencies: tuple[int, ...] = STACK_VARIANT_CONCURRENCIES
+    """Where the Switchboard variants (`benchmarks.systems.STACK_VARIANTS`) run, one turn only: 32
+    (the column of the cost of observability) and 1 (cheap)."""
+    cost_rounds: int = 3
+    """Rounds of `switchboard` and its variants at `report.COST_CONCURRENCY` streams, one turn: the
+    cost of observability is the median of each system's rounds."""
     systems: tuple[str, ...] = SYSTEMS
     """The systems this run starts and measures."""
 
@@ -109,6 +141,8 @@ class Plan:
             return False
         if system in PG_REPLICAS:
             planned = concurrency in self.pg_concurrencies and variant in self.pg_variants
+        elif system in STACK_VARIANTS:
+            planned = concurrency in self.stack_variant_concurrencies and variant == ONE_TURN
         else:
             planned = concurrency in self.concurrencies and variant in self.variants
         single_wave = self.single_wave_one_turn and self.conversations[concurrency] <= concurrency
@@ -116,19 +150,36 @@ class Plan:
 
     def warmup_of(self, system: str) -> int:
         """Two-turn warm-up conversations before `system`'s idle RSS is taken."""
-        return min(self.pg_warmup, self.warmup) if system in PG_REPLICAS else self.warmup
+        few_cells = system in PG_REPLICAS or system in STACK_VARIANTS
+        return min(self.pg_warmup, self.warmup) if few_cells else self.warmup
 
     def groups(self) -> list[tuple[int, Variant, tuple[str, ...]]]:
         """The cell groups in run order: (concurrency, variant, the systems that run it)."""
         groups: list[tuple[int, Variant, tuple[str, ...]]] = []
-        concurrencies = dict.fromkeys((*self.concurrencies, *self.pg_concurrencies))
-        variants = dict.fromkeys((*self.variants, *self.pg_variants))
+        concurrencies = dict.fromkeys(
+            (*self.concurrencies, *self.pg_concurrencies, *self.stack_variant_concurrencies)
+        )
+        variants = dict.fromkeys((*self.variants, *self.pg_variants, ONE_TURN))
         for concurrency in concurrencies:
             for variant in variants:
                 systems = tuple(s for s in self.systems if self.runs(s, concurrency, variant))
                 if systems:
                     groups.append((concurrency, variant, systems))
         return groups
+
+    def schedule(self) -> list[Group]:
+        """Every group of `groups()` (round 1); right after the one at `report.COST_CONCURRENCY`
+        streams, one turn, `cost_rounds - 1` more rounds of its cells of the systems the cost of
+        observability compares (`OBSERVED`), when there are at least two of them."""
+        schedule: list[Group] = []
+        for concurrency, variant, systems in self.groups():
+            schedule.append(Group(concurrency, variant, systems))
+            if concurrency != report.COST_CONCURRENCY or variant != ONE_TURN:
+                continue
+            compared = tuple(s for s in systems if s in OBSERVED)
+            if len(compared) > 1:
+                schedule += [Group(concurrency, variant, compared, r) for r in range(2, self.cost_rounds + 1)]
+        return schedule
 
     @classmethod
     def full(cls, reply_tokens: int) -> Plan:
@@ -154,6 +205,7 @@ class Plan:
             warmup=50,
             upload_mib=32,
             upload_rounds=1,
+            cost_rounds=2,
         )
 
 
@@ -241,7 +293,8 @@ async def measure_cell(
 async def measure_all(
     targets: Mapping[str, Target], plan: Plan, log: Any, *, grpc_address: str | None = None
 ) -> list[dict[str, Any]]:
-    """Warm every system up, take the idle RSS, then run `plan.groups()` (systems rotating)."""
+    """Warm every system up, take the idle RSS, then run `plan.schedule()` (systems rotating); every
+    cell's record, with its round."""
     client = Client(benchmark_text(plan.reply_tokens), grpc_address)
     watches = {name: ProcessWatch(target.pids, trees=target.trees) for name, target in targets.items()}
     try:
@@ -257,26 +310,28 @@ async def measure_all(
         for watch in watches.values():
             watch.set_baseline()
         records: list[dict[str, Any]] = []
-        for group, (concurrency, variant, names) in enumerate(plan.groups()):
-            order = [targets[names[(group + i) % len(names)]] for i in range(len(names))]
+        for index, group in enumerate(plan.schedule()):
+            names = group.systems
+            order = [targets[names[(index + i) % len(names)]] for i in range(len(names))]
             for target in order:
-                conversations = plan.conversations[concurrency]
+                conversations = plan.conversations[group.concurrency]
                 started = time.perf_counter()
                 figures = await measure_cell(
                     client,
                     target,
                     watches[target.name],
-                    concurrency=concurrency,
+                    concurrency=group.concurrency,
                     conversations=conversations,
-                    turns=variant.turns,
+                    turns=group.variant.turns,
                 )
                 records.append(
                     {
                         "system": target.name,
                         "label": LABELS[target.name],
-                        "variant": variant.name,
-                        "turns": variant.turns,
-                        "concurrency": concurrency,
+                        "variant": group.variant.name,
+                        "turns": group.variant.turns,
+                        "concurrency": group.concurrency,
+                        "round": group.round,
                         "reply_tokens": plan.reply_tokens,
                         "processes": target.pids,
                         "process_trees": list(target.trees),
@@ -292,11 +347,12 @@ async def measure_all(
 
 @dataclass(frozen=True)
 class Started:
-    """The systems of a run, started: their targets in report order, and the SQLite stack (the
-    upload scenario's and gRPC direct's), if it runs."""
+    """The systems of a run, started: their targets in report order, the SQLite stack (the upload
+    scenario's and gRPC direct's), if it runs, and the OTLP sinks of the traced variants."""
 
     targets: dict[str, Target]
     sqlite: Stack | None
+    sinks: dict[str, OtlpSink]
 
 
 def start_systems(
@@ -304,11 +360,22 @@ def start_systems(
 ) -> Started:
     """Start the systems in `names` (stopped when `systems` closes)."""
     targets: dict[str, Target] = {}
+    sinks: dict[str, OtlpSink] = {}
     sqlite = None
     if SWITCHBOARD in names or GRPC_DIRECT in names:
         log("starting Switchboard on SQLite (upload, agent, edge on SeaweedFS S3)")
         sqlite = systems.enter_context(switchboard(work / "switchboard", reply_tokens, UPLOAD_MAX_BYTES))
         targets.update({target.name: target for target in switchboard_targets(sqlite)})
+    for name, stack_variant in STACK_VARIANTS.items():
+        if name in names:
+            env = " ".join(f"{key}={value}" for key, value in stack_variant.env.items())
+            sink_note = " and an OTLP sink" if stack_variant.otlp_sink else ""
+            log(f"starting {name}: Switchboard on SQLite with {env}{sink_note}")
+            targets[name], sink = systems.enter_context(
+                switchboard_variant(stack_variant, work / name, reply_tokens, UPLOAD_MAX_BYTES)
+            )
+            if sink is not None:
+                sinks[name] = sink
     for name, replicas in PG_REPLICAS.items():
         if name in names:
             agents = "one agent replica" if replicas == 1 else f"{replicas} agent replicas"
@@ -318,7 +385,7 @@ def start_systems(
         if name in names:
             log(f"starting {name}")
             targets[name] = systems.enter_context(aiohttp_server(module, name, reply_tokens, work))
-    return Started({name: targets[name] for name in SYSTEMS if name in names}, sqlite)
+    return Started({name: targets[name] for name in SYSTEMS if name in names}, sqlite, sinks)
 
 
 DOCS: Final = Path(__file__).resolve().parents[1] / "docs" / "performance.md"
@@ -335,7 +402,7 @@ def run(plan: Plan, out_dir: Path, *, chart: bool = True, update_docs: bool = Fa
         work = Path(tmp)
         running = start_systems(plan.systems, plan.reply_tokens, work, systems, log)
         grpc_address = None if running.sqlite is None else running.sqlite.agent_address
-        records = asyncio.run(measure_all(running.targets, plan, log, grpc_address=grpc_address))
+        cells = asyncio.run(measure_all(running.targets, plan, log, grpc_address=grpc_address))
         upload = None
         if plan.upload_rounds and running.sqlite is not None:
             upload = asyncio.run(
@@ -343,7 +410,21 @@ def run(plan: Plan, out_dir: Path, *, chart: bool = True, update_docs: bool = Fa
                     running.sqlite, size_mib=plan.upload_mib, rounds=plan.upload_rounds, log=log, work=work
                 )
             )
-    results = report.assemble(records, upload, plan=asdict(plan), wall_s=time.perf_counter() - started)
+    # The systems have stopped (traced services flushed their spans): the sinks' final counts.
+    records = [cell for cell in cells if cell["round"] == 1]
+    repeats = [cell for cell in cells if cell["round"] > 1]
+    traces = {
+        name: sink_figures(sink, cells, warmup=plan.warmup_of(name), system=name)
+        for name, sink in running.sinks.items()
+    }
+    results = report.assemble(
+        records,
+        upload,
+        plan=asdict(plan),
+        wall_s=time.perf_counter() - started,
+        repeats=repeats,
+        traces=traces,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     report.write_json(results, out_dir / "latest.json")
     (out_dir / "latest.md").write_text(report.markdown(results))
@@ -355,20 +436,48 @@ def run(plan: Plan, out_dir: Path, *, chart: bool = True, update_docs: bool = Fa
     return results
 
 
+def sink_figures(
+    sink: OtlpSink, cells: Sequence[dict[str, Any]], *, system: str, warmup: int
+) -> dict[str, Any]:
+    """What `system`'s OTLP sink received over the whole run (its final stats), per turn the system
+    served: its warm-up's two-turn conversations and every cell's."""
+    turns = 2 * warmup + sum(c["conversations"] * c["turns"] for c in cells if c["system"] == system)
+    final = sink.final or {}
+    spans, cpu_s = final.get("spans"), final.get("cpu_s")
+    return {
+        **final,
+        "turns": turns,
+        "spans_per_turn": spans / turns if spans is not None and turns else None,
+        "sink_cpu_ms_per_turn": 1000 * cpu_s / turns if cpu_s is not None and turns else None,
+    }
+
+
 def plan_from_args(args: argparse.Namespace) -> Plan:
     """The plan the command line asks for (see `main`)."""
     plan = (Plan.quick if args.quick else Plan.full)(args.reply_tokens)
     if args.concurrency:
         sizes = {c: plan.conversations.get(c, max(c, 256)) for c in args.concurrency}
         concurrencies = tuple(args.concurrency)
-        plan = replace(plan, concurrencies=concurrencies, pg_concurrencies=concurrencies, conversations=sizes)
+        plan = replace(
+            plan,
+            concurrencies=concurrencies,
+            pg_concurrencies=concurrencies,
+            stack_variant_concurrencies=concurrencies,
+            conversations=sizes,
+        )
     if args.one_turn:
         plan = replace(plan, variants=(ONE_TURN,), pg_variants=(ONE_TURN,))
     if args.no_upload:
         plan = replace(plan, upload_rounds=0)
+    if args.cost_rounds is not None:
+        if args.cost_rounds < 1:
+            raise SystemExit("--cost-rounds: at least 1")
+        plan = replace(plan, cost_rounds=args.cost_rounds)
     systems = tuple(args.system) if args.system else SYSTEMS
     if args.no_pg:
         systems = tuple(name for name in systems if name not in PG_REPLICAS)
+    if args.no_variants:
+        systems = tuple(name for name in systems if name not in STACK_VARIANTS)
     if not systems:
         raise SystemExit("no system left to measure")
     return replace(plan, systems=tuple(name for name in SYSTEMS if name in systems))
@@ -391,9 +500,10 @@ def arguments() -> argparse.ArgumentParser:
         "--concurrency",
         type=int,
         action="append",
-        help="only this concurrency (repeatable), for every system, the PostgreSQL ones included "
-        f"(default: {', '.join(map(str, CONCURRENCIES))}; PostgreSQL systems "
-        f"{', '.join(map(str, PG_CONCURRENCIES))})",
+        help="only this concurrency (repeatable), for every system, the PostgreSQL ones and the "
+        f"Switchboard variants included (default: {', '.join(map(str, CONCURRENCIES))}; PostgreSQL "
+        f"systems {', '.join(map(str, PG_CONCURRENCIES))}; variants "
+        f"{', '.join(map(str, STACK_VARIANT_CONCURRENCIES))})",
     )
     parser.add_argument("--one-turn", action="store_true", help="only the one-turn variant")
     parser.add_argument("--no-upload", action="store_true", help="skip the upload scenario")
@@ -408,6 +518,19 @@ def arguments() -> argparse.ArgumentParser:
         "--no-pg",
         action="store_true",
         help=f"leave out {' and '.join(PG_REPLICAS)} (e.g. where PostgreSQL is not installed)",
+    )
+    parser.add_argument(
+        "--no-variants",
+        action="store_true",
+        help=f"leave out the Switchboard variants ({', '.join(STACK_VARIANTS)}) and the cost of "
+        "observability",
+    )
+    parser.add_argument(
+        "--cost-rounds",
+        type=int,
+        metavar="N",
+        help=f"rounds of {SWITCHBOARD} and its variants at {report.COST_CONCURRENCY} streams for the cost "
+        "of observability (default: 3, --quick 2)",
     )
     parser.add_argument(
         "--update-docs", action="store_true", help="also write the tables into docs/performance.md"

@@ -12,17 +12,26 @@ replicas. Each has its own throwaway PostgreSQL cluster (`tests.support.postgres
 with one fresh database, migrated by `switchboard migrate`; no upload service (the workload sends
 no attachments). The server is part of the system's cost: its `postgres` role is the postmaster
 and, as a process tree, every backend and background process it forks.
+
+The Switchboard variants (`STACK_VARIANTS`) are the `switchboard` system started with more
+environment, the same processes and the same cost (edge, agent, upload): `switchboard-no-metrics`
+runs with metrics off, `switchboard-tracing` with metrics and traces on, every trace kept and
+exported over OTLP/HTTP to a sink of its own (`benchmarks/otlp_sink.py`, a process that counts
+the spans and discards them). One more variant is one more `StackVariant` line; it joins the cost
+of observability (`OBSERVED`) only when it says so.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from tests.support.postgres import PostgresCluster, private_postgres
 from tests.support.processes import ROOT, Service, Stack, free_port, running_stack, wait_http
@@ -30,18 +39,69 @@ from tests.support.processes import ROOT, Service, Stack, free_port, running_sta
 MiB: Final = 1024 * 1024
 
 SWITCHBOARD: Final = "switchboard"
+SWITCHBOARD_NO_METRICS: Final = "switchboard-no-metrics"
+SWITCHBOARD_TRACING: Final = "switchboard-tracing"
 SWITCHBOARD_PG: Final = "switchboard-pg"
 SWITCHBOARD_PG_2: Final = "switchboard-pg-2"
 GRPC_DIRECT: Final = "grpc-direct"
 REFERENCE: Final = "reference"
 CEILING: Final = "ceiling"
-SYSTEMS: Final = (SWITCHBOARD, SWITCHBOARD_PG, SWITCHBOARD_PG_2, GRPC_DIRECT, REFERENCE, CEILING)
-"""Every system, in the order of the report (the PostgreSQL rows next to the SQLite one)."""
+
+
+@dataclass(frozen=True)
+class StackVariant:
+    """A variant of the `switchboard` system: the same stack (upload, agent and edge on SQLite,
+    through the edge) with more environment."""
+
+    name: str
+    label: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    otlp_sink: bool = False
+    """The variant gets an OTLP sink of its own, and its services export their traces to it
+    (`OTEL_EXPORTER_OTLP_ENDPOINT`)."""
+    observability: bool = False
+    """Part of the cost of observability: it runs the extra rounds at 32 streams with `switchboard`,
+    and has a row in the report's cost section (`OBSERVED`)."""
+
+
+METRICS_OFF_ENV: Final = {"SWITCHBOARD_METRICS_ENABLED": "false"}
+TRACING_ENV: Final = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
+"""Traces on, as a deployment switches them on (the endpoint is the variant's sink); the sampler and
+the batching keep their defaults: every trace is kept, spans are exported in batches."""
+STACK_VARIANTS: Final = {
+    variant.name: variant
+    for variant in (
+        StackVariant(SWITCHBOARD_NO_METRICS, "Switchboard, metrics off", METRICS_OFF_ENV, observability=True),
+        StackVariant(
+            SWITCHBOARD_TRACING,
+            "Switchboard, metrics and traces on",
+            TRACING_ENV,
+            otlp_sink=True,
+            observability=True,
+        ),
+    )
+}
+"""The Switchboard variants, by name, in the order of the report (after `switchboard`)."""
+OBSERVED: Final = (SWITCHBOARD, *(name for name, v in STACK_VARIANTS.items() if v.observability))
+"""The systems the cost of observability compares, in the order of the report."""
+
+SYSTEMS: Final = (
+    SWITCHBOARD,
+    *STACK_VARIANTS,
+    SWITCHBOARD_PG,
+    SWITCHBOARD_PG_2,
+    GRPC_DIRECT,
+    REFERENCE,
+    CEILING,
+)
+"""Every system, in the order of the report (the variants and the PostgreSQL rows next to the
+SQLite one)."""
 PG_REPLICAS: Final = {SWITCHBOARD_PG: 1, SWITCHBOARD_PG_2: 2}
 """The PostgreSQL systems and their agent replicas."""
 POSTGRES_ROLE: Final = "postgres"
 LABELS: Final = {
     SWITCHBOARD: "Switchboard (edge, SSE)",
+    **{variant.name: variant.label for variant in STACK_VARIANTS.values()},
     SWITCHBOARD_PG: "Switchboard on PostgreSQL, 1 agent",
     SWITCHBOARD_PG_2: "Switchboard on PostgreSQL, 2 agents",
     GRPC_DIRECT: "Switchboard gRPC direct",
@@ -74,22 +134,74 @@ def switchboard_env(reply_tokens: int, upload_max_bytes: int) -> dict[str, str]:
 
 
 @contextmanager
-def switchboard(data_dir: Path, reply_tokens: int, upload_max_bytes: int) -> Iterator[Stack]:
-    """Upload service, agent service and edge (on SeaweedFS) in benchmark mode, as the tests run them."""
-    env = switchboard_env(reply_tokens, upload_max_bytes)
-    with running_stack(
-        data_dir,
-        SWITCHBOARD_LOCAL_REPLY_TOKENS=env["SWITCHBOARD_LOCAL_REPLY_TOKENS"],
-        SWITCHBOARD_UPLOAD_MAX_BYTES=env["SWITCHBOARD_UPLOAD_MAX_BYTES"],
-    ) as stack:
+def switchboard(
+    data_dir: Path, reply_tokens: int, upload_max_bytes: int, **extra_env: str
+) -> Iterator[Stack]:
+    """Upload service, agent service and edge (on SeaweedFS) in benchmark mode, as the tests run them,
+    with `extra_env` on top."""
+    env = {**switchboard_env(reply_tokens, upload_max_bytes), **extra_env}
+    # running_stack's own keywords spelled out (their defaults), so that `env` only fills **extra_env
+    with running_stack(data_dir, agent=True, uploads=True, s3=None, agent_replicas=1, **env) as stack:
         yield stack
 
 
-def switchboard_targets(stack: Stack) -> tuple[Target, Target]:
+def _edge_target(name: str, stack: Stack) -> Target:
     pids = {name: service.process.pid for name, service in stack.services.items()}
-    edge = Target(SWITCHBOARD, "http", stack.edge_url, {k: pids[k] for k in ("edge", "agent", "upload")})
-    direct = Target(GRPC_DIRECT, "grpc", stack.agent_address, {k: pids[k] for k in ("agent", "upload")})
-    return edge, direct
+    return Target(name, "http", stack.edge_url, {k: pids[k] for k in ("edge", "agent", "upload")})
+
+
+def switchboard_targets(stack: Stack) -> tuple[Target, Target]:
+    direct_pids = {k: stack.services[k].process.pid for k in ("agent", "upload")}
+    return _edge_target(SWITCHBOARD, stack), Target(GRPC_DIRECT, "grpc", stack.agent_address, direct_pids)
+
+
+@dataclass
+class OtlpSink:
+    """A running `benchmarks.otlp_sink`: where the services send their traces, and what it received."""
+
+    endpoint: str
+    """OTEL_EXPORTER_OTLP_ENDPOINT for the services (their exporter appends /v1/traces)."""
+    pid: int
+    final: dict[str, Any] | None = None
+    """Its `stats()` just before it stopped, after the services it served had flushed theirs."""
+
+    def stats(self) -> dict[str, Any]:
+        """What it received so far (`benchmarks.otlp_sink.Sink.stats`)."""
+        with urllib.request.urlopen(f"{self.endpoint}/stats", timeout=5) as response:
+            stats: dict[str, Any] = json.load(response)
+        return stats
+
+
+@contextmanager
+def otlp_sink(log_dir: Path) -> Iterator[OtlpSink]:
+    """`python -m benchmarks.otlp_sink` on a free port; reads its final stats before stopping it."""
+    with python_server("benchmarks.otlp_sink", "otlp-sink", log_dir) as (url, service):
+        sink = OtlpSink(url, service.process.pid)
+        try:
+            yield sink
+        finally:
+            try:
+                sink.final = sink.stats()
+            except OSError:
+                sink.final = None
+
+
+@contextmanager
+def switchboard_variant(
+    variant: StackVariant, data_dir: Path, reply_tokens: int, upload_max_bytes: int
+) -> Iterator[tuple[Target, OtlpSink | None]]:
+    """The `switchboard` system with the variant's environment (and its OTLP sink, started first and
+    stopped last, so it receives what the services flush when they stop); yields its target (edge URL,
+    the edge, agent and upload pids) and the sink."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as running:
+        env = dict(variant.env)
+        sink = None
+        if variant.otlp_sink:
+            sink = running.enter_context(otlp_sink(data_dir))
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = sink.endpoint
+        stack = running.enter_context(switchboard(data_dir, reply_tokens, upload_max_bytes, **env))
+        yield _edge_target(variant.name, stack), sink
 
 
 def postmaster_pid(cluster: PostgresCluster) -> int:
@@ -118,13 +230,13 @@ def switchboard_pg(name: str, data_dir: Path, reply_tokens: int) -> Iterator[tup
 
 
 @contextmanager
-def aiohttp_server(module: str, name: str, reply_tokens: int, log_dir: Path) -> Iterator[Target]:
-    """`python -m <module> --port P --reply-tokens N`, ready when `/healthz` answers."""
+def python_server(module: str, name: str, log_dir: Path, *args: str) -> Iterator[tuple[str, Service]]:
+    """`python -m <module> --port P <args>`, ready when `/healthz` answers; yields its URL."""
     port = free_port()
     log = log_dir / f"{name}.log"
     with log.open("wb") as handle:
         process = subprocess.Popen(
-            [sys.executable, "-m", module, "--port", str(port), "--reply-tokens", str(reply_tokens)],
+            [sys.executable, "-m", module, "--port", str(port), *args],
             cwd=ROOT,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -133,6 +245,13 @@ def aiohttp_server(module: str, name: str, reply_tokens: int, log_dir: Path) -> 
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz", service)
-        yield Target(name, "http", url, {name: process.pid})
+        yield url, service
     finally:
         service.stop()
+
+
+@contextmanager
+def aiohttp_server(module: str, name: str, reply_tokens: int, log_dir: Path) -> Iterator[Target]:
+    """`python -m <module> --port P --reply-tokens N` (the reference, the ceiling)."""
+    with python_server(module, name, log_dir, "--reply-tokens", str(reply_tokens)) as (url, service):
+        yield Target(name, "http", url, {name: service.process.pid})

@@ -78,11 +78,13 @@ POOL_IN_USE: Final = Gauge(
 
 
 class StreamMetrics:
-    """The pre-bound children of one streaming operation (nothing is looked up per event)."""
+    """The pre-bound children of one streaming operation, and the in-flight gauge (nothing is looked
+    up per event)."""
 
-    __slots__ = ("events", "first_text", "seconds", "text_deltas")
+    __slots__ = ("events", "first_text", "in_flight", "seconds", "text_deltas")
 
     def __init__(self, operation: str) -> None:
+        self.in_flight = STREAMS_IN_FLIGHT
         self.first_text = FIRST_TEXT_SECONDS.labels(operation)
         self.seconds = STREAM_SECONDS.labels(operation)
         self.events = STREAM_EVENTS.labels(operation)

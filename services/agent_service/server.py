@@ -37,24 +37,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import DBAPIError
 
+from services.agent_service import metrics as agent_metrics
 from services.agent_service.admin import ADMIN_SERVICE_NAME, AdminService
 from services.agent_service.attachments import AttachmentClient
 from services.agent_service.conversation import Conversation
-from services.agent_service.metrics import STREAMS_IN_FLIGHT, StreamMetrics, watch_pool
 from services.agent_service.store import SchemaError, Store, create_store, database_url, drain_shielded
 from services.agent_service.store.migrate import redacted
 from services.agent_service.transcription import Transcriber
 from services.agent_service.turn import Responder
-from services.common import codec, tracing
+from services.common import codec, grpc_metrics, metrics, tracing
 from services.common.auth import Principal
 from services.common.config import Settings
 from services.common.grpc_auth import AuthInterceptor, current_locale, current_principal
-from services.common.grpc_metrics import MetricsInterceptor
 from services.common.grpc_server import abort_internal, abort_with, enable_reflection, serve_until_signalled
 from services.common.grpc_server import server_options as common_server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
-from services.common.metrics import start_metrics_server
 from services.limits import Limits, LimitsStore
 from switchboard.app import Caller, InvalidRequest, SwitchboardError
 from switchboard.v1 import admin_pb2_grpc, chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
@@ -77,18 +75,14 @@ def server_options(settings: Settings) -> list[tuple[str, int]]:
     return common_server_options(settings, max_message_bytes=16 * _MB)
 
 
-STREAM_METRICS: Final = {
-    name: StreamMetrics(name)
-    for name in (
-        "CreateThread",
-        "AddUserMessage",
-        "AddClientToolOutput",
-        "AddStructuredInput",
-        "RetryAfterItem",
-        "CustomAction",
-    )
-}
-"""The streaming methods' metric children, bound once (services/agent_service/metrics.py)."""
+STREAMING_METHODS: Final = (
+    "CreateThread",
+    "AddUserMessage",
+    "AddClientToolOutput",
+    "AddStructuredInput",
+    "RetryAfterItem",
+    "CustomAction",
+)
 
 _Model = TypeVar("_Model", bound=BaseModel)
 _Reply = TypeVar("_Reply", bound=Message)
@@ -171,6 +165,11 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, conversation: Conversation, transcriber: Transcriber | None = None) -> None:
         self._conversation = conversation
         self._transcriber = transcriber or Transcriber()
+        self._metrics = {name: agent_metrics.StreamMetrics(name) for name in STREAMING_METHODS}
+        """The streaming methods' metric children, bound once (services/agent_service/metrics.py)."""
+        self._count_text = metrics.enabled()
+        """Whether streams look for their text deltas (time to the first, how many): only to count
+        them, so not with metrics off."""
 
     async def _stream(
         self,
@@ -180,10 +179,11 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
     ) -> None:
         """The boundary of every streaming RPC: a domain error becomes its status, anything else is
         logged with the request id and answered INTERNAL with a generic message."""
-        metrics = STREAM_METRICS[operation]
+        observed = self._metrics[operation]
+        count_text = self._count_text
         started = time.perf_counter()
         sent = deltas = 0
-        STREAMS_IN_FLIGHT.inc()
+        observed.in_flight.inc()
         try:
             try:
                 events = open_events()
@@ -195,11 +195,13 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
                 return
             try:
                 async for event in events:
-                    if isinstance(event, ThreadItemUpdatedEvent) and isinstance(
-                        event.update, AssistantMessageContentPartTextDelta
+                    if (
+                        count_text
+                        and isinstance(event, ThreadItemUpdatedEvent)
+                        and isinstance(event.update, AssistantMessageContentPartTextDelta)
                     ):
                         if not deltas:
-                            metrics.first_text.observe(time.perf_counter() - started)
+                            observed.first_text.observe(time.perf_counter() - started)
                         deltas += 1
                     await context.write(event_to_proto(event))
                     sent += 1
@@ -212,12 +214,12 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
                 if aclose is not None:
                     await aclose()
         finally:
-            STREAMS_IN_FLIGHT.dec()
+            observed.in_flight.dec()
             if sent:  # a refused call (a status, no events) is not a stream
-                metrics.seconds.observe(time.perf_counter() - started)
-                metrics.events.inc(sent)
+                observed.seconds.observe(time.perf_counter() - started)
+                observed.events.inc(sent)
                 if deltas:
-                    metrics.text_deltas.inc(deltas)
+                    observed.text_deltas.inc(deltas)
 
     async def _unary(self, context: Context, call: Callable[[], Awaitable[_Reply]]) -> _Reply:
         """The boundary of every unary RPC (see `_stream`)."""
@@ -431,7 +433,11 @@ async def build_server(
     """
     verifier = build_verifier(settings)
     server = aio.server(
-        interceptors=[*tracing.server_interceptors(), MetricsInterceptor(), AuthInterceptor(verifier)],
+        interceptors=[
+            *tracing.server_interceptors(),
+            *grpc_metrics.server_interceptors(),
+            AuthInterceptor(verifier),
+        ],
         options=server_options(settings),
     )
     conversation = Conversation(
@@ -469,6 +475,7 @@ async def serve(settings: Settings) -> None:
     from services.agent_service.agents import AppLoadError, create_responder, load_app
 
     tracing.setup_tracing("agent")
+    metrics.setup_metrics(settings.metrics_enabled, agent_metrics)
     try:
         app = load_app(settings.app)
     except AppLoadError as error:
@@ -495,9 +502,9 @@ async def serve(settings: Settings) -> None:
         log.error("cannot start: %s", error)
         raise SystemExit(2) from None
     attachments = AttachmentClient(settings.upload_address, settings)
-    watch_pool(store.pool_checked_out)
+    agent_metrics.watch_pool(store.pool_checked_out)
     try:
-        metrics = start_metrics_server(
+        scrape = metrics.start_metrics_server(
             settings.agent_metrics_listen, setting="SWITCHBOARD_AGENT_METRICS_LISTEN"
         )
     except (ValueError, OSError) as error:
@@ -543,8 +550,8 @@ async def serve(settings: Settings) -> None:
     await attachments.aclose()
     await store.close()
     await limits_store.close()
-    if metrics is not None:
-        metrics.stop()
+    if scrape is not None:
+        scrape.stop()
     tracing.shutdown_tracing()
     log.info("agent service stopped")
 

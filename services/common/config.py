@@ -33,6 +33,8 @@ class Settings(BaseSettings):
 
     # Metrics (Prometheus text format, see services/common/metrics.py); the edge serves GET /metrics
     # on its own HTTP port, the gRPC services on a small HTTP port of their own. Empty: off.
+    metrics_enabled: bool = Field(True, validation_alias=_env("SWITCHBOARD_METRICS_ENABLED"))
+    """False: no service keeps metrics (no /metrics anywhere, nothing observed on the hot path)."""
     agent_metrics_listen: str = Field(
         "127.0.0.1:9464", validation_alias=_env("SWITCHBOARD_AGENT_METRICS_LISTEN")
     )

@@ -12,6 +12,9 @@ go-grpc-prometheus:
 - `switchboard_grpc_server_started_total`
 - `switchboard_grpc_server_handled_total`
 - `switchboard_grpc_server_handling_seconds` (histogram; streams: until the last message)
+
+Servers take their interceptors from `server_interceptors`, which has none when metrics are off
+(`services.common.metrics.setup_metrics`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import grpc
 from grpc import aio
 from prometheus_client import Counter, Histogram
 
+from services.common import metrics
 from services.common.logs import current_operation
 from services.common.metrics import LATENCY_BUCKETS
 
@@ -156,3 +160,9 @@ def _wrap(behaviour: Any, call: _Call) -> Any:
     if inspect.isasyncgenfunction(behaviour):
         return _wrap_stream(behaviour, call)
     return _wrap_unary(behaviour, call)
+
+
+def server_interceptors() -> list[aio.ServerInterceptor]:
+    """The metrics interceptor for a grpc.aio server (put it after tracing's, before the auth
+    interceptor); none when metrics are off."""
+    return [MetricsInterceptor()] if metrics.enabled() else []

@@ -60,6 +60,8 @@ from services.common.grpc_tls import client_channel
 from services.common.identity import build_verifier
 from services.common.locale import is_language_tag, preferred_locale
 from services.common.logs import current_operation
+from services.common.metrics import enabled as metrics_enabled
+from services.common.metrics import setup_metrics
 from services.edge import metrics
 from services.edge.chatkit import (
     BadRequest,
@@ -339,29 +341,58 @@ async def request_context_middleware(
     current_request_id.set(request_id)  # for the logs (services/common/logs.py)
     tracing.set_request_id(request_id)  # on the request's span, when tracing is on
     started = time.perf_counter()
-    status = 500
+    outcome = _Outcome()
     try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except web.HTTPException as error:
-        status = error.status
-        raise
-    except asyncio.CancelledError:
-        status = 499
-        raise
+        return await outcome.of(handler, request)
     finally:
         elapsed = time.perf_counter() - started
-        metrics.observe(request, request.get(OPERATION, "-"), status, elapsed)
         access_log.info(
             "[%s] %s %s %s %d %.1fms",
             request_id,
             request.method,
             request.path,
             request.get(OPERATION, "-"),
-            status,
+            outcome.status,
             elapsed * 1000,
         )
+
+
+@web.middleware
+async def metrics_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Count and time every request by route, operation and status (services/edge/metrics.py); the
+    application has it only when metrics are on."""
+    started = time.perf_counter()
+    outcome = _Outcome()
+    try:
+        return await outcome.of(handler, request)
+    finally:
+        metrics.observe(request, request.get(OPERATION, "-"), outcome.status, time.perf_counter() - started)
+
+
+class _Outcome:
+    """The HTTP status a request ends with, as a middleware sees it: the response's, an HTTP
+    exception's, 499 when the client went away (the handler was cancelled), else 500."""
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 500
+
+    async def of(
+        self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]], request: web.Request
+    ) -> web.StreamResponse:
+        try:
+            response = await handler(request)
+        except web.HTTPException as error:
+            self.status = error.status
+            raise
+        except asyncio.CancelledError:
+            self.status = 499
+            raise
+        self.status = response.status
+        return response
 
 
 @web.middleware
@@ -759,15 +790,17 @@ def _setup_cors(app: web.Application, routes: Iterable[web.AbstractRoute], origi
 
 
 def create_app(settings: Settings) -> web.Application:
-    """The edge application: routes, middlewares, CORS, and the gRPC channel lifecycle.
+    """The edge application: routes, middlewares, CORS, and the gRPC channel lifecycle; with metrics
+    off (`run_edge` calls `setup_metrics` first), neither the metrics middleware nor `GET /metrics`.
 
     Reads the JWT secret (and the demo template when `demo_token` is set) once, here, so no request
     does file I/O. The channel opens on startup and closes on cleanup.
     """
     edge = Edge(settings)
+    observed = [metrics_middleware] if metrics_enabled() else []
     app = web.Application(
         client_max_size=max(settings.max_body_bytes, edge.transcribe_body_bytes),
-        middlewares=[request_context_middleware, error_middleware],
+        middlewares=[request_context_middleware, *observed, error_middleware],
     )
     app[EDGE] = edge
     app.cleanup_ctx.append(edge.channel_context)
@@ -781,7 +814,8 @@ def create_app(settings: Settings) -> web.Application:
         app.router.add_get("/healthz", edge.healthz),
         app.router.add_get("/readyz", edge.readyz),
     ]
-    app.router.add_get("/metrics", metrics.metrics_handler)  # no CORS: for Prometheus, not browsers
+    if metrics_enabled():
+        app.router.add_get("/metrics", metrics.metrics_handler)  # no CORS: for Prometheus, not browsers
     if edge.demo_page is not None:
         routes.append(app.router.add_get("/", edge.demo))
     if settings.cors_origins:
@@ -808,6 +842,7 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
 async def run_edge(settings: Settings) -> None:
     """Serve the edge on `edge_host:edge_port` until SIGTERM or SIGINT, then shut down gracefully."""
     tracing.setup_tracing("edge", http_server=True)  # before the app: it instruments web.Application
+    setup_metrics(settings.metrics_enabled, metrics)
     runner = make_runner(create_app(settings), settings)
     await runner.setup()
     stopping = asyncio.Event()

@@ -32,11 +32,11 @@ from services.common.auth import Principal
 from services.common.config import Settings
 from services.common.errors import invalid
 from services.common.grpc_auth import AuthInterceptor, current_principal, current_request_id
-from services.common.grpc_metrics import MetricsInterceptor
+from services.common.grpc_metrics import server_interceptors as metrics_interceptors
 from services.common.grpc_server import abort_with, enable_reflection, serve_until_signalled, server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
-from services.common.metrics import start_metrics_server
+from services.common.metrics import setup_metrics, start_metrics_server
 from services.common.uploads import UPLOAD_ACCEPTED_KEY
 from services.upload_service import metrics
 from services.upload_service.attachments import Attachments, Presented
@@ -246,7 +246,7 @@ async def build_server(
     """
     verifier = build_verifier(settings)
     server = aio.server(
-        interceptors=[*tracing.server_interceptors(), MetricsInterceptor(), AuthInterceptor(verifier)],
+        interceptors=[*tracing.server_interceptors(), *metrics_interceptors(), AuthInterceptor(verifier)],
         options=server_options(settings, max_message_bytes=MAX_MESSAGE_BYTES),
     )
     attachments = Attachments(
@@ -305,6 +305,7 @@ async def _ensure_bucket(
 async def serve(settings: Settings) -> None:
     """Run the upload service until SIGTERM/SIGINT, then drain in-flight calls within the grace."""
     tracing.setup_tracing("upload")
+    setup_metrics(settings.metrics_enabled, metrics)
     storage = ObjectStorage.from_settings(settings)
     try:
         scrape = start_metrics_server(

@@ -1,6 +1,7 @@
 """Metrics and logs of the real stack: one conversation through edge → agent → (fake) model, then
 every service's /metrics is scraped and parsed with prometheus_client's parser, and the JSON logs are
-read line by line.
+read line by line. A second stack runs with SWITCHBOARD_METRICS_ENABLED=false: it converses and
+serves no metrics anywhere.
 
 The stack runs on the fake OpenAI-compatible server (its completions report `USAGE`) with the demo
 app, and `SWITCHBOARD_LOG_FORMAT=json`. Tests run in file order on one stack; each compares
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import aiohttp
 import pytest
@@ -20,7 +23,7 @@ from chatkit.types import ThreadItemUpdatedEvent
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_server import USAGE, FakeOpenAI, fake_openai_server
-from tests.support.chatkit_wire import call, error_of, request, stream, user_input
+from tests.support.chatkit_wire import assistant_text, call, error_of, request, stream, user_input
 from tests.support.processes import Stack, running_stack
 
 EMPLOYEE_QUESTION = "Who is employee E1001?"
@@ -242,3 +245,53 @@ async def test_json_logs_parse_and_carry_the_request_id(observed: tuple[Stack, F
     # no user content at INFO
     for name in ("edge", "agent", "upload"):
         assert EMPLOYEE_QUESTION not in stack.services[name].log_text(), name
+
+
+# --------------------------------------------------------------------------- metrics off
+
+
+@pytest.fixture(scope="module")
+def unobserved(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("unobserved"), SWITCHBOARD_METRICS_ENABLED="false") as stack:
+        yield stack
+
+
+def _listening(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+async def _upload(http: aiohttp.ClientSession, stack: Stack, content: bytes, content_type: str) -> int:
+    form = aiohttp.FormData(quote_fields=False)
+    form.add_field("file", content, filename="notes.txt", content_type=content_type)
+    async with http.post(f"{stack.edge_url}/chatkit/api/upload", data=form, headers=stack.headers()) as reply:
+        await reply.read()
+        return reply.status
+
+
+async def test_with_metrics_off_the_stack_converses_and_serves_no_metrics(
+    http: aiohttp.ClientSession, unobserved: Stack
+) -> None:
+    stack = unobserved
+    # a conversation, an upload and a refused upload: every path that observes metrics when they are on
+    events = await stream(
+        http, stack.edge_url, request("threads.create", input=user_input("hello")), stack.headers()
+    )
+    assert assistant_text(events)
+    assert await _upload(http, stack, b"hello, no metrics", "text/plain") == 200
+    assert await _upload(http, stack, b"MZ\x90\x00 not allowed", "application/x-msdownload") == 400
+
+    async with http.get(f"{stack.edge_url}/metrics") as reply:
+        assert reply.status == 404
+    for name in ("agent", "upload"):
+        address = urllib.parse.urlsplit(stack.metrics_url(name)).netloc
+        assert not _listening(address), f"the {name} service serves metrics on {address}"
+        log = stack.services[name].log_text()
+        assert "metrics off" in log and "metrics on http" not in log, name
+    assert "metrics off" in stack.services["edge"].log_text()
+    for name, service in stack.services.items():
+        assert "Traceback" not in service.log_text(), name

@@ -85,7 +85,7 @@ from services.agent_service.metrics import ModelUsage, observe_sdk_event
 from services.agent_service.models.factory import ConfiguredModels, build_models, title_models
 from services.agent_service.transcription import Transcriber
 from services.agent_service.turn import ACTIVE_AGENT_KEY, ActionRequest, Turn
-from services.common import tracing
+from services.common import metrics, tracing
 from services.common.config import Settings
 from services.common.ids import new_id
 from services.limits import UsageMeter
@@ -288,6 +288,9 @@ class AppResponder:
             model_settings=usage,
         )
         self._usage = ModelUsage(models.provider)
+        self._observe_events = metrics.enabled()
+        """Whether the run's SDK events are looked at for the metrics (model calls and their usage,
+        tool calls, handoffs): not with metrics off."""
         self.attachment_limits = AttachmentLimits()
         """What one turn may put into the model input from attachments (`attachment_input.py`)."""
         self.transcriber = transcriber or Transcriber(models.client, app_transcribe=app.transcribe)
@@ -335,7 +338,8 @@ class AppResponder:
                         case _Text(parts=parts):
                             events += translator.on_text("".join(parts))
                         case RawResponsesStreamEvent() | RunItemStreamEvent() | AgentUpdatedStreamEvent():
-                            observe_sdk_event(envelope, self._usage)
+                            if self._observe_events:
+                                observe_sdk_event(envelope, self._usage)
                             if turn.usage is not None:
                                 _account(envelope, turn.usage)
                             events += translator.on_sdk_event(envelope)

@@ -32,6 +32,7 @@ from benchmarks.systems import (
     LABELS,
     PG_REPLICAS,
     REFERENCE,
+    STACK_VARIANTS,
     SWITCHBOARD,
     SWITCHBOARD_PG,
     SWITCHBOARD_PG_2,
@@ -52,7 +53,8 @@ def test_the_full_plan_adds_the_postgres_systems_at_32_and_256_one_turn_and_keep
     assert {cell for cell in cells if cell[0] in PG_REPLICAS} == {
         (system, concurrency, "create") for system in PG_REPLICAS for concurrency in (32, 256)
     }
-    # the four existing systems keep every cell they had: both variants, one turn only in the wave
+    # the four other systems keep every cell they had: both variants, one turn only in the wave
+    # (the Switchboard variants: tests/unit/benchmarks/test_observability_cost.py)
     expected = {
         (system, concurrency, variant.name)
         for system in BASE_SYSTEMS
@@ -60,7 +62,7 @@ def test_the_full_plan_adds_the_postgres_systems_at_32_and_256_one_turn_and_keep
         for variant in (ONE_TURN, TWO_TURNS)
         if not (concurrency == 1000 and variant.turns == 2)
     }
-    assert {cell for cell in cells if cell[0] not in PG_REPLICAS} == expected
+    assert {cell for cell in cells if cell[0] in BASE_SYSTEMS} == expected
     # groups run in the old order; the PostgreSQL rows join the groups they share
     assert [(c, v.name) for c, v, _ in plan.groups()] == [
         (1, "create"),
@@ -93,7 +95,7 @@ def test_the_command_line_selects_systems_and_concurrencies() -> None:
     assert _cells(one_column) == {(system, 64, "create") for system in SYSTEMS}
     assert one_column.conversations == {64: 256}
     without = _args("--no-pg")
-    assert without.systems == BASE_SYSTEMS
+    assert without.systems == (SWITCHBOARD, *STACK_VARIANTS, GRPC_DIRECT, REFERENCE, CEILING)
     assert all(s not in PG_REPLICAS for s, _, _ in _cells(without))
     only = _args("--system", SWITCHBOARD_PG_2, "--system", SWITCHBOARD)
     assert only.systems == (SWITCHBOARD, SWITCHBOARD_PG_2)  # report order, whatever the flags' order
