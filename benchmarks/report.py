@@ -40,6 +40,7 @@ from benchmarks.systems import (
     REFERENCE,
     STACK_VARIANTS,
     SWITCHBOARD,
+    SWITCHBOARD_NO_LIMITS,
     SWITCHBOARD_NO_METRICS,
     SWITCHBOARD_PG,
     SWITCHBOARD_PG_2,
@@ -83,6 +84,8 @@ COST_BASELINE: Final = SWITCHBOARD_NO_METRICS
 """The run without metrics, which the cost of observability is measured against."""
 METRICS_COST_PCT: Final = 5.0
 METRICS_COST_TARGET: Final = f"metrics cost ({COST_CONCURRENCY} concurrent, create)"
+LIMITS_COST_PCT: Final = 5.0
+LIMITS_COST_TARGET: Final = f"limits cost ({COST_CONCURRENCY} concurrent, create)"
 
 
 # --------------------------------------------------------------------------- machine
@@ -289,6 +292,27 @@ def metrics_cost_target(cost: dict[str, Any] | None) -> dict[str, Any]:
     return _target(METRICS_COST_TARGET, row["vs_baseline_pct"] >= -METRICS_COST_PCT, value, requirement)
 
 
+def limits_cost_target(cost: dict[str, Any] | None) -> dict[str, Any]:
+    """`switchboard` (every limit checked) against `switchboard-no-limits`: at most
+    `LIMITS_COST_PCT` % fewer conversations per second, the median of the rounds' paired
+    differences (both rows' rounds run back to back); n/a when either did not run."""
+    requirement = f">= -{LIMITS_COST_PCT:.0f} % conv/s vs {SWITCHBOARD_NO_LIMITS}"
+    row, base = _cost_row(cost, SWITCHBOARD), _cost_row(cost, SWITCHBOARD_NO_LIMITS)
+    if row is None or base is None:
+        return _target(LIMITS_COST_TARGET, None, "-", requirement)
+    pairs = list(zip(row["conversations_per_s_by_round"], base["conversations_per_s_by_round"], strict=False))
+    differences = [100 * (on / off - 1) for on, off in pairs if off]
+    median = _median(differences)
+    if median is None:
+        return _target(LIMITS_COST_TARGET, None, "-", requirement)
+    value = (
+        f"{median:+.1f} % conv/s, median of {len(differences)} round{'s' * (len(differences) != 1)} "
+        f"({', '.join(f'{pct:+.1f}' for pct in differences)}); medians "
+        f"{row['conversations_per_s']:.1f} vs {base['conversations_per_s']:.1f} conv/s"
+    )
+    return _target(LIMITS_COST_TARGET, median >= -LIMITS_COST_PCT, value, requirement)
+
+
 def evaluate_targets(
     records: Sequence[dict[str, Any]],
     upload: dict[str, Any] | None,
@@ -379,7 +403,9 @@ def evaluate_targets(
             )
         )
     targets.append(scale_out_target(records, cpus))
-    targets.append(metrics_cost_target(cost_of_observability(records, repeats)))
+    cost = cost_of_observability(records, repeats)
+    targets.append(metrics_cost_target(cost))
+    targets.append(limits_cost_target(cost))
     return targets
 
 

@@ -41,6 +41,7 @@ MiB: Final = 1024 * 1024
 SWITCHBOARD: Final = "switchboard"
 SWITCHBOARD_NO_METRICS: Final = "switchboard-no-metrics"
 SWITCHBOARD_TRACING: Final = "switchboard-tracing"
+SWITCHBOARD_NO_LIMITS: Final = "switchboard-no-limits"
 SWITCHBOARD_PG: Final = "switchboard-pg"
 SWITCHBOARD_PG_2: Final = "switchboard-pg-2"
 GRPC_DIRECT: Final = "grpc-direct"
@@ -65,6 +66,7 @@ class StackVariant:
 
 
 METRICS_OFF_ENV: Final = {"SWITCHBOARD_METRICS_ENABLED": "false"}
+LIMITS_OFF_ENV: Final = {"SWITCHBOARD_LIMITS_ENABLED": "false"}
 TRACING_ENV: Final = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
 """Traces on, as a deployment switches them on (the endpoint is the variant's sink); the sampler and
 the batching keep their defaults: every trace is kept, spans are exported in batches."""
@@ -79,6 +81,7 @@ STACK_VARIANTS: Final = {
             otlp_sink=True,
             observability=True,
         ),
+        StackVariant(SWITCHBOARD_NO_LIMITS, "Switchboard, limits off", LIMITS_OFF_ENV, observability=True),
     )
 }
 """The Switchboard variants, by name, in the order of the report (after `switchboard`)."""
@@ -124,12 +127,26 @@ class Target:
     """Roles counted with all their descendants (see `benchmarks.metrics.ProcessWatch`)."""
 
 
+BENCH_LIMITS: Final = {
+    "SWITCHBOARD_LIMIT_RUNS_PER_USER": "1000000",
+    "SWITCHBOARD_LIMIT_RUNS_PER_TENANT": "1000000",
+    "SWITCHBOARD_LIMIT_REQUESTS_PER_MINUTE": "1000000000",
+    "SWITCHBOARD_LIMIT_REQUEST_BURST": "1000000000",
+    "SWITCHBOARD_LIMIT_TOKENS_PER_DAY": "1000000000000000",
+    "SWITCHBOARD_LIMIT_UPLOAD_BYTES_PER_DAY": "1000000000000000",
+    "SWITCHBOARD_LIMIT_STORED_BYTES": "1000000000000000",
+}
+"""Every limit on and never reached: the load generator is one user of one tenant, and every
+check (request bucket, budget, run slots, upload bytes) runs as it does in production."""
+
+
 def switchboard_env(reply_tokens: int, upload_max_bytes: int) -> dict[str, str]:
     """What the bench stack sets on top of the test stack's environment (logs stay at INFO, the
     default: the edge writes its access line per request, as in production)."""
     return {
         "SWITCHBOARD_LOCAL_REPLY_TOKENS": str(reply_tokens),
         "SWITCHBOARD_UPLOAD_MAX_BYTES": str(upload_max_bytes),
+        **BENCH_LIMITS,
     }
 
 

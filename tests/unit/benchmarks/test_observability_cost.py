@@ -19,9 +19,11 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 from benchmarks import otlp_sink
 from benchmarks.loadgen import run_cell
 from benchmarks.report import (
+    LIMITS_COST_TARGET,
     METRICS_COST_TARGET,
     cost_of_observability,
     evaluate_targets,
+    limits_cost_target,
     markdown,
     metrics_cost_target,
     table,
@@ -33,6 +35,7 @@ from benchmarks.systems import (
     OBSERVED,
     STACK_VARIANTS,
     SWITCHBOARD,
+    SWITCHBOARD_NO_LIMITS,
     SWITCHBOARD_NO_METRICS,
     SWITCHBOARD_TRACING,
     SYSTEMS,
@@ -41,7 +44,7 @@ from benchmarks.systems import (
 )
 from switchboard.demo.benchmark import benchmark_text
 
-COMPARED = (SWITCHBOARD, SWITCHBOARD_NO_METRICS, SWITCHBOARD_TRACING)
+COMPARED = (SWITCHBOARD, SWITCHBOARD_NO_METRICS, SWITCHBOARD_TRACING, SWITCHBOARD_NO_LIMITS)
 """In the order of the report's rows."""
 COST_ORDER = (SWITCHBOARD_NO_METRICS, SWITCHBOARD, SWITCHBOARD_TRACING)
 """In the order of the cost table: the run without metrics first."""
@@ -65,6 +68,7 @@ def test_the_variants_are_the_switchboard_stack_with_more_environment() -> None:
     assert dict(no_metrics.env) == {"SWITCHBOARD_METRICS_ENABLED": "false"} and not no_metrics.otlp_sink
     assert tracing.env["OTEL_TRACES_EXPORTER"] == "otlp" and tracing.otlp_sink
     assert "SWITCHBOARD_METRICS_ENABLED" not in tracing.env  # metrics stay on, the default
+    assert dict(STACK_VARIANTS[SWITCHBOARD_NO_LIMITS].env) == {"SWITCHBOARD_LIMITS_ENABLED": "false"}
     assert all(name in LABELS for name in STACK_VARIANTS)
     assert OBSERVED == COMPARED
 
@@ -86,7 +90,7 @@ def test_the_full_plan_runs_the_variants_at_1_and_32_one_turn_then_two_more_roun
     main_groups = [g for g in schedule if g.round == 1]
     assert [(g.concurrency, g.variant, g.systems) for g in main_groups] == plan.groups()
     at = next(i for i, g in enumerate(schedule) if (g.concurrency, g.variant) == (32, ONE_TURN))
-    assert schedule[at].systems[:3] == COMPARED  # the first round: with every system
+    assert schedule[at].systems[: len(COMPARED)] == COMPARED  # the first round: with every system
     assert schedule[at + 1 : at + 3] == [Group(32, ONE_TURN, COMPARED, 2), Group(32, ONE_TURN, COMPARED, 3)]
     assert len(schedule) == len(plan.groups()) + 2
     assert (
@@ -217,6 +221,24 @@ def test_metrics_may_cost_at_most_5_percent(switchboard: tuple[float, ...], stat
     assert "median of 3 rounds" in target["value"]
     statuses = {t["target"]: t["status"] for t in evaluate_targets(records, None, 2, repeats=repeats)}
     assert statuses[METRICS_COST_TARGET] == status
+
+
+@pytest.mark.parametrize(
+    ("without_limits", "status"), [((100.0, 80.0, 90.0), "PASS"), ((103.0, 83.0, 93.0), "MISS")]
+)
+def test_limits_may_cost_at_most_5_percent(without_limits: tuple[float, ...], status: str) -> None:
+    records, repeats = _measured((97.0, 78.0, 88.0))
+    limits_off = _rounds(SWITCHBOARD_NO_LIMITS, *without_limits)
+    records += [c for c in limits_off if c["round"] == 1]
+    repeats += [c for c in limits_off if c["round"] > 1]
+    target = limits_cost_target(cost_of_observability(records, repeats))
+    assert target["target"] == LIMITS_COST_TARGET == "limits cost (32 concurrent, create)"
+    assert target["requirement"] == ">= -5 % conv/s vs switchboard-no-limits"
+    assert target["status"] == status  # paired: -3 %, -2.5 %, -2.2 % / -5.8 %, -6 %, -5.4 %
+    assert "median of 3 rounds" in target["value"]
+    statuses = {t["target"]: t["status"] for t in evaluate_targets(records, None, 2, repeats=repeats)}
+    assert statuses[LIMITS_COST_TARGET] == status
+    assert limits_cost_target(cost_of_observability(*_measured((97.0, 78.0, 88.0))))["status"] == "n/a"
 
 
 def test_without_the_run_without_metrics_there_is_no_verdict() -> None:
