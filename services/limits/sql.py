@@ -159,10 +159,11 @@ class LimitsSql:
         self.stored_now = select(tenant_storage.c.stored_bytes).where(
             tenant_storage.c.tenant == bindparam("tenant")
         )
+        # An UPDATE's parameters cannot be named after its table's columns ("tenant").
         released = tenant_storage.c.stored_bytes - bindparam("size")
         self.release_stored = (
             update(tenant_storage)
-            .where(tenant_storage.c.tenant == bindparam("tenant"))
+            .where(tenant_storage.c.tenant == bindparam("released_tenant"))
             .values(stored_bytes=case((released > 0, released), else_=literal(0)))
         )
         set_limits = insert(tenant_limits)
@@ -323,7 +324,7 @@ class LimitsSql:
     def release_storage(self, connection: Connection, tenant: str, size: int) -> None:
         """Stored bytes deleted (never below zero)."""
         if size > 0:
-            connection.execute(self.release_stored, {"tenant": tenant, "size": size})
+            connection.execute(self.release_stored, {"released_tenant": tenant, "size": size})
 
     def stored_bytes(self, connection: Connection, tenant: str) -> int:
         return int(connection.scalar(self.stored_now, {"tenant": tenant}) or 0)
