@@ -158,7 +158,9 @@ def switchboard(
     with `extra_env` on top."""
     env = {**switchboard_env(reply_tokens, upload_max_bytes), **extra_env}
     # running_stack's own keywords spelled out (their defaults), so that `env` only fills **extra_env
-    with running_stack(data_dir, agent=True, uploads=True, s3=None, agent_replicas=1, **env) as stack:
+    with running_stack(
+        data_dir, agent=True, uploads=True, s3=None, agent_replicas=1, upload_replicas=1, **env
+    ) as stack:
         yield stack
 
 

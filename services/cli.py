@@ -126,21 +126,27 @@ def _migrate(args: argparse.Namespace) -> int:
 
 async def _sweep_bucket(settings: Settings, *, dry_run: bool) -> int:
     """`switchboard sweep`: 0 done, 1 object storage unreachable or refusing."""
+    from services.upload_service.quota import open_quota
     from services.upload_service.storage import ObjectStorage
     from services.upload_service.sweep import sweep
     from switchboard.app import SwitchboardError
 
     try:
         storage = ObjectStorage.from_settings(settings)
+        # Removed attachments give their counted bytes back to their tenants' stored bytes.
+        quota = await open_quota(settings, application_name="switchboard-sweep")
     except ValueError as error:
         print(f"switchboard sweep: {error}", file=sys.stderr)
         return 2
     try:
-        report = await sweep(storage, pending_ttl_s=settings.upload_pending_ttl_s, dry_run=dry_run)
+        report = await sweep(
+            storage, pending_ttl_s=settings.upload_pending_ttl_s, dry_run=dry_run, quota=quota
+        )
     except SwitchboardError as error:
         print(f"switchboard sweep: bucket {storage.bucket} at {storage.endpoint}: {error}", file=sys.stderr)
         return 1
     finally:
+        await quota.close()
         await storage.close()
     verb = "would remove" if dry_run else "removed"
     for key in report.removed:

@@ -7,6 +7,8 @@ domain errors the conversation can report before it writes anything:
 - an attachment that does not exist (or is someone else's) is `NotFound`, like any unknown id;
 - an attachment that is not uploaded completely, or whose bytes do not match its type, keeps the
   upload service's answer (`PreconditionFailed`);
+- a limit that frees up later (the user's uploaded bytes of the day, the tenant's stored bytes)
+  stays `LimitReached` with the upload service's retry-after hint (HTTP 429 with Retry-After);
 - an unreachable upload service is `Unavailable`.
 """
 
@@ -32,7 +34,10 @@ from services.common import codec
 from services.common.config import Settings, grpc_target
 from services.common.errors import from_grpc_status
 from services.common.grpc_auth import current_authorization, current_request_id
+from services.common.grpc_server import retry_after_hint
 from services.common.grpc_tls import client_channel
+from services.common.uploads import WITHIN_REQUEST_KEY
+from services.limits import LimitReached
 from switchboard.app import NotFound, SwitchboardError, Unavailable
 from switchboard.v1 import upload_pb2, upload_pb2_grpc
 
@@ -65,6 +70,10 @@ def _service_error(error: aio.AioRpcError, subject: str) -> SwitchboardError:
         return NotFound(f"unknown {subject}: {details}")
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return Unavailable("the upload service is unavailable; try again later")
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        hint = retry_after_hint(error)
+        if hint is not None:
+            return LimitReached.relayed(details, retry_after_s=hint)
     return from_grpc_status(code, details)
 
 
@@ -168,8 +177,10 @@ class AttachmentClient:
             for start in range(0, len(data), _CHUNK_BYTES):
                 yield upload_pb2.UploadRequest(chunk=data[start : start + _CHUNK_BYTES])
 
+        # Within the turn's request: no second request of the user's rate (the bytes still count).
+        metadata = (*_metadata(), (WITHIN_REQUEST_KEY, "1"))
         try:
-            reply = await self.stub.Upload(requests(), metadata=_metadata(), timeout=_TIMEOUT_S)
+            reply = await self.stub.Upload(requests(), metadata=metadata, timeout=_TIMEOUT_S)
         except aio.AioRpcError as error:
             raise _service_error(error, "image") from error
         attachment = codec.attachment_from_proto(reply.attachment)

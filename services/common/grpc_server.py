@@ -127,6 +127,14 @@ def retry_after_metadata(error: SwitchboardError) -> tuple[tuple[str, str], ...]
     return ((RETRY_AFTER, str(max(1, math.ceil(hint)))),)
 
 
+def retry_after_hint(error: aio.AioRpcError) -> float | None:
+    """The seconds of a failed call's trailing `retry-after` (what `retry_after_metadata` sends)."""
+    for key, value in error.trailing_metadata() or ():
+        if key == RETRY_AFTER and isinstance(value, str) and value.isdigit() and int(value) > 0:
+            return float(value)
+    return None
+
+
 async def abort_internal(context: aio.ServicerContext[Any, Any], what: str) -> NoReturn:
     """End the call with INTERNAL and a generic message after an unexpected exception, which is
     logged here with the request id (call it from an `except` block); the client learns nothing

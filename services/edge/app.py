@@ -190,14 +190,15 @@ _PRIVATE_DETAILS: Final = {
     grpc.StatusCode.DATA_LOSS: "internal error in the agent service",
 }
 _MAX_DETAILS_CHARS: Final = 500
-# RPCs served by the upload service: their failures name it, and "too large" is HTTP 413 there.
+# RPCs served by the upload service: their failures name it, and RESOURCE_EXHAUSTED without a
+# retry-after hint (a file over the size limit) is HTTP 413 there; with one (a limit that frees up
+# later: the user's uploads at once or bytes of the day, the tenant's storage, the request rate) it
+# is 429 with Retry-After, as for every other RPC.
 UPLOAD_RPCS: Final = frozenset({"Upload", "CreateAttachment", "DeleteAttachment"})
 TRANSCRIBE_RPC: Final = "Transcribe"
 TRANSCRIBE_DEADLINE_MARGIN_S: Final = 5.0
 """The edge waits for a transcription `SWITCHBOARD_TRANSCRIBE_TIMEOUT_S` plus this (the agent
 service enforces the timeout itself and answers UNAVAILABLE with a reason)."""
-# Retry-After of a 429 for a user over the per-user upload limit: one of their uploads must end.
-UPLOAD_RETRY_AFTER_S: Final = 2
 
 # What an HTTP status means as a gRPC status name, for errors aiohttp raises itself.
 _CODE_FOR_HTTP: Final = {
@@ -258,15 +259,16 @@ def rpc_error_response(error: aio.AioRpcError, request_id: str, rpc: str) -> web
     details = (error.details() or "").strip()
     log.warning("[%s] %s failed: %s %s", request_id, rpc, code.name, details)
     message = _PRIVATE_DETAILS.get(code) or details[:_MAX_DETAILS_CHARS] or code.name.lower()
+    retry_after = _retry_after(error)
     if rpc in UPLOAD_RPCS:
         message = message.replace("the agent service", "the upload service")
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED and not retry_after:
             return json_error(code, message, status=413)
     if rpc == TRANSCRIBE_RPC and code == grpc.StatusCode.UNAVAILABLE:
         message = "dictation is unavailable right now; try again later"
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return _unauthenticated(message, invalid=True)
-    return json_error(code, message, headers=_retry_after(error))
+    return json_error(code, message, headers=retry_after)
 
 
 def _retry_after(error: aio.AioRpcError) -> list[tuple[str, str]]:
@@ -278,18 +280,11 @@ def _retry_after(error: aio.AioRpcError) -> list[tuple[str, str]]:
 
 
 def _upload_error_response(error: aio.AioRpcError, request_id: str) -> web.Response:
-    """A failed direct upload: a full per-user quota is 429 with Retry-After (too large stays 413),
-    an upload cut for being too slow (or outliving its deadline) is 408: the client was slow."""
+    """A failed direct upload: as any upload RPC (a limit that frees up later is 429 with
+    Retry-After, a file too large 413), except that an upload cut for being too slow (or outliving
+    its deadline) is 408: the client was slow."""
     code = error.code()
     details = (error.details() or "").strip()
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "too large" not in details:
-        log.warning("[%s] Upload refused: %s %s", request_id, code.name, details)
-        return json_error(
-            code,
-            details[:_MAX_DETAILS_CHARS] or "too many uploads in progress",
-            status=429,
-            headers=[(hdrs.RETRY_AFTER, str(UPLOAD_RETRY_AFTER_S))],
-        )
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         log.warning("[%s] Upload cut: %s %s", request_id, code.name, details)
         return json_error(code, details[:_MAX_DETAILS_CHARS] or "the upload took too long", status=408)

@@ -12,8 +12,12 @@ Slow clients. Each 1 MiB chunk (or the rest of the file) must arrive within
 `SWITCHBOARD_UPLOAD_CHUNK_TIMEOUT_S`, a minimum rate (1 MiB per 60 s by default), not just an idle
 timeout that a client trickling a byte at a time would pass: a slower upload is cut with 408
 (DEADLINE_EXCEEDED: the client was too slow, not the server, hence no 504) and its gRPC call is
-cancelled, which gives its upload slots back at once. A user over the upload service's per-user limit
-gets 429 with Retry-After (RESOURCE_EXHAUSTED without "too large"); "too large" stays 413.
+cancelled, which gives its upload slots back at once.
+
+Refusals: RESOURCE_EXHAUSTED with a retry-after hint (trailing metadata `retry-after`: too many
+uploads at once, the user's uploaded bytes of the day, the tenant's stored bytes, the request rate)
+is 429 with that Retry-After and the message naming the limit; without one (a file over the size
+limit) it stays 413.
 """
 
 from __future__ import annotations

@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import re
+from typing import Final
+
 from switchboard.app import LimitExceeded
+
+_MESSAGE: Final = re.compile(r"limit reached \((?P<limit>[a-z_]+)\): (?P<message>.*)", re.DOTALL)
 
 
 class LimitReached(LimitExceeded):
@@ -14,3 +19,17 @@ class LimitReached(LimitExceeded):
         super().__init__(f"limit reached ({limit}): {message}")
         self.limit = limit
         self.retry_after_s = retry_after_s
+
+    @classmethod
+    def relayed(cls, details: str, *, retry_after_s: float) -> LimitReached:
+        """Another service's refusal (its status details and retry-after hint), passed on with the
+        same message: "limit reached (<limit>): ..." keeps its limit's name; another refusal that
+        frees up later (too many uploads at once) has no name (`limit` is '')."""
+        match = _MESSAGE.fullmatch(details)
+        if match is not None:
+            return cls(match["limit"], match["message"], retry_after_s=retry_after_s)
+        error = cls.__new__(cls)
+        LimitExceeded.__init__(error, details)
+        error.limit = ""
+        error.retry_after_s = retry_after_s
+        return error

@@ -35,7 +35,9 @@ from switchboard.app import SwitchboardError
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-_POOL: Final = PoolOptions(pool_size=2, max_overflow=4)
+MAX_POOL: Final = PoolOptions(pool_size=2, max_overflow=4)
+"""The largest pool this store opens per process; the settings' pool (SWITCHBOARD_DATABASE_POOL_SIZE,
+SWITCHBOARD_DATABASE_MAX_OVERFLOW) makes it smaller (the upload service's Deployment does)."""
 
 
 class LimitsStore:
@@ -45,8 +47,8 @@ class LimitsStore:
         self._url = database_url(settings)
         self._options = replace(
             PoolOptions.from_settings(settings, application_name),
-            pool_size=_POOL.pool_size,
-            max_overflow=_POOL.max_overflow,
+            pool_size=min(settings.database_pool_size, MAX_POOL.pool_size),
+            max_overflow=min(settings.database_max_overflow, MAX_POOL.max_overflow),
         )
         self._engine: AsyncEngine | None = None
         self._sql = LimitsSql("")

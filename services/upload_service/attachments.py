@@ -12,9 +12,17 @@ Rules that hold for every method:
   this service writes (see `records`), so an attachment cannot change once it has been checked.
 - Reads are bounded by min(max_bytes, the recorded size): a ranged GET that stops at its limit.
 - Fairness: at most `max_uploads_per_user` direct uploads per (tenant, user) stream at once (more
-  are refused with RESOURCE_EXHAUSTED at once rather than queued), at most `max_concurrent_uploads`
-  in all (these queue), and each chunk must arrive within `chunk_timeout_s` (DEADLINE_EXCEEDED
-  otherwise). A cancelled call (client gone) gives its slots back at once.
+  are refused with RESOURCE_EXHAUSTED and a retry-after hint at once rather than queued), at most
+  `max_concurrent_uploads` in all (these queue), and each chunk must arrive within
+  `chunk_timeout_s` (DEADLINE_EXCEEDED otherwise). A cancelled call (client gone) gives its slots
+  back at once.
+- Limits (`quota`): a user request (`request=True`: an upload, a creation or a deletion the user
+  asked for, not the agent service's calls within a request it admitted) takes one request of the
+  user's rate; declared sizes are checked against the user's uploaded bytes of the day and the
+  tenant's stored bytes before anything is stored, and the real sizes are counted once the bytes
+  are stored (a direct upload's record written, a two-phase upload verified): a refusal there
+  removes what was stored. Deleting a counted attachment gives its bytes back, after its record is
+  gone.
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ from typing import Final, TypeVar
 from services.common.auth import Principal
 from services.common.errors import invalid, not_found
 from services.common.ids import new_id
+from services.upload_service.quota import UploadQuota
 from services.upload_service.records import (
     ATTACHMENT_ID,
     AttachmentRecord,
     RecordStore,
     object_key,
+    record_key,
     thread_marker_key,
     upload_key,
 )
@@ -61,6 +71,8 @@ MAX_IDS_PER_CALL: Final = 100
 MAX_CONCURRENT_UPLOADS: Final = 16
 MAX_UPLOADS_PER_USER: Final = 4
 CHUNK_TIMEOUT_S: Final = 60.0
+BUSY_RETRY_AFTER_S: Final = 2.0
+"""The hint of a refusal for too many uploads at once: one of them must end first."""
 _THREAD_ID: Final = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 _T = TypeVar("_T")
@@ -68,6 +80,13 @@ _T = TypeVar("_T")
 
 def _failed(message: str) -> SwitchboardError:
     return PreconditionFailed(message)
+
+
+class TooManyUploads(LimitExceeded):
+    """A user with `max_uploads_per_user` direct uploads streaming (RESOURCE_EXHAUSTED with a
+    retry-after hint: HTTP 429 at the edge)."""
+
+    retry_after_s = BUSY_RETRY_AFTER_S
 
 
 def _thread_id(value: str) -> str:
@@ -120,9 +139,11 @@ class Attachments:
         max_concurrent_uploads: int = MAX_CONCURRENT_UPLOADS,
         max_uploads_per_user: int = MAX_UPLOADS_PER_USER,
         chunk_timeout_s: float = CHUNK_TIMEOUT_S,
+        quota: UploadQuota | None = None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._storage = storage
+        self._quota = quota or UploadQuota(None)
         self._records = RecordStore(storage)
         self._policy = policy
         self._ttl_s = presign_ttl_s
@@ -251,28 +272,35 @@ class Attachments:
         chunks: AsyncIterator[bytes],
         wanted: Callable[[], bool] = lambda: True,
         accepted: Callable[[], Awaitable[None]] | None = None,
+        request: bool = True,
     ) -> AttachmentRecord:
         """Direct upload: validate, stream the bytes into storage, then record it as ready.
 
         The checked bytes go straight to the final key (`object_key`): no URL can write there, so
         no copy is needed. A user with `max_uploads_per_user` uploads streaming is refused
-        (LimitExceeded) before anything is read; at most `max_concurrent_uploads` stream at once in
-        all, the others wait before reading any chunk. `accepted` is awaited once the name, type,
-        declared size and the user's limit passed, before any chunk is read.
+        (TooManyUploads) before anything is read; at most `max_concurrent_uploads` stream at once
+        in all, the others wait before reading any chunk. `accepted` is awaited once the name,
+        type, declared size and the user's limits passed, before any chunk is read.
+
+        Limits: with `request`, one request of the user's rate. The declared size (at least one
+        byte when unknown: the edge streams without one) must fit the user's day and the tenant's
+        storage before any chunk is read; the stored size is counted after the record is written,
+        and a refusal then removes the record and the object again (`LimitReached`).
         """
         mime_type = self._policy.check_type(mime_type)
         self._policy.check_declared_size(size, required=False)
         record = self._new_record(owner, name, mime_type, size)
         user = (owner.tenant, owner.user)
         if self._uploading[user] >= self._per_user:
-            raise LimitExceeded(
+            raise TooManyUploads(
                 f"too many uploads in progress: at most {self._per_user} at once per user; "
                 "retry when one has finished"
             )
-        if accepted is not None:
-            await accepted()
         self._uploading[user] += 1
         try:
+            await self._quota.admit(owner, max(size, 1), request=request)
+            if accepted is not None:
+                await accepted()
             async with self._upload_slots:
                 stored = await self._storage.put_stream(
                     record.object_key,
@@ -283,13 +311,23 @@ class Attachments:
             self._uploading[user] -= 1
             if self._uploading[user] <= 0:
                 del self._uploading[user]
-        record = record.model_copy(update={"state": "ready", "size": stored.size, "sha256": stored.sha256})
+        record = record.model_copy(
+            update={
+                "state": "ready",
+                "size": stored.size,
+                "sha256": stored.sha256,
+                "counted": self._quota.counts,
+            }
+        )
         try:
             if not wanted():  # the caller is gone: the bytes may be a truncated file
                 raise asyncio.CancelledError("the client cancelled the upload")
             await self._records.save(record)
+            await self._quota.count(owner, record.size)
         except BaseException:
-            await self._storage.remove_quietly(record.object_key)
+            # The record first: a record whose object is gone would be worse than an orphaned
+            # object, which the sweep removes.
+            await self._storage.remove_quietly(record_key(record.tenant, record.id), record.object_key)
             raise
         log.info(
             "upload %s/%s by %s: %r, %s, %d bytes",
@@ -302,10 +340,16 @@ class Attachments:
         )
         return record
 
-    async def create(self, owner: Principal, *, name: str, mime_type: str, size: int) -> AttachmentRecord:
-        """Two-phase upload, phase 1: a pending record; the bytes come later through a presigned PUT."""
+    async def create(
+        self, owner: Principal, *, name: str, mime_type: str, size: int, request: bool = True
+    ) -> AttachmentRecord:
+        """Two-phase upload, phase 1: a pending record; the bytes come later through a presigned PUT.
+
+        With `request`, one request of the user's rate; the declared size must fit the user's day
+        and the tenant's storage now (it is counted when `attach` has verified the bytes)."""
         mime_type = self._policy.check_type(mime_type)
         self._policy.check_declared_size(size, required=True)
+        await self._quota.admit(owner, size, request=request)
         record = self._new_record(owner, name, mime_type, size)
         await self._records.save(record)
         log.info(
@@ -337,6 +381,12 @@ class Attachments:
         again while its URL is valid. Thread index markers are written before the records that
         they index; the upload keys of newly checked attachments are deleted after them.
         Returns the records in request order (a repeated id is repeated).
+
+        Limits: the agent service calls this within the user's request, so it takes no request of
+        the user's rate. The pending uploads' declared sizes must fit the user's day and the
+        tenant's storage before anything is copied; once verified, their bytes are counted
+        together, and a refusal removes the verified copies again (`LimitReached`): the records
+        stay pending, so the same message can be sent again once there is room.
         """
         thread_id = _thread_id(thread_id)
         requested, distinct = _ids(attachment_ids)
@@ -344,17 +394,53 @@ class Attachments:
         for record in records:
             if record.thread_id is not None and record.thread_id != thread_id:
                 raise _failed(f"attachment {record.id} belongs to another thread")
+        pending = [record for record in records if record.state == "pending"]
+        declared = sum(record.size for record in pending)
+        await self._quota.admit(owner, declared, request=False)
         verified = await _all(self._verified(record) for record in records)
-        bound = [record.model_copy(update={"thread_id": thread_id}) for record in verified]
+        if pending:
+            try:
+                await self._quota.count(owner, declared)  # verified: the real sizes are the declared ones
+            except BaseException:
+                await self._storage.remove_quietly(*(record.object_key for record in pending))
+                raise
+        fresh = {record.id for record in pending} if self._quota.counts else set()
+        bound = [
+            record.model_copy(
+                update={"thread_id": thread_id, "counted": record.counted or record.id in fresh}
+            )
+            for record in verified
+        ]
         changed = [new for new, old in zip(bound, records, strict=True) if new != old]
         newly_bound = [new for new, old in zip(bound, records, strict=True) if old.thread_id is None]
-        await _all(self._records.mark_thread(record) for record in newly_bound)
-        await _all(self._records.save(record) for record in changed)
+        await self._quota.shielded(self._bind(newly_bound, changed, fresh))
         checked = [upload_key(old.tenant, old.id) for old in records if old.state == "pending"]
         if checked:
             await self._storage.remove_quietly(*checked)
         by_id = {record.id: record for record in bound}
         return [by_id[attachment_id] for attachment_id in requested]
+
+    async def _bind(
+        self, newly_bound: list[AttachmentRecord], changed: list[AttachmentRecord], fresh: set[str]
+    ) -> None:
+        """Write the thread markers, then the records. The bytes counted by this call (`fresh`) of
+        records that could not be written are given back: those records stay pending."""
+        try:
+            await _all(self._records.mark_thread(record) for record in newly_bound)
+        except BaseException:
+            await self._quota.release(record for record in changed if record.id in fresh)
+            raise
+        results = await asyncio.gather(
+            *(self._records.save(record) for record in changed), return_exceptions=True
+        )
+        failures = [
+            (record, result)
+            for record, result in zip(changed, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
+        if failures:
+            await self._quota.release(record for record, _ in failures if record.id in fresh)
+            raise failures[0][1]
 
     async def _verified(self, record: AttachmentRecord) -> AttachmentRecord:
         """A ready record for a pending one whose upload, copied to the final key, passes the
@@ -408,25 +494,32 @@ class Attachments:
             return _empty()
         return self._storage.stream(record.object_key, limit=limit)
 
-    async def delete(self, owner: Principal, attachment_id: str) -> None:
-        """Remove the bytes, then the record (a failure in between leaves a record a retry removes)."""
+    async def delete(self, owner: Principal, attachment_id: str, *, request: bool = True) -> None:
+        """Remove the bytes, then the record (a failure in between leaves a record a retry removes),
+        then give the counted bytes back. With `request`, one request of the user's rate."""
+        await self._quota.admit(owner, 0, request=request)
         record = await self._owned(owner, attachment_id)
-        await self._remove(record)
+        await self._quota.shielded(self._remove(record))
         log.info("deleted %s/%s", owner.tenant, attachment_id)
 
     async def _remove(self, record: AttachmentRecord) -> None:
-        """Both keys of the bytes, the thread marker, then the record itself."""
+        """Both keys of the bytes, the thread marker, the record itself, then its counted bytes
+        (released only once the record is gone: a failure before releases nothing, and the record
+        cannot be deleted again)."""
         await self._storage.remove(record.object_key)
         await self._storage.remove(upload_key(record.tenant, record.id))
         await self._records.unmark_thread(record)
         await self._records.delete(record)
+        await self._quota.release([record])
 
     async def delete_thread(self, owner: Principal, thread_id: str) -> int:
         """Delete the caller's attachments bound to a thread; returns how many.
 
         Cost: one LIST of the thread's index markers plus one GET per attachment of the thread,
         whatever the size of the tenant. A marker whose record is gone (or now says another thread)
-        is removed; one for another user's attachment is left alone.
+        is removed; one for another user's attachment is left alone. The agent service calls this
+        within the user's request: no request of the user's rate is taken. Counted bytes are given
+        back attachment by attachment, as each record is deleted.
         """
         thread_id = _thread_id(thread_id)
         ids = await self._records.thread_members(owner.tenant, thread_id)
@@ -436,7 +529,7 @@ class Attachments:
             if record is None or record.thread_id != thread_id:
                 await self._storage.remove(thread_marker_key(owner.tenant, thread_id, attachment_id))
             elif record.owner == owner.user:
-                await self._remove(record)
+                await self._quota.shielded(self._remove(record))
                 deleted += 1
         if deleted:
             log.info("deleted %d attachments of thread %s/%s", deleted, owner.tenant, thread_id)

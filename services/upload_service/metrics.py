@@ -6,7 +6,9 @@
   created for a presigned upload
 - `switchboard_upload_refusals_total{reason}`: uploads and attachment creations refused, by reason:
   `too_large`, `content_mismatch` (the bytes are not of the declared type), `invalid` (name, type
-  not accepted, size), `unavailable` (object storage down), else the gRPC status name in lower case
+  not accepted, size), `unavailable` (object storage or the database down), the limit's name for a
+  limit (`upload_bytes_per_day`, `stored_bytes`, `requests_per_minute`), `uploads_in_progress`
+  (too many at once for the user), else the gRPC status name in lower case
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import grpc
 from prometheus_client import Counter
 
 from services.common.errors import grpc_status
+from services.limits import LimitReached
+from services.upload_service.attachments import TooManyUploads
 from services.upload_service.validation import ContentMismatch
 from switchboard.app import SwitchboardError
 
@@ -38,6 +42,10 @@ def refusal_reason(error: SwitchboardError) -> str:
     # the context, hidden from tracebacks)
     if isinstance(error.__context__, ContentMismatch):
         return "content_mismatch"
+    if isinstance(error, LimitReached):
+        return error.limit
+    if isinstance(error, TooManyUploads):
+        return "uploads_in_progress"
     code = grpc_status(error)
     return _REASONS.get(code, code.name.lower())
 

@@ -103,6 +103,10 @@ class AttachmentRecord(BaseModel):
     created_at: datetime
     sha256: str | None = None
     """Hex SHA-256 of the bytes, when known (direct uploads)."""
+    counted: bool = False
+    """The bytes count against the owner's uploaded bytes and the tenant's stored bytes (see
+    `quota`): deleting the attachment gives them back. False while pending, and for attachments
+    stored before the limits existed or by a service without them."""
 
 
 class RecordStore:

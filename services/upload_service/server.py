@@ -5,13 +5,21 @@ into ChatKit-shaped `switchboard.v1.Attachment` messages: `image` (with a fresh 
 URL) for image/* types, `file` otherwise, and `upload_descriptor` (a presigned PUT with the
 Content-Type header to send) only while a two-phase upload is pending.
 
+Requests and limits (see `quota`): Upload, CreateAttachment and DeleteAttachment are user requests
+(the edge calls them for the user's own HTTP requests) and take one request of the user's rate;
+AttachToThread, GetAttachments, ReadAttachment and DeleteThreadAttachments are the agent service's
+calls within a user request it admitted already, and so is an Upload that carries
+`WITHIN_REQUEST_KEY` (an image the agent generated). Byte limits apply to every upload.
+
 Status codes: INVALID_ARGUMENT for bad input (names, types, empty files, declared size or content
-mismatches), RESOURCE_EXHAUSTED with "too large" in the message for files over the limit (the edge
-answers 413) and without it for a user over the per-user upload limit (429 with Retry-After),
-DEADLINE_EXCEEDED for an upload whose next chunk did not come in time (408), NOT_FOUND for unknown
-or foreign attachments, FAILED_PRECONDITION for attachments that
-cannot be attached or read yet, UNAVAILABLE when object storage cannot be reached, INTERNAL for
-anything unexpected (logged with its traceback, never sent to the client).
+mismatches), RESOURCE_EXHAUSTED without a retry-after hint for files over the size limit (the edge
+answers 413) and with one (trailing metadata `retry-after`) for a limit that frees up later: too
+many uploads at once, the user's uploaded bytes of the day, the tenant's stored bytes, the user's
+request rate (the edge answers 429 with Retry-After), DEADLINE_EXCEEDED for an upload whose next
+chunk did not come in time (408), NOT_FOUND for unknown or foreign attachments,
+FAILED_PRECONDITION for attachments that cannot be attached or read yet, UNAVAILABLE when object
+storage or the database cannot be reached (or the database has no limits tables yet), INTERNAL
+for anything unexpected (logged with its traceback, never sent to the client).
 """
 
 from __future__ import annotations
@@ -37,9 +45,10 @@ from services.common.grpc_server import abort_with, enable_reflection, serve_unt
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
 from services.common.metrics import setup_metrics, start_metrics_server
-from services.common.uploads import UPLOAD_ACCEPTED_KEY
+from services.common.uploads import UPLOAD_ACCEPTED_KEY, WITHIN_REQUEST_KEY
 from services.upload_service import metrics
 from services.upload_service.attachments import Attachments, Presented
+from services.upload_service.quota import UploadQuota, open_quota
 from services.upload_service.records import AttachmentRecord
 from services.upload_service.storage import ObjectStorage
 from services.upload_service.sweep import lifecycle, sweep_periodically
@@ -73,6 +82,11 @@ def to_proto(presented: Presented) -> thread_pb2.Attachment:
         message.upload_descriptor.method = "PUT"
         message.upload_descriptor.headers["Content-Type"] = record.mime_type
     return message
+
+
+def _within_request(context: Context) -> bool:
+    """Whether the call is part of a user request another service admitted (`WITHIN_REQUEST_KEY`)."""
+    return any(key == WITHIN_REQUEST_KEY for key, _ in context.invocation_metadata() or ())
 
 
 async def _chunks(
@@ -141,6 +155,7 @@ class UploadService(upload_pb2_grpc.UploadServiceServicer):
                     chunks=_chunks(messages, context, marked=first.info.ends_with_marker),
                     wanted=lambda: not context.cancelled(),
                     accepted=lambda: context.send_initial_metadata(((UPLOAD_ACCEPTED_KEY, "1"),)),
+                    request=not _within_request(context),
                 )
             except SwitchboardError as error:
                 metrics.count_refusal(error)
@@ -237,12 +252,18 @@ class UploadService(upload_pb2_grpc.UploadServiceServicer):
 
 
 async def build_server(
-    settings: Settings, storage: ObjectStorage, *, listen: str | None = None, serving: bool = True
+    settings: Settings,
+    storage: ObjectStorage,
+    *,
+    listen: str | None = None,
+    serving: bool = True,
+    quota: UploadQuota | None = None,
 ) -> tuple[aio.Server, health.aio.HealthServicer, int]:
     """A started gRPC server with every service registered; returns it, its health servicer and port.
 
     With `serving=False` the health status starts NOT_SERVING (`serve` flips it once the bucket
     exists); calls are answered either way, and fail with UNAVAILABLE while storage is down.
+    Without `quota` no limit is checked and no byte counted (the service alone, in tests).
     """
     verifier = build_verifier(settings)
     server = aio.server(
@@ -255,6 +276,7 @@ async def build_server(
         presign_ttl_s=settings.presign_ttl_s,
         max_uploads_per_user=settings.upload_max_per_user,
         chunk_timeout_s=settings.upload_chunk_timeout_s,
+        quota=quota,
     )
     upload_pb2_grpc.add_UploadServiceServicer_to_server(UploadService(attachments), server)
     health_servicer = health.aio.HealthServicer()
@@ -303,28 +325,41 @@ async def _ensure_bucket(
 
 
 async def serve(settings: Settings) -> None:
-    """Run the upload service until SIGTERM/SIGINT, then drain in-flight calls within the grace."""
+    """Run the upload service until SIGTERM/SIGINT, then drain in-flight calls within the grace.
+
+    The limits live in the shared database (`SWITCHBOARD_DATABASE_URL`, else the SQLite file the
+    agent service uses); it is opened at start without waiting for it (see `quota`)."""
     tracing.setup_tracing("upload")
     setup_metrics(settings.metrics_enabled, metrics)
+    try:
+        quota = await open_quota(settings, application_name="switchboard-upload")
+    except ValueError as error:
+        log.error("cannot start: %s", error)
+        raise SystemExit(2) from None
     storage = ObjectStorage.from_settings(settings)
     try:
         scrape = start_metrics_server(
             settings.upload_metrics_listen, setting="SWITCHBOARD_UPLOAD_METRICS_LISTEN"
         )
     except (ValueError, OSError) as error:
+        await quota.close()
         await storage.close()
         log.error("cannot start: metrics on %s: %s", settings.upload_metrics_listen, error)
         raise SystemExit(2) from None
     try:
-        server, health_servicer, port = await build_server(settings, storage, serving=False)
+        server, health_servicer, port = await build_server(settings, storage, serving=False, quota=quota)
         ready = asyncio.Event()
-        tasks = [asyncio.create_task(_ensure_bucket(storage, health_servicer, settings, ready))]
+        tasks = [
+            asyncio.create_task(_ensure_bucket(storage, health_servicer, settings, ready)),
+            asyncio.create_task(quota.check_schema()),
+        ]
         if settings.upload_sweep_interval_s > 0:
             sweeper = sweep_periodically(
                 storage,
                 interval_s=settings.upload_sweep_interval_s,
                 pending_ttl_s=settings.upload_pending_ttl_s,
                 ready=ready,
+                quota=quota,
             )
             tasks.append(asyncio.create_task(sweeper))
         log.info(
@@ -342,6 +377,7 @@ async def serve(settings: Settings) -> None:
             for task in tasks:
                 task.cancel()
     finally:
+        await quota.close()
         await storage.close()
         if scrape is not None:
             scrape.stop()

@@ -10,7 +10,8 @@ What goes (`SWITCHBOARD_UPLOAD_PENDING_TTL_S`, 24 h by default, is "stale"):
   whose record is being written);
 - thread index markers whose record is gone, older than the TTL.
 A record older than the TTL that is bound to a thread but has no index marker (attached before
-the index existed) gets its marker.
+the index existed) gets its marker. A removed attachment whose bytes were counted (a direct upload
+never sent) gives them back to its tenant's stored bytes once its record is gone (`quota`).
 
 Cost: one LIST of every key of the bucket (1000 keys per request) plus one GET per candidate
 record: records older than the TTL without a thread marker, and records with an `uploads/` key.
@@ -28,11 +29,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
+from services.upload_service.quota import UploadQuota
 from services.upload_service.records import (
     ATTACHMENT_ID,
     OBJECTS_PREFIX,
@@ -88,14 +90,24 @@ async def lifecycle(storage: ObjectStorage, pending_ttl_s: int) -> bool:
     )
 
 
+async def _removed_then_released(
+    removal: Awaitable[None], quota: UploadQuota, record: AttachmentRecord
+) -> None:
+    """`removal` (the record last), then the record's counted bytes back."""
+    await removal
+    await quota.release([record])
+
+
 async def sweep(
     storage: ObjectStorage,
     *,
     pending_ttl_s: int,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     dry_run: bool = False,
+    quota: UploadQuota | None = None,
 ) -> SweepReport:
-    """One sweep of the whole bucket (see the module docstring)."""
+    """One sweep of the whole bucket (see the module docstring); `quota` gets the counted bytes of
+    removed attachments back (without it, they stay counted)."""
     report = SweepReport()
     records = RecordStore(storage)
     uploads = await storage.list_objects(f"{UPLOADS_PREFIX}/")
@@ -136,7 +148,11 @@ async def sweep(
         if stale:
             # Bytes first, record last: an interrupted sweep leaves a record the next one finds.
             present = [k for k in (record.object_key, upload_key(*key)) if k in existing]
-            await remove(*present, f"{RECORDS_PREFIX}/{key[0]}/{key[1]}.json")
+            removal = remove(*present, f"{RECORDS_PREFIX}/{key[0]}/{key[1]}.json")
+            if quota is None or dry_run:
+                await removal
+            else:  # the removal and the release finish together, even when the sweep is cancelled
+                await quota.shielded(_removed_then_released(removal, quota, record))
             gone.add(key)
             continue
         if record.thread_id is not None and key not in marked and record_age[key] < cutoff:
@@ -164,14 +180,19 @@ async def sweep(
 
 
 async def sweep_periodically(
-    storage: ObjectStorage, *, interval_s: float, pending_ttl_s: int, ready: asyncio.Event
+    storage: ObjectStorage,
+    *,
+    interval_s: float,
+    pending_ttl_s: int,
+    ready: asyncio.Event,
+    quota: UploadQuota | None = None,
 ) -> None:
     """Sweep every `interval_s` once the bucket is ready; failures are logged and retried next time."""
     await ready.wait()
     while True:
         await asyncio.sleep(interval_s)
         try:
-            report = await sweep(storage, pending_ttl_s=pending_ttl_s)
+            report = await sweep(storage, pending_ttl_s=pending_ttl_s, quota=quota)
         except SwitchboardError as error:
             log.warning("sweep of bucket %s failed (%s); next try in %g s", storage.bucket, error, interval_s)
             continue

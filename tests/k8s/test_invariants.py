@@ -21,6 +21,7 @@ from services.cli import build_parser
 from services.common.config import Settings
 from services.common.grpc_server import server_options
 from services.edge import app as edge_app
+from services.limits.store import MAX_POOL
 from services.upload_service import server as upload_server
 from tests.k8s.manifests import (
     K8S,
@@ -54,7 +55,7 @@ METRICS_LISTEN: Final = {"agent": "agent_metrics_listen", "upload": "upload_metr
 # How tokens are verified is checked on its own (test_every_service_verifies_tokens_the_same_way).
 REQUIRED: Final = {
     "agent": {"agent_listen", "upload_address", "database_url", "data_dir"},
-    "upload": {"upload_listen", "minio_endpoint", "minio_access_key", "minio_secret_key"},
+    "upload": {"upload_listen", "minio_endpoint", "minio_access_key", "minio_secret_key", "database_url"},
     "edge": {"edge_host", "agent_address", "upload_address"},
 }
 # Settings whose values are credentials: only ever from a Secret.
@@ -69,6 +70,8 @@ CLIENT_ADDRESSES: Final = {
 TERMINATION_MARGIN_S: Final = 5
 # PostgreSQL's default max_connections (100) less superuser_reserved_connections (3).
 DATABASE_CONNECTIONS: Final = 97
+# Settings each service sizes for itself (its own connection pool): they may differ between services.
+PER_PROCESS: Final = frozenset({"SWITCHBOARD_DATABASE_POOL_SIZE", "SWITCHBOARD_DATABASE_MAX_OVERFLOW"})
 MIN_PRESTOP_S: Final = 3
 
 
@@ -309,7 +312,8 @@ def test_settings_shared_by_services_agree(overlay: Rendered) -> None:
             for env, value in container.env.items():
                 values.setdefault(env, {})[container.name] = value
     for env, seen in values.items():
-        assert len(set(seen.values())) == 1, f"{env} differs between containers: {seen}"
+        if env not in PER_PROCESS:
+            assert len(set(seen.values())) == 1, f"{env} differs between containers: {seen}"
     refs: dict[str, set[str]] = {}
     for container in overlay.containers():
         for item in container.spec.get("env") or []:
@@ -520,13 +524,13 @@ def test_network_policies_deny_by_default_and_allow_only_the_wiring(overlay: Ren
     if overlay.overlay == "dev":
         allowed += [
             (pod["agent"], pod["postgres"], 5432),
+            (pod["upload"], pod["postgres"], 5432),
             (pod["migrate"], pod["postgres"], 5432),
             (pod["upload"], pod["minio"], 9000),
             (pod["bucket"], pod["minio"], 9000),
         ]
         denied += [
             (pod["edge"], pod["postgres"], 5432),
-            (pod["upload"], pod["postgres"], 5432),
             (pod["edge"], pod["minio"], 9000),
             (pod["agent"], pod["minio"], 9000),
             (stranger, pod["postgres"], 5432),
@@ -554,13 +558,13 @@ def test_network_policies_deny_by_default_and_allow_only_the_wiring(overlay: Ren
         ]
         allowed += [
             (pod["agent"], Peer(ip=db_ip), 5432),
+            (pod["upload"], Peer(ip=db_ip), 5432),
             (pod["migrate"], Peer(ip=db_ip), 5432),
             (pod["upload"], Peer(ip=s3_ip), minio_port),
             (pod["bucket"], Peer(ip=s3_ip), minio_port),
         ]
         denied += [
             (pod["edge"], Peer(ip=db_ip), 5432),
-            (pod["upload"], Peer(ip=db_ip), 5432),
             (pod["agent"], Peer(ip=s3_ip), minio_port),
         ]
     names = {id(peer): name for name, peer in pod.items()}
@@ -692,18 +696,30 @@ def test_workloads_do_not_mount_service_links(overlay: Rendered, kind: str) -> N
         assert workload["spec"]["template"]["spec"].get("enableServiceLinks") is False, _annotated(workload)
 
 
-def test_agent_pools_fit_the_database_at_maximum_scale(production: Rendered) -> None:
-    agent = production.service_containers()["agent"]
-    (hpa,) = [
-        h
-        for h in production.of_kind("HorizontalPodAutoscaler")
-        if h["spec"]["scaleTargetRef"]["name"] == agent.workload["metadata"]["name"]
-    ]
-    per_pod = int(_value(agent, "database_pool_size")) + int(_value(agent, "database_max_overflow"))
-    jobs = len(production.of_kind("Job"))
-    assert hpa["spec"]["maxReplicas"] * per_pod + jobs <= DATABASE_CONNECTIONS, (
-        f"{hpa['spec']['maxReplicas']} agents x {per_pod} connections exceed PostgreSQL's default limit"
+def test_database_pools_fit_the_database_at_maximum_scale(production: Rendered) -> None:
+    """The agents' pools and the upload services' (the limits store's, at most `MAX_POOL`) at the
+    autoscalers' maximum, plus one connection per Job."""
+    services = production.service_containers()
+
+    def max_replicas(container: Container) -> int:
+        (hpa,) = [
+            h
+            for h in production.of_kind("HorizontalPodAutoscaler")
+            if h["spec"]["scaleTargetRef"]["name"] == container.workload["metadata"]["name"]
+        ]
+        return int(hpa["spec"]["maxReplicas"])
+
+    agent, upload = services["agent"], services["upload"]
+    per_agent = int(_value(agent, "database_pool_size")) + int(_value(agent, "database_max_overflow"))
+    per_upload = min(int(_value(upload, "database_pool_size")), MAX_POOL.pool_size) + min(
+        int(_value(upload, "database_max_overflow")), MAX_POOL.max_overflow
     )
+    used = {
+        "agents": max_replicas(agent) * per_agent,
+        "uploads": max_replicas(upload) * per_upload,
+        "jobs": len(production.of_kind("Job")),
+    }
+    assert sum(used.values()) <= DATABASE_CONNECTIONS, f"{used} exceed PostgreSQL's default limit"
 
 
 # --------------------------------------------------------------------------- production identity

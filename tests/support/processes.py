@@ -93,6 +93,8 @@ class Stack:
     agent_envs: dict[str, dict[str, str]] = field(default_factory=dict)
     database_url: str | None = None
     """SWITCHBOARD_DATABASE_URL when the stack runs on PostgreSQL (None: SQLite in data_dir)."""
+    upload_envs: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Upload replica name ("upload", "upload-2", ...) -> its environment, in start order."""
 
     def agents(self) -> list[Service]:
         """The agent replicas (running or not), in start order."""
@@ -110,9 +112,9 @@ class Stack:
         """Where the service `name` ("edge", "upload", "agent", "agent-2", ...) serves /metrics."""
         if name == "edge":
             return f"{self.edge_url}/metrics"
-        env = self.env if name == "upload" else self.agent_envs[name]
-        key = "SWITCHBOARD_UPLOAD_METRICS_LISTEN" if name == "upload" else "SWITCHBOARD_AGENT_METRICS_LISTEN"
-        return f"http://{env[key]}/metrics"
+        if name.startswith("upload"):
+            return f"http://{self.upload_envs[name]['SWITCHBOARD_UPLOAD_METRICS_LISTEN']}/metrics"
+        return f"http://{self.agent_envs[name]['SWITCHBOARD_AGENT_METRICS_LISTEN']}/metrics"
 
     def token(self, tenant: str = "acme", user: str = "alice", role: str = "user") -> str:
         return mint_token(SECRET, tenant=tenant, user=user, role=role)
@@ -250,6 +252,7 @@ def running_stack(
     uploads: bool = True,
     s3: S3Server | None = None,
     agent_replicas: int = 1,
+    upload_replicas: int = 1,
     database_url: str | None = None,
     **extra_env: str,
 ) -> Iterator[Stack]:
@@ -262,21 +265,25 @@ def running_stack(
     `SWITCHBOARD_AGENT_ADDRESS=127.0.0.1:p1,127.0.0.1:p2` and balances over them. `database_url`
     (a PostgreSQL database, e.g. from `tests.support.postgres`) is migrated with `switchboard
     migrate`, then shared by every replica; without it each stack has its SQLite file in `data_dir`.
+    `upload_replicas` upload services likewise ("upload", "upload-2", ...): the edge and the agents
+    get them all as `SWITCHBOARD_UPLOAD_ADDRESS`.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     s3_server = s3 or (shared_seaweedfs() if uploads else NO_S3)
     agent_ports = [free_port() for _ in range(max(agent_replicas, 1))]
-    edge_port, upload_port = free_port(), free_port()
+    edge_port = free_port()
+    upload_ports = [free_port() for _ in range(max(upload_replicas, 1))]
     if database_url is not None:
         extra_env = {"SWITCHBOARD_DATABASE_URL": database_url, **extra_env}
     bucket = S3Server.new_bucket()
-    env = service_env(data_dir, agent_ports[0], edge_port, upload_port, s3_server, bucket, **extra_env)
+    env = service_env(data_dir, agent_ports[0], edge_port, upload_ports[0], s3_server, bucket, **extra_env)
     addresses = [f"127.0.0.1:{port}" for port in agent_ports]
     env["SWITCHBOARD_AGENT_ADDRESS"] = ",".join(addresses)
+    env["SWITCHBOARD_UPLOAD_ADDRESS"] = ",".join(f"127.0.0.1:{port}" for port in upload_ports)
     stack = Stack(
         data_dir,
         addresses[0],
-        f"127.0.0.1:{upload_port}",
+        f"127.0.0.1:{upload_ports[0]}",
         s3_server,
         f"http://127.0.0.1:{edge_port}",
         env,
@@ -288,12 +295,20 @@ def running_stack(
         stack.agent_envs[name] = {**env, "SWITCHBOARD_AGENT_LISTEN": address}
         if index:
             stack.agent_envs[name]["SWITCHBOARD_AGENT_METRICS_LISTEN"] = f"127.0.0.1:{free_port()}"
+    for index, port in enumerate(upload_ports):
+        name = "upload" if index == 0 else f"upload-{index + 1}"
+        stack.upload_envs[name] = {**env, "SWITCHBOARD_UPLOAD_LISTEN": f"127.0.0.1:{port}"}
+        if index:
+            stack.upload_envs[name]["SWITCHBOARD_UPLOAD_METRICS_LISTEN"] = f"127.0.0.1:{free_port()}"
     try:
         if database_url is not None:
             migrate(env)
         if uploads:
-            stack.services["upload"] = start("upload", env, data_dir)
-            wait_port(upload_port, stack.services["upload"])
+            for name, upload_env in stack.upload_envs.items():
+                stack.services[name] = start(name, upload_env, data_dir, command="upload")
+            for name, upload_env in stack.upload_envs.items():
+                port = int(upload_env["SWITCHBOARD_UPLOAD_LISTEN"].rsplit(":", 1)[1])
+                wait_port(port, stack.services[name])
         if agent:
             # The replicas and the edge start together (the edge connects lazily).
             for name in stack.agent_envs:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
 import aiohttp
 import grpc
 import pytest
+from grpc import aio
 
+from services.edge.app import rpc_error_response
 from tests.unit.edge.conftest import EdgeUnderTest, make_settings, running_edge, unused_address
 from tests.unit.edge.fake_agent import STREAM_OPTIONS, TURN_EVENTS, FakeAgent, to_events
 from tests.unit.edge.test_edge_chatkit_api import CREATE, GET_THREAD, frames, wire
@@ -182,3 +185,33 @@ async def test_no_grpc_call_outlives_an_aborted_client_session(agent: FakeAgent)
         await response.content.readuntil(b"\n\n")
         await session.close()
         await asyncio.wait_for(agent.servicer.cancelled.wait(), timeout=1.0)
+
+
+UPLOAD_REFUSALS = [
+    # (rpc, trailing retry-after, HTTP status, Retry-After): a limit that frees up later carries a
+    # hint and is 429 with it; a file over the size limit carries none and is 413.
+    ("Upload", "3600", 429, "3600"),
+    ("CreateAttachment", "86399", 429, "86399"),
+    ("DeleteAttachment", "2", 429, "2"),
+    ("Upload", None, 413, None),
+    ("CreateAttachment", None, 413, None),
+    ("CreateThread", "30", 429, "30"),
+    ("CreateThread", None, 429, None),
+]
+
+
+@pytest.mark.parametrize(("rpc", "hint", "status", "retry_after"), UPLOAD_REFUSALS)
+def test_resource_exhausted_is_429_with_a_retry_after_hint_and_413_for_uploads_without(
+    rpc: str, hint: str | None, status: int, retry_after: str | None
+) -> None:
+    trailing = aio.Metadata(("retry-after", hint)) if hint is not None else aio.Metadata()
+    error = aio.AioRpcError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, aio.Metadata(), trailing, details="limit reached (x): details"
+    )
+    reply = rpc_error_response(error, "req-1", rpc)
+    assert reply.status == status
+    assert reply.headers.get("Retry-After") == retry_after
+    assert json.loads(reply.body)["error"] == {  # type: ignore[arg-type]
+        "code": "RESOURCE_EXHAUSTED",
+        "message": "limit reached (x): details",
+    }

@@ -29,6 +29,7 @@ from pydantic import TypeAdapter
 from services.common import codec
 from services.common.auth import mint_token
 from services.common.config import Settings
+from services.upload_service.quota import UploadQuota
 from services.upload_service.server import build_server
 from services.upload_service.storage import ObjectStorage
 from switchboard.v1 import thread_pb2, upload_pb2, upload_pb2_grpc
@@ -189,9 +190,12 @@ async def storage(s3_server: S3Server) -> AsyncIterator[ObjectStorage]:
 
 
 @asynccontextmanager
-async def serving(settings: Settings, storage: ObjectStorage) -> AsyncIterator[UploadServer]:
-    """The upload service on a free loopback port, and a client channel to it."""
-    server, _, port = await build_server(settings, storage, listen="127.0.0.1:0")
+async def serving(
+    settings: Settings, storage: ObjectStorage, quota: UploadQuota | None = None
+) -> AsyncIterator[UploadServer]:
+    """The upload service on a free loopback port, and a client channel to it (without `quota`: no
+    limits, nothing counted)."""
+    server, _, port = await build_server(settings, storage, listen="127.0.0.1:0", quota=quota)
     address = f"127.0.0.1:{port}"
     channel = aio.insecure_channel(address)
     try:

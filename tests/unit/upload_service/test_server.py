@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import grpc
+import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -53,7 +55,10 @@ async def test_repeated_ids_are_answered_in_request_order(service: UploadServer)
 
 
 async def test_switchboard_upload_serves_and_stops_on_sigterm(s3: S3) -> None:
-    """The real command: creates its bucket, answers an upload, drains and exits 0 on SIGTERM."""
+    """The real command: creates its bucket, answers an upload, drains and exits 0 on SIGTERM.
+
+    It starts before the database has its limits tables (the agent service creates them): it
+    serves, answers UNAVAILABLE until they exist, and works as soon as they do."""
     listen = unused_endpoint()
     bucket = "serve-test"
     env = {key: value for key, value in os.environ.items() if not key.startswith(("SWITCHBOARD_", "MINIO_"))}
@@ -90,10 +95,15 @@ async def test_switchboard_upload_serves_and_stops_on_sigterm(s3: S3) -> None:
             assert await asyncio.to_thread(s3.client.bucket_exists, bucket)
             async with aio.insecure_channel(listen) as channel:
                 stub = upload_pb2_grpc.UploadServiceStub(channel)
-                created = await stub.CreateAttachment(
-                    upload_pb2.CreateAttachmentRequest(name="a.txt", size=3, mime_type="text/plain"),
-                    metadata=metadata(),
+                create = upload_pb2.CreateAttachmentRequest(name="a.txt", size=3, mime_type="text/plain")
+                with pytest.raises(aio.AioRpcError) as refused:
+                    await stub.CreateAttachment(create, metadata=metadata())
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+                migrated = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "services.cli", "migrate", cwd=ROOT, env=env, stdout=log, stderr=log
                 )
+                assert await migrated.wait() == 0
+                created = await stub.CreateAttachment(create, metadata=metadata())
                 assert created.attachment.upload_descriptor.url.startswith(f"http://{s3.endpoint}/{bucket}/")
             process.send_signal(signal.SIGTERM)
             code = await asyncio.wait_for(process.wait(), 10)
@@ -105,3 +115,4 @@ async def test_switchboard_upload_serves_and_stops_on_sigterm(s3: S3) -> None:
         output = log.read().decode(errors="replace")
     assert code == 0, output
     assert "upload service listening on" in output and "upload service stopped" in output
+    assert "the database has no limits tables yet" in output
