@@ -1,8 +1,8 @@
 """The admin service (switchboard.v1.AdminService): usage, per-tenant limits and the audit log.
 
 It runs in the agent service, on its gRPC port and behind the same authentication, and works on
-the shared database through a `LimitsStore` of its own (a small pool; the agent service opens it at
-start and closes it after the drain). Who may act on which tenant and what a request may ask is
+the shared database through a `LimitsStore` that runs its transactions on the thread store's
+connections (the agent service opens it at start and closes it after the drain). Who may act on which tenant and what a request may ask is
 decided by `services.limits.admin`; this module maps protobuf to those checks and back.
 
 Audit: every call that is allowed writes a row to the audit log. A change of limits writes it in the

@@ -512,8 +512,8 @@ async def serve(settings: Settings) -> None:
         await store.close()
         log.error("cannot start: metrics on %s: %s", settings.agent_metrics_listen, error)
         raise SystemExit(2) from None
-    # The admin service's own small pool on the same database (connections are made on first use).
-    limits_store = LimitsStore(settings, application_name="switchboard-agent-admin")
+    # The admin service works through the thread store's transactions (no pool of its own).
+    limits_store = LimitsStore(settings, application_name="switchboard-agent-admin", transactions=store)
     await limits_store.open()
     server, health_servicer, port = await build_server(
         settings,

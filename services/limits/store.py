@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Protocol, TypeVar
 
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -40,9 +40,23 @@ MAX_POOL: Final = PoolOptions(pool_size=2, max_overflow=4)
 SWITCHBOARD_DATABASE_MAX_OVERFLOW) makes it smaller (the upload service's Deployment does)."""
 
 
+class Transactions(Protocol):
+    """A store that runs transaction bodies itself (the agent service's thread store)."""
+
+    @property
+    def dialect(self) -> str: ...
+
+    async def transaction(self, body: Callable[[Connection], T]) -> T: ...
+
+
 class LimitsStore:
-    def __init__(self, settings: Settings, *, application_name: str) -> None:
+    def __init__(
+        self, settings: Settings, *, application_name: str, transactions: Transactions | None = None
+    ) -> None:
+        """`transactions`: run every transaction through that (open) store and its pool instead of
+        a pool of this store's own (the agent service shares its store's connections)."""
         self.defaults = Limits.from_settings(settings)
+        self._transactions = transactions
         self.enabled = settings.limits_enabled
         self._url = database_url(settings)
         self._options = replace(
@@ -54,6 +68,9 @@ class LimitsStore:
         self._sql = LimitsSql("")
 
     async def open(self) -> None:
+        if self._transactions is not None:
+            self._sql = LimitsSql(self._transactions.dialect)
+            return
         url = make_url(self._url)
         if url.get_backend_name() == "sqlite":
             engine = create_async_engine(url, hide_parameters=True)
@@ -70,6 +87,8 @@ class LimitsStore:
 
     async def run(self, body: Callable[[Connection], T]) -> T:
         """`body` in one transaction; infrastructure failures as domain errors (503/504)."""
+        if self._transactions is not None:
+            return await self._transactions.transaction(body)
         if self._engine is None:
             raise RuntimeError("the limits store is not open")
         try:

@@ -288,6 +288,16 @@ class SqlStore(Store):
         async with self.engine.begin() as connection:
             return await connection.run_sync(body)
 
+    @property
+    def dialect(self) -> str:
+        """The database's SQLAlchemy dialect name (`sqlite`, `postgresql`); empty until open."""
+        return self._dialect
+
+    async def transaction(self, body: Callable[[Connection], T]) -> T:
+        """Run `body` in one transaction of this store (its pool, its error translation): for
+        statements of other modules on the same database (`services/limits`)."""
+        return await self._run(body)
+
     async def _run(self, body: Callable[[Connection], T]) -> T:
         """`_run_body`, in a span `store <operation>` when tracing is on (its SQL statements are
         spans under it: `services/common/tracing.py`)."""
