@@ -2,8 +2,9 @@
 
 It runs in the agent service, on its gRPC port and behind the same authentication, and works on
 the shared database through a `LimitsStore` that runs its transactions on the thread store's
-connections (the agent service opens it at start and closes it after the drain). Who may act on which tenant and what a request may ask is
-decided by `services.limits.admin`; this module maps protobuf to those checks and back.
+connections (the agent service opens it at start and closes it after the drain). Who may act on
+which tenant and what a request may ask is decided by `services.limits.admin`; this module maps
+protobuf to those checks and back.
 
 Audit: every call that is allowed writes a row to the audit log. A change of limits writes it in the
 change's own transaction (`LimitsStore.set_limits`); a read writes it after the read succeeded and

@@ -68,6 +68,9 @@ STORE_TRANSACTION_SECONDS: Final = Histogram(
 )
 STORE_COMMIT: Final = STORE_TRANSACTION_SECONDS.labels("commit")
 STORE_ROLLBACK: Final = STORE_TRANSACTION_SECONDS.labels("rollback")
+LIMIT_REFUSALS: Final = Counter(
+    "switchboard_agent_limit_refusals_total", "Requests refused for a limit, by limit", ["limit"]
+)
 LEASE_CONFLICTS: Final = Counter(
     "switchboard_store_run_lease_conflicts_total",
     "Requests refused because another run held the thread's lease",

@@ -53,7 +53,7 @@ from services.common.grpc_server import abort_internal, abort_with, enable_refle
 from services.common.grpc_server import server_options as common_server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
-from services.limits import Limits, LimitsStore
+from services.limits import LimitReached, Limits, LimitsStore
 from switchboard.app import Caller, InvalidRequest, SwitchboardError
 from switchboard.v1 import admin_pb2_grpc, chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
@@ -161,6 +161,13 @@ def event_to_proto(event: ThreadStreamEvent) -> events_pb2.ThreadStreamEvent:
     return codec.event_to_proto(event)
 
 
+async def _refuse(context: Context, error: SwitchboardError) -> None:
+    """`abort_with`, counting a refusal for a limit by the limit's name."""
+    if isinstance(error, LimitReached):
+        agent_metrics.LIMIT_REFUSALS.labels(error.limit).inc()
+    await abort_with(context, error)
+
+
 class ChatService(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, conversation: Conversation, transcriber: Transcriber | None = None) -> None:
         self._conversation = conversation
@@ -188,7 +195,7 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
             try:
                 events = open_events()
             except SwitchboardError as error:
-                await abort_with(context, error)
+                await _refuse(context, error)
                 return
             except Exception:
                 await abort_internal(context, "ChatService")
@@ -206,7 +213,7 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
                     await context.write(event_to_proto(event))
                     sent += 1
             except SwitchboardError as error:
-                await abort_with(context, error)
+                await _refuse(context, error)
             except Exception:
                 await abort_internal(context, "ChatService")
             finally:
@@ -226,7 +233,7 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         try:
             return await call()
         except SwitchboardError as error:
-            await abort_with(context, error)
+            await _refuse(context, error)
             raise AssertionError("unreachable") from error
         except Exception as error:
             await abort_internal(context, "ChatService")

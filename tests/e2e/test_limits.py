@@ -31,11 +31,13 @@ from tests.fakes.openai_server import USAGE, FakeOpenAI, fake_openai_server
 from tests.support.chatkit_wire import assistant_text, error_of, parse_sse, request, user_input
 from tests.support.postgres import shared_postgres
 from tests.support.processes import Stack, running_stack
+from tests.support.prometheus import scrape, value
 
 LEASE_TTL_S = 2.0
 OPERATOR = Principal(tenant="ops", user="test", role="platform-admin")
 LONG_TEXT = " ".join(f"word{index}" for index in range(30))
 """The fake echoes it word by word: a turn that lasts 30 word pauses."""
+REFUSALS = "switchboard_agent_limit_refusals_total"
 SLOW_WORD_S = 0.2
 """Turns of 6 s: every concurrent start reaches admission while the admitted ones still run, even
 on a loaded machine (a run that ended early would free its slot for a later start)."""
@@ -106,8 +108,16 @@ def _create(text: str) -> dict[str, Any]:
     return request("threads.create", input=user_input(text))
 
 
-def _refusals(stack: Stack) -> dict[str, int]:
-    return {agent.name: agent.log_text().count("refused: RESOURCE_EXHAUSTED") for agent in stack.agents()}
+def _refusals(stack: Stack) -> dict[str, float]:
+    """Each agent replica's `switchboard_agent_limit_refusals_total{limit="runs_per_user"}`."""
+    return {
+        agent.name: value(
+            scrape(stack.metrics_url(agent.name)),
+            "switchboard_agent_limit_refusals_total",
+            limit="runs_per_user",
+        )
+        for agent in stack.agents()
+    }
 
 
 async def test_fifty_simultaneous_starts_on_two_replicas_run_exactly_the_limit(
@@ -138,11 +148,8 @@ async def test_fifty_simultaneous_starts_on_two_replicas_run_exactly_the_limit(
         assert LONG_TEXT in assistant_text(events)
         assert not [event for event in events if isinstance(event, ErrorEvent)]
     refused_after = _refusals(stack)
-    assert all(refused_after[name] > refused_before[name] for name in refused_after), (
-        "both replicas refused some starts",
-        refused_before,
-        refused_after,
-    )
+    counted = {name: refused_after[name] - refused_before[name] for name in refused_after}
+    assert sum(counted.values()) == 45 and all(counted.values()), ("both replicas refused starts", counted)
     # Only what ran is counted; the slots are free again once the runs ended.
     _rows, total = await _usage(limits, "t-runs")
     assert (total["conversations"], total["turns"]) == (5, 5)

@@ -20,38 +20,14 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 from chatkit.types import ThreadItemUpdatedEvent
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fakes.openai_server import USAGE, FakeOpenAI, fake_openai_server
 from tests.support.chatkit_wire import assistant_text, call, error_of, request, stream, user_input
 from tests.support.processes import Stack, running_stack
+from tests.support.prometheus import Samples, label_values, scrape, value
 
 EMPLOYEE_QUESTION = "Who is employee E1001?"
 REQUEST_ID = "obs-test-0001"
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        assert response.status == 200
-        assert response.headers["Content-Type"].startswith("text/plain")
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    """The sum of `name`'s samples whose labels include `labels` (0 when there are none)."""
-    wanted = set(labels.items())
-    return sum(v for (n, ls), v in samples.items() if n == name and wanted <= ls)
-
-
-def label_values(samples: Samples, name: str, label: str) -> set[str]:
-    return {dict(ls)[label] for (n, ls), _ in samples.items() if n == name and label in dict(ls)}
 
 
 class Scrapes:
