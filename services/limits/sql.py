@@ -20,7 +20,20 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import BigInteger, Double, bindparam, case, delete, func, literal, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    Double,
+    Select,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
@@ -174,6 +187,36 @@ class LimitsSql:
 
     # ------------------------------------------------------------------ admission
 
+    def admission_state(self, *extra: ColumnElement[Any]) -> Select[Any]:
+        """One statement for what admitting a request reads: the tenant's overrides (NULLs when it
+        has none), its tokens of the day (`b_tenant`, `b_day`), then `extra` columns of the
+        caller's (the agent store adds its running-response counts)."""
+        one_row = select(literal(1).label("one")).subquery()
+        tokens = (
+            select(tenant_tokens.c.tokens)
+            .where(tenant_tokens.c.tenant == bindparam("b_tenant"), tenant_tokens.c.day == bindparam("b_day"))
+            .scalar_subquery()
+        )
+        return select(
+            *(tenant_limits.c[name] for name in NAMES), func.coalesce(tokens, 0), *extra
+        ).select_from(one_row.outerjoin(tenant_limits, tenant_limits.c.tenant == bindparam("b_tenant")))
+
+    @staticmethod
+    def limits_from(row: Sequence[Any], defaults: Limits) -> Limits:
+        """The limits in force from an `admission_state` row."""
+        return defaults.overridden(dict(zip(NAMES, row[: len(NAMES)], strict=True)))
+
+    @staticmethod
+    def budget_check(tenant_tokens_used: int, limits: Limits, now: datetime) -> None:
+        """`LimitReached` when the tenant's tokens of the day have reached `tokens_per_day`."""
+        if limits.tokens_per_day and tenant_tokens_used >= limits.tokens_per_day:
+            raise LimitReached(
+                "tokens_per_day",
+                f"this tenant's budget of {limits.tokens_per_day} model tokens for today is used up "
+                f"({tenant_tokens_used} used); it starts over at midnight UTC",
+                retry_after_s=seconds_to_next_day(now),
+            )
+
     def limits_of(self, connection: Connection, tenant: str, defaults: Limits) -> Limits:
         """The tenant's limits: the defaults with its overrides, as stored now."""
         row = connection.execute(self.overrides, {"b_tenant": tenant}).first()
@@ -214,16 +257,8 @@ class LimitsSql:
         """`LimitReached` when the tenant's tokens of the day have reached `tokens_per_day`."""
         if not limits.tokens_per_day:
             return
-        used = (
-            connection.scalar(self.tokens_today, {"b_tenant": tenant, "b_day": now.date().isoformat()}) or 0
-        )
-        if int(used) >= limits.tokens_per_day:
-            raise LimitReached(
-                "tokens_per_day",
-                f"this tenant's budget of {limits.tokens_per_day} model tokens for today is used up "
-                f"({int(used)} used); it starts over at midnight UTC",
-                retry_after_s=seconds_to_next_day(now),
-            )
+        used = connection.scalar(self.tokens_today, {"b_tenant": tenant, "b_day": now.date().isoformat()})
+        self.budget_check(int(used or 0), limits, now)
 
     def lock_runs(self, connection: Connection, tenant: str) -> None:
         """Serialise the transactions that count and take a tenant's run slots (PostgreSQL; on

@@ -39,6 +39,9 @@ class UsageMeter:
         self._pending = UsageDelta(turns=turns, conversations=conversations)
 
     def model_call(self, model: str, input_tokens: int, output_tokens: int) -> None:
+        """Count a model call's reported tokens (a call that reports none has nothing to count)."""
+        if input_tokens <= 0 and output_tokens <= 0:
+            return
         tokens_in, tokens_out = self._pending.tokens.get(model, (0, 0))
         self._pending.tokens[model] = (tokens_in + max(input_tokens, 0), tokens_out + max(output_tokens, 0))
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -172,6 +173,14 @@ class _Statements:
             func.count(),
             func.coalesce(func.sum(case((run_leases.c.owner == bindparam("user"), 1), else_=0)), 0),
         ).where(run_leases.c.tenant == bindparam("tenant"), run_leases.c.expires_at > self.now)
+        # What admitting a request reads, in one statement: the limits' state and those counts.
+        counted = (run_leases.c.tenant == bindparam("b_tenant")) & (run_leases.c.expires_at > self.now)
+        self.admission = LimitsSql(dialect).admission_state(
+            select(func.count()).where(counted).scalar_subquery(),
+            select(func.count())
+            .where(counted & (run_leases.c.owner == bindparam("b_user")))
+            .scalar_subquery(),
+        )
         held = (run_leases.c.thread_id == bindparam("lease_thread")) & (
             run_leases.c.holder == bindparam("lease_holder")
         )
@@ -179,6 +188,14 @@ class _Statements:
             update(run_leases).where(held).values(expires_at=self.now + bindparam("lease_ttl", type_=Double))
         )
         self.release_lease = delete(run_leases).where(held)
+
+
+@dataclass(frozen=True, slots=True)
+class _Admitted:
+    """A request's limits, and (SQLite) the owner's and tenant's running responses before it."""
+
+    limits: Limits
+    running: tuple[int, int] | None
 
 
 def _owned(owner: Principal, thread_id: str) -> dict[str, Any]:
@@ -367,28 +384,43 @@ class SqlStore(Store):
 
     def _admit(
         self, connection: Connection, owner: Principal, admission: Admission | None, now: datetime
-    ) -> Limits | None:
-        """The checks before a request's changes: the owner's request rate and, for a response,
-        the tenant's token budget; for a response under a concurrency limit, the tenant's run
-        slots are locked until the transaction ends (see `_take_slot`). Returns the limits that
-        apply (None: none)."""
+    ) -> _Admitted | None:
+        """The checks before a request's changes, from one read of the limits' state: the owner's
+        request rate and, for a response, the tenant's token budget. Returns what `_take_slot`
+        needs after the lease is written (None: no limit applies)."""
         if admission is None or admission.limits is None:
             return None
-        limits = self._limits.limits_of(connection, owner.tenant, admission.limits)
+        row = connection.execute(
+            self._sql.admission,
+            {"b_tenant": owner.tenant, "b_user": owner.user, "b_day": now.date().isoformat()},
+        ).one()
+        limits = self._limits.limits_from(row, admission.limits)
+        tokens_used, running_tenant, running_user = (int(value or 0) for value in row[-3:])
         self._limits.take_request_token(connection, owner, limits)
         if admission.run:
-            self._limits.check_budget(connection, owner.tenant, limits, now)
-            if limits.runs_per_user or limits.runs_per_tenant:
+            self._limits.budget_check(tokens_used, limits, now)
+            if self._dialect == "postgresql" and (limits.runs_per_user or limits.runs_per_tenant):
+                # READ COMMITTED: the counts above may be stale; count again under the tenant's lock.
                 self._limits.lock_runs(connection, owner.tenant)
-        return limits
+                return _Admitted(limits, None)
+        return _Admitted(limits, (running_user, running_tenant))
 
-    def _take_slot(self, connection: Connection, owner: Principal, limits: Limits | None) -> None:
+    def _take_slot(self, connection: Connection, owner: Principal, admitted: _Admitted | None) -> None:
         """After the run's lease row is written: refuse when the running responses (this one
-        included) pass a concurrency limit; raising rolls the lease back."""
-        if limits is None or not (limits.runs_per_user or limits.runs_per_tenant):
+        included) pass a concurrency limit; raising rolls the lease back. On SQLite the counts read
+        by `_admit` hold (the transaction has had the write lock since it began) and this run adds
+        one; on PostgreSQL they are counted now, under the lock `_admit` took."""
+        if admitted is None:
             return
-        row = connection.execute(self._sql.running, {"tenant": owner.tenant, "user": owner.user}).one()
-        self._limits.check_runs(limits, running_user=int(row[1]), running_tenant=int(row[0]))
+        limits = admitted.limits
+        if not (limits.runs_per_user or limits.runs_per_tenant):
+            return
+        if admitted.running is None:
+            row = connection.execute(self._sql.running, {"tenant": owner.tenant, "user": owner.user}).one()
+            running_user, running_tenant = int(row[1]), int(row[0])
+        else:
+            running_user, running_tenant = (count + 1 for count in admitted.running)
+        self._limits.check_runs(limits, running_user=running_user, running_tenant=running_tenant)
 
     def _record(
         self, connection: Connection, owner: Principal, usage: UsageDelta | None, now: datetime
@@ -425,11 +457,11 @@ class SqlStore(Store):
         now = datetime.now(UTC)
 
         def body(connection: Connection) -> None:
-            limits = self._admit(connection, owner, admission, now)
+            admitted = self._admit(connection, owner, admission, now)
             thread_seq = int(connection.execute(self._sql.insert_thread_seq, row).scalar_one())
             if not connection.execute(self._sql.acquire_lease, lease).rowcount:
                 raise ThreadBusy(thread.id)  # rolls the thread back too
-            self._take_slot(connection, owner, limits)
+            self._take_slot(connection, owner, admitted)
             self._upsert_items(connection, thread_seq, rows)
             self._record(connection, owner, admission.record if admission else None, now)
 
@@ -453,14 +485,14 @@ class SqlStore(Store):
         now = datetime.now(UTC)
 
         def body(connection: Connection) -> Any:
-            limits = self._admit(connection, owner, admission, now)
+            admitted = self._admit(connection, owner, admission, now)
             taken = connection.execute(self._sql.acquire_lease, lease).rowcount
             data = connection.scalar(self._sql.thread_data, owned)
             if data is None:
                 raise not_found(f"thread {thread_id!r}")
             if not taken:
                 raise ThreadBusy(thread_id)
-            self._take_slot(connection, owner, limits)
+            self._take_slot(connection, owner, admitted)
             self._record(connection, owner, admission.record if admission else None, now)
             return data
 
