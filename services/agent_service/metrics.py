@@ -123,19 +123,28 @@ def watch_pool(checked_out: Callable[[], int]) -> None:
     POOL_IN_USE.set_function(lambda: float(checked_out()))
 
 
+def model_call_of(event: StreamEvent) -> tuple[str, int, int] | None:
+    """(model, input tokens, output tokens) of a finished model call as its response reported them
+    (0 when it reported none); None for any other event."""
+    if not isinstance(event, RawResponsesStreamEvent) or not isinstance(event.data, ResponseCompletedEvent):
+        return None
+    response = event.data.response
+    reported = response.usage
+    return (
+        str(response.model or "unknown"),
+        reported.input_tokens if reported is not None else 0,
+        reported.output_tokens if reported is not None else 0,
+    )
+
+
 def observe_sdk_event(event: StreamEvent, usage: ModelUsage) -> None:
     """Count what a run's SDK event says: a finished model call (with its reported usage), a tool
     call or a handoff. Text deltas never get here (the responder merges them first)."""
     if isinstance(event, RawResponsesStreamEvent):
-        if isinstance(event.data, ResponseCompletedEvent):
-            response = event.data.response
-            reported = response.usage
-            usage.record(
-                str(response.model or "unknown"),
-                requests=1,
-                input_tokens=reported.input_tokens if reported is not None else 0,
-                output_tokens=reported.output_tokens if reported is not None else 0,
-            )
+        call = model_call_of(event)
+        if call is not None:
+            model, input_tokens, output_tokens = call
+            usage.record(model, requests=1, input_tokens=input_tokens, output_tokens=output_tokens)
     elif isinstance(event, RunItemStreamEvent):
         if event.name == "tool_called":
             TOOL_CALLS.labels(_tool_name(event.item.raw_item)).inc()

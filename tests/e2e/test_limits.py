@@ -71,13 +71,6 @@ async def limited(
                 await limits.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
-
-
 async def _post(
     http: aiohttp.ClientSession, stack: Stack, body: dict[str, Any], tenant: str, user: str = "alice"
 ) -> tuple[int, bytes, dict[str, str]]:

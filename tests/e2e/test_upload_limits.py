@@ -86,13 +86,6 @@ async def limited(
             await limits.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.TCPConnector(limit=0)
-    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        yield session
-
-
 @dataclass(frozen=True)
 class Reply:
     status: int

@@ -74,14 +74,14 @@ from chatkit.types import (
     UserMessageTagContent,
     UserMessageTextContent,
 )
-from openai.types.responses import ResponseCompletedEvent, ResponseRefusalDeltaEvent, ResponseTextDeltaEvent
+from openai.types.responses import ResponseRefusalDeltaEvent, ResponseTextDeltaEvent
 from pydantic import BaseModel, ValidationError
 
 from services.agent_service.agents.attachment_input import AttachmentLimits
 from services.agent_service.agents.converter import SwitchboardConverter
 from services.agent_service.agents.loader import AppLoadError, load_app
 from services.agent_service.agents.stream import StreamTranslator, find_agent
-from services.agent_service.metrics import ModelUsage, observe_sdk_event
+from services.agent_service.metrics import ModelUsage, model_call_of, observe_sdk_event
 from services.agent_service.models.factory import ConfiguredModels, build_models, title_models
 from services.agent_service.transcription import Transcriber
 from services.agent_service.turn import ACTIVE_AGENT_KEY, ActionRequest, Turn
@@ -215,15 +215,9 @@ def _account(
     event: RawResponsesStreamEvent | RunItemStreamEvent | AgentUpdatedStreamEvent, meter: UsageMeter
 ) -> None:
     """Count a finished model call's reported usage and each tool call into the turn's usage."""
-    if isinstance(event, RawResponsesStreamEvent):
-        if isinstance(event.data, ResponseCompletedEvent):
-            response = event.data.response
-            reported = response.usage
-            meter.model_call(
-                str(response.model or "unknown"),
-                reported.input_tokens if reported is not None else 0,
-                reported.output_tokens if reported is not None else 0,
-            )
+    call = model_call_of(event)
+    if call is not None:
+        meter.model_call(*call)
     elif isinstance(event, RunItemStreamEvent) and event.name == "tool_called":
         meter.tool_call()
 
