@@ -117,9 +117,6 @@ class LimitsSql:
             rate_buckets.c.tenant == bindparam("b_tenant"), rate_buckets.c.owner == bindparam("b_user")
         )
 
-        self.tokens_today = select(tenant_tokens.c.tokens).where(
-            tenant_tokens.c.tenant == bindparam("b_tenant"), tenant_tokens.c.day == bindparam("b_day")
-        )
         self.lock_tenant = text("SELECT pg_advisory_xact_lock(hashtextextended(:b_lock_key, 0))")
 
         usage = insert(usage_daily)
@@ -252,13 +249,6 @@ class LimitsSql:
             f"(bursts of {limits.bucket_size}); slow down",
             retry_after_s=max(wait, 0.001),
         )
-
-    def check_budget(self, connection: Connection, tenant: str, limits: Limits, now: datetime) -> None:
-        """`LimitReached` when the tenant's tokens of the day have reached `tokens_per_day`."""
-        if not limits.tokens_per_day:
-            return
-        used = connection.scalar(self.tokens_today, {"b_tenant": tenant, "b_day": now.date().isoformat()})
-        self.budget_check(int(used or 0), limits, now)
 
     def lock_runs(self, connection: Connection, tenant: str) -> None:
         """Serialise the transactions that count and take a tenant's run slots (PostgreSQL; on
