@@ -113,11 +113,37 @@ def _refusals(stack: Stack) -> dict[str, float]:
     }
 
 
+def _calls_started(stack: Stack) -> dict[str, float]:
+    return {
+        agent.name: value(scrape(stack.metrics_url(agent.name)), "switchboard_grpc_server_started_total")
+        for agent in stack.agents()
+    }
+
+
+async def _both_replicas_in_rotation(http: aiohttp.ClientSession, stack: Stack) -> None:
+    """Send cheap reads through the edge until each replica has served one.
+
+    The edge connects to the replicas lazily and `round_robin` picks only among connected ones, so
+    a burst sent to a fresh edge can land on whichever replica answered first.
+    """
+    before = _calls_started(stack)
+    deadline = time.monotonic() + 20
+    while True:
+        status, raw, _ = await _post(http, stack, request("threads.list"), "t-warm")
+        assert status == 200, raw[:300]
+        after = _calls_started(stack)
+        if all(after[name] > before[name] for name in after):
+            return
+        assert time.monotonic() < deadline, ("the edge never reached both replicas", before, after)
+        await asyncio.sleep(0.05)
+
+
 async def test_fifty_simultaneous_starts_on_two_replicas_run_exactly_the_limit(
     http: aiohttp.ClientSession, limited: tuple[Stack, FakeOpenAI, LimitsStore]
 ) -> None:
     stack, fake, limits = limited
     await limits.set_limits(OPERATOR, "t-runs", {"runs_per_user": 5}, via="test")
+    await _both_replicas_in_rotation(http, stack)
     refused_before = _refusals(stack)
     fake.word_delay_s = SLOW_WORD_S
     try:
