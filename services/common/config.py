@@ -115,7 +115,14 @@ class Settings(BaseSettings):
     database_pool_recycle_s: float = Field(
         1800.0, gt=0, validation_alias=_env("SWITCHBOARD_DATABASE_POOL_RECYCLE_S")
     )
-    database_pool_pre_ping: bool = Field(True, validation_alias=_env("SWITCHBOARD_DATABASE_POOL_PRE_PING"))
+    database_pool_pre_ping: bool = Field(False, validation_alias=_env("SWITCHBOARD_DATABASE_POOL_PRE_PING"))
+    """Off: a connection broken while idle fails the one request that uses it (503, retryable) and
+    makes the pool replace every connection; on: asyncpg checks each checkout with three round
+    trips (BEGIN, an empty query, ROLLBACK), a quarter of a turn's."""
+    database_synchronous_commit: Literal["", "on", "off", "local", "remote_write", "remote_apply"] = Field(
+        "", validation_alias=_env("SWITCHBOARD_DATABASE_SYNCHRONOUS_COMMIT")
+    )
+    """PostgreSQL's `synchronous_commit` for the services' sessions; empty keeps the server's."""
     run_lease_ttl_s: float = Field(
         15.0, ge=0.5, le=3600, validation_alias=_env("SWITCHBOARD_RUN_LEASE_TTL_S")
     )

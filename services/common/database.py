@@ -60,7 +60,8 @@ class PoolOptions:
     connect_timeout_s: float = 5.0
     statement_timeout_ms: int = 10_000
     pool_recycle_s: float = 1800.0
-    pool_pre_ping: bool = True
+    pool_pre_ping: bool = False
+    synchronous_commit: str = ""
     application_name: str = "switchboard-agent"
 
     @classmethod
@@ -73,14 +74,18 @@ class PoolOptions:
             statement_timeout_ms=settings.database_statement_timeout_ms,
             pool_recycle_s=settings.database_pool_recycle_s,
             pool_pre_ping=settings.database_pool_pre_ping,
+            synchronous_commit=settings.database_synchronous_commit,
             application_name=application_name,
         )
 
 
 def create_postgres_engine(url: str | URL, options: PoolOptions) -> AsyncEngine:
     """An asyncpg engine: `statement_timeout` on every session (the client gives up a margin
-    later), `idle_in_transaction_session_timeout` to free locks a vanished client left behind."""
+    later), `idle_in_transaction_session_timeout` to free locks a vanished client left behind, and
+    `synchronous_commit` when one is configured (docs/scale-out.md: what each value risks)."""
     server_settings = {"application_name": options.application_name}
+    if options.synchronous_commit:
+        server_settings["synchronous_commit"] = options.synchronous_commit
     command_timeout: float | None = None
     if options.statement_timeout_ms:
         server_settings["statement_timeout"] = str(options.statement_timeout_ms)

@@ -11,8 +11,10 @@ server command runs as the `postgres` user through `runuser`. When the binaries 
 fail with a message that says what to install: PostgreSQL is part of what the suite proves, so it is
 never silently skipped.
 
-The cluster is tuned for tests, not durability: `fsync=off`, no WAL archiving, trust auth on
-127.0.0.1 only.
+The cluster is tuned for tests, not durability: `fsync=off`, `synchronous_commit=off`,
+`full_page_writes=off`, no WAL archiving, trust auth on 127.0.0.1 only. `durable=True` (the
+benchmark's clusters) keeps PostgreSQL's durable defaults for those three instead, as a production
+server runs.
 """
 
 from __future__ import annotations
@@ -69,8 +71,9 @@ def _as_postgres(command: list[str]) -> list[str]:
 class PostgresCluster:
     """One throwaway cluster: `start()`, `stop()`, `restart()`, `create_database()`, `remove()`."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, durable: bool = False) -> None:
         self.bin = find_binaries()
+        self.durable = durable
         self.port = port or _free_port()
         self.root = Path(tempfile.mkdtemp(prefix="switchboard-pg-"))
         self.data = self.root / "data"
@@ -116,10 +119,9 @@ class PostgresCluster:
                     "initdb",
                 )
                 self._initialised = True
-            options = (
-                f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
-            )
+            options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c max_connections=200"
+            if not self.durable:
+                options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
             self._run(
                 [
                     str(self.bin / "pg_ctl"),
@@ -210,9 +212,10 @@ def shared_postgres() -> PostgresCluster:
 
 
 @contextmanager
-def private_postgres() -> Iterator[PostgresCluster]:
-    """A cluster of one's own (for tests that stop or restart the server), removed afterwards."""
-    cluster = PostgresCluster()
+def private_postgres(*, durable: bool = False) -> Iterator[PostgresCluster]:
+    """A cluster of one's own (for tests that stop or restart the server, and the benchmark),
+    removed afterwards; `durable`: PostgreSQL's durable defaults instead of the tests' settings."""
+    cluster = PostgresCluster(durable=durable)
     _find_psql(cluster)
     try:
         cluster.start()

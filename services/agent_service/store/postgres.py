@@ -13,10 +13,17 @@ Connections (all settings in docs/scale-out.md):
   (server side: a stuck query is cancelled and the request fails with DEADLINE_EXCEEDED, 504), and
   the client gives up `_CLIENT_MARGIN_S` later in case the server cannot even answer;
   `idle_in_transaction_session_timeout` frees locks a vanished client left behind.
-- reconnects: `pool_pre_ping` checks a connection before each use (one round trip) and a lost
-  connection invalidates the whole pool, so after a PostgreSQL restart or failover the next requests
-  open fresh connections; while the server is down, requests fail fast with UNAVAILABLE (503).
-  `pool_recycle_s` replaces connections periodically (load balancers and PgBouncer drop idle ones).
+- reconnects: a lost connection invalidates the whole pool, so after a PostgreSQL restart or
+  failover the request that found a dead connection fails with UNAVAILABLE (503, retryable) and the
+  next ones open fresh connections; while the server is down, requests fail fast with UNAVAILABLE.
+  `pool_pre_ping` (off by default) would check every checkout first, at three round trips each
+  with asyncpg (BEGIN, an empty query, ROLLBACK): more than a quarter of a turn's round trips, to
+  spare one retryable error per replica after a failover. `pool_recycle_s` replaces connections
+  periodically (load balancers and PgBouncer drop idle ones).
+- `synchronous_commit` (`SWITCHBOARD_DATABASE_SYNCHRONOUS_COMMIT`, empty = the server's setting)
+  is set on every session when configured; docs/scale-out.md says what each value risks.
+- a statement that is the whole transaction (lease renewals and releases, reading a thread) runs
+  outside a transaction block: one round trip instead of three.
 - the schema is never changed by the service: `switchboard migrate` does it (see migrate.py).
 - behind PgBouncer in transaction mode, add `?prepared_statement_cache_size=0` to the URL (asyncpg
   prepares statements per connection); session settings then come from PgBouncer's side.

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from chatkit.types import ThreadMetadata
 from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
 from services.agent_service.store import PoolOptions, PostgresStore
 from services.common.auth import Principal
@@ -69,3 +71,51 @@ async def test_an_unreachable_server_fails_open_fast() -> None:
     )
     with pytest.raises(OSError, match="Connect call failed"):
         await asyncio.wait_for(store.open(), timeout=5)
+
+
+async def test_synchronous_commit_is_set_on_the_sessions_when_configured(url: str) -> None:
+    configured = PostgresStore(url, PoolOptions(synchronous_commit="local"))
+    default = PostgresStore(url)
+    await configured.open()
+    await default.open()
+    try:
+
+        def show(connection: Connection) -> Any:
+            return connection.scalar(text("SHOW synchronous_commit"))
+
+        assert await configured.transaction(show) == "local"
+        assert await default.transaction(show) != "local"  # the server's own setting
+    finally:
+        await configured.close()
+        await default.close()
+
+
+async def test_a_lone_statement_runs_without_begin_and_commit(url: str) -> None:
+    """Lease renewals and releases and reading a thread are one statement: no transaction block
+    around them (one round trip instead of three), while a write keeps its transaction. The server
+    logs this database's statements (`log_statement`), so the BEGINs it received can be counted."""
+    cluster = shared_postgres()
+    database = url.rsplit("/", 1)[1]
+    await asyncio.to_thread(cluster.psql, url, f"ALTER DATABASE \"{database}\" SET log_statement = 'all'")
+    store = PostgresStore(url)  # connects after the ALTER: its sessions log their statements
+    await store.open()
+
+    def logged() -> str:
+        return cluster.log.read_text(errors="replace")
+
+    try:
+        thread = ThreadMetadata(id=new_id("thr"), created_at=datetime.now(UTC))
+        before = len(logged())
+        await store.create_thread(ALICE, thread)
+        assert await store.acquire_lease(thread.id, "me", 10)
+        assert await store.renew_lease(thread.id, "me", 10)
+        await store.release_lease(thread.id, "me")
+        assert (await store.load_thread(ALICE, thread.id)).id == thread.id
+        assert await store.acquire_lease(thread.id, "someone else", 10), "the release took effect"
+        lines = logged()[before:].splitlines()
+        statements = [line for line in lines if "statement: " in line or "execute " in line]
+        begins = [line for line in statements if "BEGIN" in line]
+        assert len(begins) == 1, statements  # create_thread's transaction only
+        assert sum("run_leases" in line for line in statements) == 4, statements
+    finally:
+        await store.close()

@@ -55,10 +55,10 @@ class Transactions:
         self.names: list[str] = []
         run = store._run
 
-        async def counted(body: Callable[[Connection], T]) -> T:
+        async def counted(body: Callable[[Connection], T], *, single: bool = False) -> T:
             method = body.__qualname__.split(".<locals>")[0].rsplit(".", 1)[-1]
             self.names.append("write" if method == "_writer" else method)
-            return await run(body)
+            return await run(body, single=single)
 
         store._run = counted  # type: ignore[method-assign]
 
