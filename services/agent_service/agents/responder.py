@@ -77,6 +77,7 @@ from chatkit.types import (
 from openai.types.responses import ResponseRefusalDeltaEvent, ResponseTextDeltaEvent
 from pydantic import BaseModel, ValidationError
 
+from services.agent_service.agents import sdk_fastpaths
 from services.agent_service.agents.attachment_input import AttachmentLimits
 from services.agent_service.agents.converter import SwitchboardConverter
 from services.agent_service.agents.loader import AppLoadError, load_app
@@ -466,6 +467,7 @@ async def create_responder(settings: Settings, app: App[Any] | None = None) -> A
     `startup` fails; nothing is left open then.
     """
     app = app or load_app(settings.app)
+    sdk_fastpaths.install()
     models = build_models(settings)
     environment = AppEnvironment(
         data_dir=settings.data_dir,
