@@ -20,6 +20,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from pydantic import ValidationError
+
 from services.common.auth import Principal, mint_token
 from services.common.config import Settings, grpc_target, load_settings
 from services.common.logs import configure_logging
@@ -44,15 +46,46 @@ def _configure_logging(settings: Settings) -> None:
 
 
 def _run_agent(args: argparse.Namespace) -> int:
-    overrides = {"agent_listen": args.listen} if args.listen else {}
+    overrides: dict[str, object] = {"agent_listen": args.listen} if args.listen else {}
     if args.app:
         overrides["app"] = args.app
-    settings = load_settings().model_copy(update=overrides)
+    if args.workers is not None:
+        overrides["agent_workers"] = args.workers
+    try:
+        settings = load_settings().model_copy(update=overrides)
+    except ValidationError as error:
+        return _refuse("agent", _invalid_settings(error), 2)
     _configure_logging(settings)
+    if settings.agent_workers > 1:
+        # A supervisor of N worker processes on one address (services/agent_service/workers.py).
+        from services.agent_service.workers import supervise
+
+        return supervise(settings)
     from services.agent_service.server import serve
 
     asyncio.run(serve(settings))
     return 0
+
+
+def _invalid_settings(error: ValidationError) -> str:
+    """`SWITCHBOARD_AGENT_WORKERS='0': Input should be greater than or equal to 1; ...`"""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc'])}={problem['input']!r}: {problem['msg']}"
+        for problem in error.errors()
+    )
+
+
+AGENT_WORKERS_MAX: Final = 64
+
+
+def _workers_value(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= AGENT_WORKERS_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is not between 1 and {AGENT_WORKERS_MAX}")
+    return value
 
 
 def _run_upload(args: argparse.Namespace) -> int:
@@ -746,6 +779,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--app",
         metavar="MODULE:ATTR",
         help="the app to run, e.g. helpdesk_app:app (SWITCHBOARD_APP; default: the ERP demo)",
+    )
+    agent.add_argument(
+        "--workers",
+        type=_workers_value,
+        metavar="N",
+        help=f"worker processes sharing the listen address, 1 to {AGENT_WORKERS_MAX}, e.g. the pod's "
+        "CPU limit (SWITCHBOARD_AGENT_WORKERS; default 1: one process, no supervisor)",
     )
     agent.set_defaults(func=_run_agent)
 

@@ -18,10 +18,18 @@ Store:
 - `switchboard_store_run_lease_conflicts_total`: requests refused (or given up waiting) because
   another run held the thread (ABORTED, HTTP 409)
 - `switchboard_store_pool_connections_in_use` (gauge, read at scrape time from SQLAlchemy's pool)
+
+With `SWITCHBOARD_AGENT_WORKERS` > 1 every worker writes its values to prometheus_client's
+multiprocess files and the supervisor serves their merge (services/agent_service/workers.py):
+counters and histograms add up over the workers (dead ones included, so totals never go back), the
+gauges are `livesum` (the sum over the workers alive), and the pool gauge, whose callback only a
+scrape of the worker itself could call, is sampled by each worker every `POOL_SAMPLE_S` instead.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Final
 
@@ -29,9 +37,12 @@ from agents import HandoffOutputItem, RawResponsesStreamEvent, RunItemStreamEven
 from openai.types.responses import ResponseCompletedEvent
 from prometheus_client import Counter, Gauge, Histogram
 
+from services.common import metrics
 from services.common.metrics import DB_BUCKETS, LATENCY_BUCKETS, STREAM_BUCKETS
 
-STREAMS_IN_FLIGHT: Final = Gauge("switchboard_agent_streams_in_flight", "Streaming calls being served")
+STREAMS_IN_FLIGHT: Final = Gauge(
+    "switchboard_agent_streams_in_flight", "Streaming calls being served", multiprocess_mode="livesum"
+)
 FIRST_TEXT_SECONDS: Final = Histogram(
     "switchboard_agent_stream_first_text_seconds",
     "Time from a streaming call's start to its first text delta",
@@ -76,8 +87,12 @@ LEASE_CONFLICTS: Final = Counter(
     "Requests refused because another run held the thread's lease",
 )
 POOL_IN_USE: Final = Gauge(
-    "switchboard_store_pool_connections_in_use", "Database connections checked out of the pool"
+    "switchboard_store_pool_connections_in_use",
+    "Database connections checked out of the pool",
+    multiprocess_mode="livesum",
 )
+POOL_SAMPLE_S: Final = 1.0
+"""With workers (multiprocess metrics), how often each worker writes its pool's use to the gauge."""
 
 
 class StreamMetrics:
@@ -118,9 +133,25 @@ class ModelUsage:
             tokens_out.inc(output_tokens)
 
 
-def watch_pool(checked_out: Callable[[], int]) -> None:
-    """Report the pool's checked-out connections at each scrape."""
-    POOL_IN_USE.set_function(lambda: float(checked_out()))
+def watch_pool(checked_out: Callable[[], int]) -> asyncio.Task[None] | None:
+    """Report the pool's checked-out connections at each scrape.
+
+    In a worker (multiprocess metrics) a scrape reads files, not this process: a task started here
+    (call it on the event loop, cancel it at shutdown) writes the value every `POOL_SAMPLE_S`. None
+    otherwise, and with metrics off."""
+    if not metrics.multiprocess():
+        POOL_IN_USE.set_function(lambda: float(checked_out()))
+        return None
+    if not metrics.enabled():
+        return None
+    return asyncio.create_task(_sample_pool(checked_out), name="pool-metric")
+
+
+async def _sample_pool(checked_out: Callable[[], int]) -> None:
+    while True:
+        with contextlib.suppress(Exception):  # a store closing under us: the next sample will do
+            POOL_IN_USE.set(float(checked_out()))
+        await asyncio.sleep(POOL_SAMPLE_S)
 
 
 def model_call_of(event: StreamEvent) -> tuple[str, int, int] | None:

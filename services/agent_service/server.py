@@ -13,14 +13,19 @@ after `SWITCHBOARD_GRPC_MAX_CONNECTION_AGE_S` (gracefully: calls in flight get t
 finish), so clients re-resolve and spread over replicas that were added later. On startup the store
 checks its schema: on PostgreSQL an outdated schema stops the service with a message naming
 `switchboard migrate` (see store/migrate.py).
+
+Workers: with `SWITCHBOARD_AGENT_WORKERS` > 1 a supervisor (`workers.py`) runs `serve` in several
+processes that listen on the same address with SO_REUSEPORT (`Worker`); 1 is this module alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
 from chatkit.actions import Action
@@ -431,21 +436,26 @@ async def build_server(
     attachments: AttachmentClient | None = None,
     transcriber: Transcriber | None = None,
     listen: str | None = None,
+    reuse_port: bool = False,
 ) -> tuple[aio.Server, health.aio.HealthServicer, int]:
     """A started gRPC server with every service registered; returns it, its health servicer and port.
 
     ChatService works on `store`; AdminService (usage, limits, audit log) on `limits_store`, an open
     `LimitsStore` on the same database. Without a `transcriber`, dictation answers with the offline
-    placeholder.
+    placeholder. `reuse_port`: listen with SO_REUSEPORT, sharing the address with the other workers
+    of this service (the kernel spreads new connections over them).
     """
     verifier = build_verifier(settings)
+    options = server_options(settings)
+    if reuse_port:
+        options.append(("grpc.so_reuseport", 1))
     server = aio.server(
         interceptors=[
             *tracing.server_interceptors(),
             *grpc_metrics.server_interceptors(),
             AuthInterceptor(verifier),
         ],
-        options=server_options(settings),
+        options=options,
     )
     conversation = Conversation(
         store,
@@ -472,12 +482,26 @@ async def build_server(
     return server, health_servicer, port
 
 
-async def serve(settings: Settings) -> None:
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """What `serve` runs as in a worker process of the supervisor (`workers.py`)."""
+
+    index: int
+    """1 to `count`, for the logs."""
+    count: int
+    ready: Callable[[int], None]
+    """Called with the port once the server accepts calls."""
+
+
+async def serve(settings: Settings, *, worker: Worker | None = None) -> None:
     """Run the agent service until SIGTERM/SIGINT, then drain in-flight streams within the grace.
 
     Exits with status 2 and a one-line explanation when the app (`SWITCHBOARD_APP`) cannot be
     loaded or started, or when the database schema is not the one this version needs (PostgreSQL:
     run `switchboard migrate` first).
+
+    As a `worker` it listens with SO_REUSEPORT, names itself in the "listening" line and tells the
+    supervisor when it serves; its settings come from the supervisor (no metrics port of its own).
     """
     from services.agent_service.agents import AppLoadError, create_responder, load_app
 
@@ -509,7 +533,7 @@ async def serve(settings: Settings) -> None:
         log.error("cannot start: %s", error)
         raise SystemExit(2) from None
     attachments = AttachmentClient(settings.upload_address, settings)
-    agent_metrics.watch_pool(store.pool_checked_out)
+    pool_sampler = agent_metrics.watch_pool(store.pool_checked_out)
     try:
         scrape = metrics.start_metrics_server(
             settings.agent_metrics_listen, setting="SWITCHBOARD_AGENT_METRICS_LISTEN"
@@ -529,13 +553,17 @@ async def serve(settings: Settings) -> None:
         limits_store=limits_store,
         attachments=attachments,
         transcriber=responder.transcriber,
+        reuse_port=worker is not None,
     )
     log.info(
-        "agent service listening on %s (port %d), store %s",
+        "agent service listening on %s (port %d), store %s%s",
         settings.agent_listen,
         port,
         redacted(database_url(settings)),
+        f", worker {worker.index} of {worker.count} (pid {os.getpid()})" if worker is not None else "",
     )
+    if worker is not None:
+        worker.ready(port)
 
     loop = asyncio.get_running_loop()
     await serve_until_signalled(
@@ -553,6 +581,8 @@ async def serve(settings: Settings) -> None:
     if unfinished:
         log.warning("%d shielded saves or lease releases did not finish before the store closed", unfinished)
     log.debug("shielded work drained in %.3f s", loop.time() - stopped)
+    if pool_sampler is not None:
+        pool_sampler.cancel()
     await responder.aclose()
     await attachments.aclose()
     await store.close()
@@ -567,6 +597,7 @@ __all__ = [
     "ADMIN_SERVICE_NAME",
     "SERVICE_NAME",
     "ChatService",
+    "Worker",
     "build_server",
     "events_pb2",
     "serve",

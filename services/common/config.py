@@ -81,6 +81,9 @@ class Settings(BaseSettings):
 
     # Agent service
     agent_listen: str = Field("127.0.0.1:50051", validation_alias=_env("SWITCHBOARD_AGENT_LISTEN"))
+    agent_workers: int = Field(1, ge=1, le=64, validation_alias=_env("SWITCHBOARD_AGENT_WORKERS"))
+    """Agent service processes on `agent_listen` (SO_REUSEPORT), under one supervisor when > 1
+    (services/agent_service/workers.py); 1 is one process and no supervisor."""
     database_path: Path | None = Field(None, validation_alias=_env("SWITCHBOARD_DATABASE_PATH"))
     app: str = Field("switchboard.demo:create_app", min_length=1, validation_alias=_env("SWITCHBOARD_APP"))
     """The app the agent service runs, `package.module:attribute` (see `switchboard.app`)."""

@@ -70,19 +70,32 @@ class _JsonFormatter(JsonFormatter):
                 log_data[name] = value
 
 
-def json_formatter() -> logging.Formatter:
+def json_formatter(*, worker: int | None = None) -> logging.Formatter:
     return _JsonFormatter(
         list(JSON_FIELDS),
         rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         reserved_attrs=[*RESERVED_ATTRS, *CONTEXT_FIELDS],
+        static_fields={"worker": worker} if worker is not None else None,
     )
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """One stderr handler on the root logger, in the chosen format, with the context filter."""
+def text_format(worker: int | None = None) -> str:
+    """TEXT_FORMAT; a worker's lines say which one wrote them (`... name [worker 2]: message`)."""
+    if worker is None:
+        return TEXT_FORMAT
+    return TEXT_FORMAT.replace("%(name)s:", f"%(name)s [worker {worker}]:")
+
+
+def configure_logging(level: str, log_format: str = "text", *, worker: int | None = None) -> None:
+    """One stderr handler on the root logger, in the chosen format, with the context filter.
+
+    `worker`: the index of an agent service worker (`SWITCHBOARD_AGENT_WORKERS` > 1), written on
+    each of its lines (text) or as the `worker` field (JSON): the workers share one stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(RequestContextFilter())
-    handler.setFormatter(json_formatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(
+        json_formatter(worker=worker) if log_format == "json" else logging.Formatter(text_format(worker))
+    )
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     logging.captureWarnings(True)  # Python warnings become records too (JSON lines in JSON mode)
     if level.upper() != "DEBUG":

@@ -10,8 +10,12 @@ separate matter.
 Each process keeps its metrics in prometheus_client's default registry; metric objects are module
 globals of the service that owns them (`services/edge/metrics.py`, `services/agent_service/metrics.py`,
 `services/upload_service/metrics.py`, the gRPC interceptor in `services/common/grpc_metrics.py`), so a
-process exports only its own. Tenant is never a label (unbounded); labels are operations, methods,
-status codes, provider and model names, tool and agent names of the app (bounded by the app).
+process exports only its own. The exception: an agent service with `SWITCHBOARD_AGENT_WORKERS` > 1
+(`services/agent_service/workers.py`) runs its workers in prometheus_client's multiprocess mode
+(`PROMETHEUS_MULTIPROC_DIR`, see `multiprocess`): each worker writes its values to files of its own,
+serves no port, and the supervisor serves them all, merged, on the agent's metrics port.
+Tenant is never a label (unbounded); labels are operations, methods, status codes, provider and
+model names, tool and agent names of the app (bounded by the app).
 
 Metrics are on by default; `SWITCHBOARD_METRICS_ENABLED=false` switches them off in every service.
 Each service calls `setup_metrics` once at start, as it calls `tracing.setup_tracing`; with metrics
@@ -37,7 +41,7 @@ from types import ModuleType
 from typing import Final
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, CollectorRegistry, start_http_server, values
 from prometheus_client.metrics import MetricWrapperBase
 
 log = logging.getLogger(__name__)
@@ -55,6 +59,14 @@ _enabled = True
 def enabled() -> bool:
     """Whether this process keeps metrics (True unless `setup_metrics` switched them off)."""
     return _enabled
+
+
+def multiprocess() -> bool:
+    """Whether this process keeps its metric values in prometheus_client's multiprocess files
+    (`PROMETHEUS_MULTIPROC_DIR` was set when prometheus_client was imported: the agent service's
+    workers). Callback gauges (`Gauge.set_function`) are not exported then: only values written to
+    the files are."""
+    return bool(getattr(values.ValueClass, "_multiprocess", False))
 
 
 class _Off:
@@ -133,9 +145,11 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def start_metrics_server(listen: str, *, setting: str) -> MetricsServer | None:
-    """Serve the default registry on `listen` (`host:port`); None when `listen` is empty or metrics
-    are off (`setup_metrics`).
+def start_metrics_server(
+    listen: str, *, setting: str, registry: CollectorRegistry = REGISTRY
+) -> MetricsServer | None:
+    """Serve `registry` (the default one unless given) on `listen` (`host:port`); None when `listen`
+    is empty or metrics are off (`setup_metrics`).
 
     Scrapes are answered in a thread of prometheus_client's own, never on the event loop.
     """
@@ -145,7 +159,7 @@ def start_metrics_server(listen: str, *, setting: str) -> MetricsServer | None:
         host, port = split_listen(listen)
     except ValueError as error:
         raise ValueError(f"{setting}: {error}") from None
-    server, thread = start_http_server(port, addr=host)
+    server, thread = start_http_server(port, addr=host, registry=registry)
     metrics = MetricsServer(server, thread)
     log.info("metrics on http://%s:%d/metrics", f"[{host}]" if ":" in host else host, metrics.port)
     return metrics

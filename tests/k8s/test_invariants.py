@@ -697,8 +697,8 @@ def test_workloads_do_not_mount_service_links(overlay: Rendered, kind: str) -> N
 
 
 def test_database_pools_fit_the_database_at_maximum_scale(production: Rendered) -> None:
-    """The agents' pools and the upload services' (the limits store's, at most `MAX_POOL`) at the
-    autoscalers' maximum, plus one connection per Job."""
+    """The agents' pools (one per worker) and the upload services' (the limits store's, at most
+    `MAX_POOL`) at the autoscalers' maximum, plus one connection per Job."""
     services = production.service_containers()
 
     def max_replicas(container: Container) -> int:
@@ -710,7 +710,9 @@ def test_database_pools_fit_the_database_at_maximum_scale(production: Rendered) 
         return int(hpa["spec"]["maxReplicas"])
 
     agent, upload = services["agent"], services["upload"]
-    per_agent = int(_value(agent, "database_pool_size")) + int(_value(agent, "database_max_overflow"))
+    per_agent = int(_value(agent, "agent_workers")) * (  # a pool per worker process
+        int(_value(agent, "database_pool_size")) + int(_value(agent, "database_max_overflow"))
+    )
     per_upload = min(int(_value(upload, "database_pool_size")), MAX_POOL.pool_size) + min(
         int(_value(upload, "database_max_overflow")), MAX_POOL.max_overflow
     )

@@ -11,7 +11,9 @@ balances over all of them:
         ...   # stack.edge_url, stack.agent_addresses, stack.services["agent"], ["agent-2"]
 
 The stack migrates its database first with `switchboard migrate`, as a deployment's migration job
-would (the SQLite default migrates itself when the agent starts).
+would (the SQLite default migrates itself when the agent starts). `SWITCHBOARD_AGENT_WORKERS="N"`
+among the environment runs each agent service as N worker processes on its port; the stack is up
+once every worker serves.
 """
 
 from __future__ import annotations
@@ -95,6 +97,8 @@ class Stack:
     """SWITCHBOARD_DATABASE_URL when the stack runs on PostgreSQL (None: SQLite in data_dir)."""
     upload_envs: dict[str, dict[str, str]] = field(default_factory=dict)
     """Upload replica name ("upload", "upload-2", ...) -> its environment, in start order."""
+    agent_workers: int = 1
+    """SWITCHBOARD_AGENT_WORKERS of every agent replica."""
 
     def agents(self) -> list[Service]:
         """The agent replicas (running or not), in start order."""
@@ -103,9 +107,13 @@ class Stack:
     def start_agent(self, name: str, timeout: float = 30) -> Service:
         """(Re)start the agent replica `name` with its environment and wait until it listens."""
         env = self.agent_envs[name]
+        previous = self.services.get(name)
+        offset = len(previous.log_text()) if previous is not None else 0
         service = start(name, env, self.data_dir, command="agent", append=True)
         self.services[name] = service
         wait_port(int(env["SWITCHBOARD_AGENT_LISTEN"].rsplit(":", 1)[1]), service, timeout)
+        if self.agent_workers > 1:
+            wait_log(service, WORKERS_READY, timeout, after=offset)
         return service
 
     def metrics_url(self, name: str) -> str:
@@ -226,6 +234,23 @@ def wait_port(port: int, service: Service, timeout: float = 30) -> None:
     raise TimeoutError(f"{service.name} did not listen on {port}:\n{service.logs()}")
 
 
+WORKERS_READY = "agent service ready: "
+"""What an agent supervisor logs once every worker serves (services/agent_service/workers.py)."""
+
+
+def wait_log(service: Service, text: str, timeout: float = 30, *, after: int = 0) -> str:
+    """Wait until `text` appears in the service's log past character `after`; the log from there."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        tail = service.log_text()[after:]
+        if text in tail:
+            return tail
+        if service.process.poll() is not None:
+            raise RuntimeError(f"{service.name} exited:\n{service.logs()}")
+        time.sleep(0.05)
+    raise TimeoutError(f"{service.name} did not log {text!r} in {timeout} s:\n{service.logs()}")
+
+
 def migrate(env: dict[str, str], timeout: float = 60) -> str:
     """Run `switchboard migrate` with `env` (what a deployment's migration job does); its output."""
     result = subprocess.run(
@@ -266,7 +291,8 @@ def running_stack(
     (a PostgreSQL database, e.g. from `tests.support.postgres`) is migrated with `switchboard
     migrate`, then shared by every replica; without it each stack has its SQLite file in `data_dir`.
     `upload_replicas` upload services likewise ("upload", "upload-2", ...): the edge and the agents
-    get them all as `SWITCHBOARD_UPLOAD_ADDRESS`.
+    get them all as `SWITCHBOARD_UPLOAD_ADDRESS`. `SWITCHBOARD_AGENT_WORKERS` > 1 in `extra_env` runs
+    every agent replica as that many workers; the stack waits until all of them serve.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
     s3_server = s3 or (shared_seaweedfs() if uploads else NO_S3)
@@ -275,6 +301,7 @@ def running_stack(
     upload_ports = [free_port() for _ in range(max(upload_replicas, 1))]
     if database_url is not None:
         extra_env = {"SWITCHBOARD_DATABASE_URL": database_url, **extra_env}
+    agent_workers = int(extra_env.get("SWITCHBOARD_AGENT_WORKERS", "1"))
     bucket = S3Server.new_bucket()
     env = service_env(data_dir, agent_ports[0], edge_port, upload_ports[0], s3_server, bucket, **extra_env)
     addresses = [f"127.0.0.1:{port}" for port in agent_ports]
@@ -289,6 +316,7 @@ def running_stack(
         env,
         agent_addresses=addresses,
         database_url=database_url,
+        agent_workers=agent_workers,
     )
     for index, address in enumerate(addresses):
         name = "agent" if index == 0 else f"agent-{index + 1}"
@@ -318,6 +346,8 @@ def running_stack(
             for name in stack.agent_envs:
                 port = int(stack.agent_envs[name]["SWITCHBOARD_AGENT_LISTEN"].rsplit(":", 1)[1])
                 wait_port(port, stack.services[name])
+                if agent_workers > 1:
+                    wait_log(stack.services[name], WORKERS_READY)
         wait_http(f"{stack.edge_url}/healthz", stack.services["edge"])
         if agent:
             wait_http(f"{stack.edge_url}/readyz", stack.services["edge"])
