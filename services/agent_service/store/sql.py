@@ -34,7 +34,7 @@ from typing import Any, Final, TypeVar
 
 from chatkit.types import FeedbackKind, Page, ThreadItem, ThreadMetadata
 from pydantic import TypeAdapter
-from sqlalchemy import Double, bindparam, case, delete, func, select, update
+from sqlalchemy import Double, String, bindparam, case, delete, func, select, update
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
@@ -134,6 +134,24 @@ class _Statements:
             set_={"data": upsert.excluded.data, "type": upsert.excluded.type},
             where=item_rows.c.thread_seq == upsert.excluded.thread_seq,
         )
+        # PostgreSQL: the fence check and the first item of a write in one statement (one round trip
+        # less per finished item). No row back: the fence failed, the thread is not the owner's, or
+        # the id is another thread's; `_fenced_upsert` tells them apart on that rare path.
+        fenced = self.fenced_thread_seq.cte("fenced")
+        upsert_fenced = insert(item_rows).from_select(
+            ["id", "thread_seq", "type", "data"],
+            select(
+                bindparam("id", type_=String),
+                fenced.c.seq,
+                bindparam("type", type_=String),
+                bindparam("data", type_=String),
+            ),
+        )
+        self.fenced_upsert_item = upsert_fenced.on_conflict_do_update(
+            index_elements=[item_rows.c.id],
+            set_={"data": upsert_fenced.excluded.data, "type": upsert_fenced.excluded.type},
+            where=item_rows.c.thread_seq == upsert_fenced.excluded.thread_seq,
+        ).returning(item_rows.c.thread_seq)
         self.delete_items = delete(item_rows).where(
             item_rows.c.thread_seq == bindparam("t_seq"),
             item_rows.c.id.in_(bindparam("item_ids", expanding=True)),
@@ -373,6 +391,32 @@ class SqlStore(Store):
             raise LeaseLost(fence.key)
         return int(seq)
 
+    def _fenced_upsert(
+        self,
+        connection: Connection,
+        owner: Principal,
+        thread_id: str,
+        fence: Fence,
+        row: tuple[str, str, str],
+    ) -> int:
+        """`_fenced_thread_seq` and the upsert of `row` in one statement; returns the thread's seq."""
+        item_id, item_type, data = row
+        seq = connection.scalar(
+            self._sql.fenced_upsert_item,
+            {
+                **_owned(owner, thread_id),
+                "lease_thread": fence.key,
+                "lease_holder": fence.holder,
+                "id": item_id,
+                "type": item_type,
+                "data": data,
+            },
+        )
+        if seq is None:
+            self._fenced_thread_seq(connection, owner, thread_id, fence)  # NOT_FOUND or LeaseLost
+            raise invalid(f"item id {item_id!r} belongs to another thread")
+        return int(seq)
+
     def _upsert_items(
         self, connection: Connection, thread_seq: int, rows: Sequence[tuple[str, str, str]]
     ) -> None:
@@ -586,11 +630,15 @@ class SqlStore(Store):
         now = datetime.now(UTC)
 
         def body(connection: Connection) -> int:
+            pending = rows
             if fence is None:
                 thread_seq = self._thread_seq(connection, owner, thread_id)
+            elif rows and self._dialect == "postgresql":
+                thread_seq = self._fenced_upsert(connection, owner, thread_id, fence, rows[0])
+                pending = rows[1:]
             else:
                 thread_seq = self._fenced_thread_seq(connection, owner, thread_id, fence)
-            self._upsert_items(connection, thread_seq, rows)
+            self._upsert_items(connection, thread_seq, pending)
             if deleted:
                 connection.execute(self._sql.delete_items, {"t_seq": thread_seq, "item_ids": list(deleted)})
             data = thread_data
