@@ -491,6 +491,9 @@ class Worker:
     count: int
     ready: Callable[[int], None]
     """Called with the port once the server accepts calls."""
+    prepared: Callable[[], Awaitable[None]]
+    """Awaited once the store is open and the app started, before listening: the workers of a
+    supervisor start listening together, so the first clients' connections spread over all."""
 
 
 async def serve(settings: Settings, *, worker: Worker | None = None) -> None:
@@ -546,6 +549,8 @@ async def serve(settings: Settings, *, worker: Worker | None = None) -> None:
     # The admin service works through the thread store's transactions (no pool of its own).
     limits_store = LimitsStore(settings, application_name="switchboard-agent-admin", transactions=store)
     await limits_store.open()
+    if worker is not None:
+        await worker.prepared()
     server, health_servicer, port = await build_server(
         settings,
         store,

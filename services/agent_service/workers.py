@@ -14,10 +14,13 @@ supervisor never imports the agent service (the Agents SDK, the store and an app
 and 2 s): it binds the address, serves the merged metrics and watches its workers.
 
 Start: worker 1 starts alone and opens the store as the service always does (the SQLite store
-creates or migrates its schema then, PostgreSQL's is checked), loads the app and listens; workers 2
-to N start once it serves, so they never race to create or migrate the schema. A failed start (a
-schema older or newer than the code, an unreachable database, an app that cannot load) ends the
-supervisor with worker 1's exit status and message, as the single process ends (2: fix the
+creates or migrates its schema then, PostgreSQL's is checked) and starts the app; workers 2 to N
+start once it has, so they never race to create or migrate the schema. No worker listens before
+all are prepared: then they listen together, so the connections clients open first (an edge opens
+`SWITCHBOARD_AGENT_CONNECTIONS` at start) spread over all of them instead of all landing on
+worker 1. A failed start (a schema older or newer than the code, an unreachable database, an app
+that cannot load) ends the supervisor with that worker's exit status and message, as the single
+process ends (2: fix the
 configuration; 1: try again).
 
 Address: the supervisor binds the listen address first, with SO_REUSEPORT and without listening
@@ -58,6 +61,7 @@ import time
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 from types import FrameType
 from typing import Final
 
@@ -80,6 +84,8 @@ STOP_MARGIN_S: Final = 15.0
 """After SIGTERM, how long beyond the grace a worker may take (the health notice, the saves of
 cancelled turns, closing the store) before it is killed."""
 STOP_SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
+PREPARED: Final = "prepared"
+"""A worker's first message on its pipe (the second is its port, once it serves)."""
 
 
 def reserve(listen: str) -> tuple[str, socket.socket]:
@@ -187,6 +193,8 @@ class _Slot:
     ready: Connection | None = None
     """The reading end of the pipe on which the worker reports that it serves."""
     started_at: float = 0.0
+    prepared: bool = False
+    """It has opened the store and started the app, and waits for `go` to listen."""
     serving: bool = False
     failures: int = 0
     """Deaths in a row, each within STABLE_S of its start."""
@@ -209,6 +217,9 @@ class Supervisor:
         self._deadline: float | None = None
         self._status = 0
         self._wake_read, self._wake_write = os.pipe()
+        self._go = self._context.Event()
+        """Set once every worker is prepared: they start listening together (then a restarted
+        worker listens as soon as it is prepared)."""
 
     # ----------------------------------------------------------------- the loop
 
@@ -278,13 +289,13 @@ class Supervisor:
         reader, writer = self._context.Pipe(duplex=False)
         process = self._context.Process(
             target=run_worker,
-            args=(self._settings, slot.index, self._count, writer),
+            args=(self._settings, slot.index, self._count, writer, self._go),
             name=f"switchboard-agent-worker-{slot.index}",
         )
         process.start()
         writer.close()  # the worker holds the other copy: its death closes the pipe
         slot.process, slot.ready = process, reader
-        slot.started_at, slot.serving, slot.restart_at = time.monotonic(), False, None
+        slot.started_at, slot.prepared, slot.serving, slot.restart_at = time.monotonic(), False, False, None
         log.info("agent worker %d started (pid %s)", slot.index, process.pid)
 
     def _on_ready(self, slot: _Slot) -> None:
@@ -292,20 +303,24 @@ class Supervisor:
         if ready is None:
             return
         try:
-            ready.recv()
+            message = ready.recv()
         except (EOFError, OSError):  # it died before it served: _reap sees to it
-            pass
-        else:
-            slot.serving = True
+            message = None
+        if message == PREPARED:
+            first = not any(each.prepared for each in self._slots)
+            slot.prepared = True
+            if first and not self._stopping:
+                for other in self._slots[1:]:
+                    self._start(other)
+            if all(each.prepared for each in self._slots):
+                self._go.set()
+            return
+        slot.serving = message is not None
         ready.close()
         slot.ready = None
         if not slot.serving:
             return
-        if not self._up:
-            self._up = True
-            if not self._stopping:
-                for other in self._slots[1:]:
-                    self._start(other)
+        self._up = True
         if all(each.serving for each in self._slots):
             log.info(
                 "agent service ready: %d workers serving on %s", self._count, self._settings.agent_listen
@@ -381,7 +396,7 @@ class Supervisor:
 # --------------------------------------------------------------------------- in the worker
 
 
-def run_worker(settings: Settings, index: int, count: int, ready: Connection) -> None:
+def run_worker(settings: Settings, index: int, count: int, ready: Connection, go: EventType) -> None:
     """A worker process's main function (spawned by the supervisor): the agent service, as
     `switchboard agent` runs it with one worker, on the supervisor's address with SO_REUSEPORT."""
     configure_logging(settings.log_level, settings.log_format, worker=index)
@@ -389,10 +404,10 @@ def run_worker(settings: Settings, index: int, count: int, ready: Connection) ->
         log.warning(
             "prometheus_client was loaded before %s was set: metrics are not shared", MULTIPROC_DIR_VARIABLE
         )
-    asyncio.run(_serve_worker(settings, index, count, ready))
+    asyncio.run(_serve_worker(settings, index, count, ready, go))
 
 
-async def _serve_worker(settings: Settings, index: int, count: int, ready: Connection) -> None:
+async def _serve_worker(settings: Settings, index: int, count: int, ready: Connection, go: EventType) -> None:
     from services.agent_service.server import Worker, serve
 
     loop = asyncio.get_running_loop()
@@ -405,6 +420,11 @@ async def _serve_worker(settings: Settings, index: int, count: int, ready: Conne
         log.warning("the supervisor is gone: stopping")
         os.kill(os.getpid(), signal.SIGTERM)
 
+    async def prepared() -> None:
+        with contextlib.suppress(OSError):
+            ready.send(PREPARED)
+        await asyncio.to_thread(go.wait)
+
     def serving(port: int) -> None:
         with contextlib.suppress(OSError):
             ready.send(port)
@@ -413,7 +433,7 @@ async def _serve_worker(settings: Settings, index: int, count: int, ready: Conne
     if sentinel is not None:
         loop.add_reader(sentinel, orphaned)
     try:
-        await serve(settings, worker=Worker(index, count, serving))
+        await serve(settings, worker=Worker(index, count, serving, prepared))
     finally:
         if sentinel is not None:
             loop.remove_reader(sentinel)

@@ -248,6 +248,10 @@ class Settings(BaseSettings):
     edge_host: str = Field("127.0.0.1", validation_alias=_env("SWITCHBOARD_EDGE_HOST"))
     edge_port: int = Field(8080, ge=0, le=65535, validation_alias=_env("SWITCHBOARD_EDGE_PORT"))
     agent_address: str = Field("127.0.0.1:50051", validation_alias=_env("SWITCHBOARD_AGENT_ADDRESS"))
+    agent_connections: int = Field(1, ge=1, le=64, validation_alias=_env("SWITCHBOARD_AGENT_CONNECTIONS"))
+    """HTTP/2 connections the edge keeps to each agent address, calls taking them in turn: an agent
+    with workers (SO_REUSEPORT) gets each connection on one worker, so one connection would feed
+    one worker only."""
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validation_alias=_env("SWITCHBOARD_CORS_ORIGINS")
     )

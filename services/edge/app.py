@@ -32,6 +32,7 @@ DATA_LOSS, UNAVAILABLE, DEADLINE_EXCEEDED) are logged, not sent: they can name i
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import re
@@ -123,6 +124,8 @@ AGENT_CHANNEL_OPTIONS: Final[list[tuple[str, Any]]] = [
 ]
 """The channel for ChatService calls: CHANNEL_OPTIONS plus client-side health checking. Readiness
 probes use a channel without it (they must reach a replica to ask it, healthy or not)."""
+CONNECTION_ARG: Final = "switchboard.agent_connection"
+"""A channel argument of our own, different for each of the SWITCHBOARD_AGENT_CONNECTIONS channels."""
 
 SSE_HEADERS: Final = {
     hdrs.CONTENT_TYPE: "text/event-stream",
@@ -439,11 +442,14 @@ def render_demo_page(template: str, *, token: str, domain_key: str) -> str:
 
 
 class Edge:
-    """The handlers and their shared state: settings, the token verifier and ONE gRPC channel.
+    """The handlers and their shared state: settings, the token verifier and the gRPC channels.
 
     The channel (with the ChatService stub and the health-check callable) exists between startup
     and cleanup; it multiplexes every request's RPC over HTTP/2, so there is nothing per request to
-    pool. The edge keeps no other state.
+    pool. The edge keeps no other state. With `SWITCHBOARD_AGENT_CONNECTIONS=K` there are K such
+    channels to the agent service, each with connections of its own, and calls take them in turn:
+    an agent service with workers hands each connection to one worker (SO_REUSEPORT), so K
+    connections spread one edge's calls over up to K workers.
 
     With several agent replicas that channel holds a subchannel (HTTP/2 connection) per replica
     and balances calls over the healthy ones (`round_robin` with client-side health checking, see
@@ -463,7 +469,8 @@ class Edge:
                 token=settings.demo_token,
                 domain_key=settings.chatkit_domain_key,
             )
-        self._stub: chat_pb2_grpc.ChatServiceAsyncStub | None = None
+        self._agents: list[tuple[aio.Channel, chat_pb2_grpc.ChatServiceAsyncStub]] = []
+        self._turn = itertools.count()
         self._uploads: upload_pb2_grpc.UploadServiceAsyncStub | None = None
         self._health_check: (
             aio.UnaryUnaryMultiCallable[health_pb2.HealthCheckRequest, health_pb2.HealthCheckResponse] | None
@@ -479,10 +486,17 @@ class Edge:
 
     async def channel_context(self, app: web.Application) -> AsyncIterator[None]:
         """aiohttp cleanup context: open the channels on startup, close them on cleanup."""
-        channel = client_channel(self.agent_target, self.settings, options=AGENT_CHANNEL_OPTIONS)
+        # Channels with equal options share their connections: a distinct argument per channel
+        # gives each its own (SWITCHBOARD_AGENT_CONNECTIONS).
+        channels = [
+            client_channel(
+                self.agent_target, self.settings, options=[*AGENT_CHANNEL_OPTIONS, (CONNECTION_ARG, index)]
+            )
+            for index in range(self.settings.agent_connections)
+        ]
         probe_channel = client_channel(self.agent_target, self.settings, options=CHANNEL_OPTIONS)
         upload_channel = client_channel(self.upload_target, self.settings, options=CHANNEL_OPTIONS)
-        self._stub = chat_pb2_grpc.ChatServiceStub(channel)
+        self._agents = [(channel, chat_pb2_grpc.ChatServiceStub(channel)) for channel in channels]
         self._uploads = upload_pb2_grpc.UploadServiceStub(upload_channel)
         self._health_check = probe_channel.unary_unary(
             _HEALTH_CHECK,
@@ -492,10 +506,11 @@ class Edge:
         try:
             yield
         finally:
-            self._stub = None
+            self._agents = []
             self._uploads = None
             self._health_check = None
-            await channel.close()
+            for channel in channels:
+                await channel.close()
             await probe_channel.close()
             await upload_channel.close()
 
@@ -673,9 +688,26 @@ class Edge:
         return json_error(grpc.StatusCode.RESOURCE_EXHAUSTED, message, status=413)
 
     def _require_stub(self) -> chat_pb2_grpc.ChatServiceAsyncStub:
-        if self._stub is None:
+        """The ChatService stub of the next agent channel in turn that is connected (READY); else of
+        one that is connecting or idle (a call there waits for the connection); else the next one.
+        A channel whose connection broke (its worker died) is passed over until it has reconnected,
+        instead of failing calls meanwhile, and an idle one is asked to connect when its turn comes."""
+        agents = self._agents
+        if not agents:
             raise web.HTTPServiceUnavailable(text="the edge is not connected to the agent service")
-        return self._stub
+        start = next(self._turn)
+        count = len(agents)
+        if count == 1:
+            return agents[0][1]
+        waiting: chat_pb2_grpc.ChatServiceAsyncStub | None = None
+        for offset in range(count):
+            channel, stub = agents[(start + offset) % count]
+            state = channel.get_state(try_to_connect=True)
+            if state is grpc.ChannelConnectivity.READY:
+                return stub
+            if waiting is None and state is not grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                waiting = stub
+        return waiting or agents[start % count][1]
 
     async def _stream(
         self, request: web.Request, operation: StreamingOperation, metadata: Metadata

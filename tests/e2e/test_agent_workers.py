@@ -4,10 +4,10 @@ and one scrape counts them all, a worker killed with SIGKILL is restarted while 
 then SIGTERM to the supervisor drains streams on both workers. The last tests start agent services
 of their own (a start that fails, bad values).
 
-The kernel gives each new connection to one worker (SO_REUSEPORT) and the edge keeps one HTTP/2
-connection to the agent address, so here the agent recycles connections every second
-(`SWITCHBOARD_GRPC_MAX_CONNECTION_AGE_S=1`): each reconnection may land on the other worker. Direct
-gRPC callers below use a connection per channel (`grpc.use_local_subchannel_pool`).
+The kernel gives each new connection to one worker (SO_REUSEPORT), so the edge keeps
+`SWITCHBOARD_AGENT_CONNECTIONS=16` connections to the agent address and its calls take them in
+turn: all 16 landing on one worker has odds of 2 in 65,536. Direct gRPC callers below use a
+connection per channel (`grpc.use_local_subchannel_pool`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from tests.support.processes import ROOT, SECRET, Service, Stack, free_port, run
 from tests.support.prometheus import scrape, value
 
 WORKERS = 2
+CONNECTIONS = 16
 GRACE_S = 5.0
 LONG_QUESTION = "Please explain in detail how I can reset my password after a login error"
 
@@ -46,7 +47,7 @@ def workers_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tmp_path_factory.mktemp("workers"),
         SWITCHBOARD_AGENT_WORKERS=str(WORKERS),
         uploads=False,
-        SWITCHBOARD_GRPC_MAX_CONNECTION_AGE_S="1",
+        SWITCHBOARD_AGENT_CONNECTIONS=str(CONNECTIONS),
         SWITCHBOARD_LOCAL_TOKEN_DELAY_MS="10",
         SWITCHBOARD_SHUTDOWN_GRACE_S=str(GRACE_S),
     ) as stack:
@@ -102,18 +103,16 @@ async def test_both_workers_serve_and_one_scrape_counts_them_all(
     for index, pid in pids.items():
         assert f"worker {index} of {WORKERS} (pid {pid})" in agent.log_text()
     metrics_url = workers_stack.metrics_url("agent")
+
+    # The edge's channels connect on their first turn; once each has, both workers hold some.
+    deadline = time.monotonic() + 20
+    warm: set[str] = set()
+    while len(runs_by_pid(agent, warm)) < WORKERS:
+        warm |= await converse(http, workers_stack, 1)
+        assert time.monotonic() < deadline, f"the edge reached {runs_by_pid(agent, warm)} only"
     before = _streams(scrape(metrics_url))
-
-    threads: set[str] = set()
-    deadline = time.monotonic() + 40
-    while True:  # batches until both workers ran some (each reconnection is a coin toss)
-        threads |= await converse(http, workers_stack, 20)
-        runs = runs_by_pid(agent, threads)
-        if len(runs) == WORKERS and len(threads) >= 40:
-            break
-        assert time.monotonic() < deadline, f"only {runs} served in {len(threads)} conversations"
-        await asyncio.sleep(0.5)
-
+    threads = await converse(http, workers_stack, 40)  # one batch: the edge's connections take turns
+    runs = runs_by_pid(agent, threads)
     assert set(runs) == set(pids.values()), "the runs were made by the two workers"
     assert sum(runs.values()) == len(threads)
     after = _streams(scrape(metrics_url))
