@@ -56,6 +56,7 @@ else:
 log = logging.getLogger(__name__)
 
 REQUEST_ID_ATTRIBUTE: Final = "switchboard.request_id"
+OPERATION_ATTRIBUTE: Final = "switchboard.operation"
 EXPORTERS: Final = ("otlp", "console")
 DEFAULT_EXCLUDED_URLS: Final = "/healthz,/readyz,/metrics"
 _UNTRACED_GRPC: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -173,6 +174,15 @@ def set_request_id(request_id: str) -> None:
         from opentelemetry import trace
 
         trace.get_current_span().set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
+
+
+def set_operation(operation: str) -> None:
+    """Record the streaming operation on the current span (the server span of `ChatService.Stream`,
+    whose name is the RPC's, not the operation's)."""
+    if _provider is not None:
+        from opentelemetry import trace
+
+        trace.get_current_span().set_attribute(OPERATION_ATTRIBUTE, operation)
 
 
 # --------------------------------------------------------------------------- gRPC
