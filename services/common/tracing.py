@@ -21,7 +21,8 @@ What is traced (the ecosystem's instrumentations, wired here so each service has
   `grpc_tls.py`) and server side (`server_interceptors`); the client interceptor sends `traceparent`
   in the call's metadata, so one ChatKit request is one trace across the processes. Health checks
   and reflection are not traced. The request id (`x-request-id`) becomes the attribute
-  `switchboard.request_id` of the edge's span and of each server span;
+  `switchboard.request_id` of the edge's span and of each server span, and the server span of
+  `ChatService.Stream` names the streaming operation it ran in `switchboard.operation`;
 - the store: one span per transaction (`store <operation>`), the SQL statements under it
   (SQLAlchemy instrumentation: the statement text with placeholders, never parameter values);
 - the Agents SDK's runs, model calls, tool calls and handoffs
