@@ -21,7 +21,14 @@ from chatkit.types import (
 from grpc import aio
 from prometheus_client import REGISTRY
 
-from services.agent_service.server import MAX_BATCH_BYTES, MAX_BATCH_EVENTS, ChatService, event_to_proto
+from services.agent_service.server import (
+    _OPERATIONS,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    STREAMING_METHODS,
+    ChatService,
+    event_to_proto,
+)
 from services.agent_service.store import LeaseLost, ThreadBusy
 from services.common import codec
 from services.common.auth import TokenVerifier, mint_token
@@ -247,6 +254,12 @@ async def test_a_batch_is_bounded_in_events_and_in_bytes(chat: Chat) -> None:
     assert [event for batch in batches for event in batch] == _protos(conversation.script)
     sizes = [sum(event.ByteSize() for event in batch) for batch in batches]
     assert all(size <= MAX_BATCH_BYTES for size in sizes[:3]) and sizes[3] > MAX_BATCH_BYTES
+
+
+def test_stream_serves_every_operation_of_the_oneof_and_every_per_event_rpc() -> None:
+    oneof = chat_pb2.StreamRequest.DESCRIPTOR.oneofs_by_name["operation"]
+    assert set(_OPERATIONS) == {field.name for field in oneof.fields} == {case[0] for case in OPERATIONS}
+    assert sorted(name for name, _ in _OPERATIONS.values()) == sorted(STREAMING_METHODS)
 
 
 async def test_a_request_without_an_operation_is_invalid(chat: Chat) -> None:
