@@ -59,20 +59,27 @@ async def send(
     text: str,
     thread_id: str | None,
 ) -> str | None:
-    """Send one message and print the streamed answer; return the thread id."""
-    call: aio.UnaryStreamCall[Any, events_pb2.ThreadStreamEvent]
+    """Send one message and print the streamed answer; return the thread id.
+
+    `Stream` sends the events in batches (several per message when they were ready together); each
+    batch is shown with one write."""
     if thread_id is None:
-        call = stub.CreateThread(chat_pb2.CreateThreadRequest(input=_user_input(text)), metadata=metadata)
+        request = chat_pb2.StreamRequest(create_thread=chat_pb2.CreateThreadRequest(input=_user_input(text)))
     else:
-        call = stub.AddUserMessage(
-            chat_pb2.AddUserMessageRequest(thread_id=thread_id, input=_user_input(text)), metadata=metadata
+        request = chat_pb2.StreamRequest(
+            add_user_message=chat_pb2.AddUserMessageRequest(thread_id=thread_id, input=_user_input(text))
         )
-    async for event in call:
-        if event.WhichOneof("kind") == "thread_created":
-            thread_id = event.thread_created.thread.id
-        shown = render(event)
+    call: aio.UnaryStreamCall[Any, chat_pb2.StreamResponse] = stub.Stream(request, metadata=metadata)
+    async for batch in call:
+        shown: list[str] = []
+        for event in batch.events:
+            if event.WhichOneof("kind") == "thread_created":
+                thread_id = event.thread_created.thread.id
+            text_of = render(event)
+            if text_of:
+                shown.append(text_of)
         if shown:
-            sys.stdout.write(shown)
+            sys.stdout.write("".join(shown))
             sys.stdout.flush()
     return thread_id
 

@@ -1,6 +1,6 @@
 """The agent service's metrics (Prometheus, see services/common/metrics.py).
 
-Streams (labels: `operation`, the gRPC method):
+Streams (labels: `operation`, the streaming operation by its per-event RPC's name, also through `Stream`):
 - `switchboard_agent_streams_in_flight` (gauge, no label: what an HPA scales on)
 - `switchboard_agent_stream_first_text_seconds` (histogram): from the call to the first text delta
 - `switchboard_agent_stream_duration_seconds` (histogram): the whole stream

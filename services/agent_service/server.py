@@ -5,7 +5,9 @@ Each handler turns its protobuf request into chatkit models, asks the Conversati
 and turns that back into protobuf. Streaming handlers use grpc.aio's writer API so that a failure
 before the first event becomes a real status (the edge maps it to HTTP) and so that cancellation
 (client gone, deadline passed, server shutting down) always closes the conversation, which stops the
-agent run and saves the partial answer.
+agent run and saves the partial answer. `Stream` runs the same six streaming operations as the
+per-event RPCs, through the same boundary (`ChatService._stream`), and writes the events that are
+ready together in one message (ready.py); the per-event RPCs remain for compatibility.
 
 Scale-out: the service keeps no thread state in memory, so several replicas can serve one address
 (the edge balances calls over them with gRPC's `round_robin`). Servers recycle client connections
@@ -46,6 +48,7 @@ from services.agent_service import metrics as agent_metrics
 from services.agent_service.admin import ADMIN_SERVICE_NAME, AdminService
 from services.agent_service.attachments import AttachmentClient
 from services.agent_service.conversation import Conversation
+from services.agent_service.ready import NOT_READY, Ready
 from services.agent_service.store import SchemaError, Store, create_store, database_url, drain_shielded
 from services.agent_service.store.migrate import redacted
 from services.agent_service.transcription import Transcriber
@@ -58,6 +61,7 @@ from services.common.grpc_server import abort_internal, abort_with, enable_refle
 from services.common.grpc_server import server_options as common_server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
+from services.common.logs import current_operation
 from services.limits import LimitReached, Limits, LimitsStore
 from switchboard.app import Caller, InvalidRequest, SwitchboardError
 from switchboard.v1 import admin_pb2_grpc, chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
@@ -88,6 +92,12 @@ STREAMING_METHODS: Final = (
     "RetryAfterItem",
     "CustomAction",
 )
+
+MAX_BATCH_EVENTS: Final = 64
+"""Most events in one `Stream` message: a bound, never a target (nothing waits to fill a batch)."""
+MAX_BATCH_BYTES: Final = 64 * 1024
+"""Most bytes of events in one `Stream` message; an event that is larger by itself goes alone (the
+per-event RPCs send it alone too)."""
 
 _Model = TypeVar("_Model", bound=BaseModel)
 _Reply = TypeVar("_Reply", bound=Message)
@@ -188,17 +198,32 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         context: Context,
         operation: str,
         open_events: Callable[[], AsyncIterator[ThreadStreamEvent]],
+        *,
+        batched: bool = False,
     ) -> None:
         """The boundary of every streaming RPC: a domain error becomes its status, anything else is
-        logged with the request id and answered INTERNAL with a generic message."""
+        logged with the request id and answered INTERNAL with a generic message.
+
+        The per-event RPCs write each event as its own message. `Stream` (`batched`) writes a
+        `StreamResponse` of the events that are ready together: after an event, the ones the
+        conversation produces without waiting (`Ready.poll`), up to MAX_BATCH_EVENTS events and
+        MAX_BATCH_BYTES bytes. Nothing waits to fill a batch. The events, their order, the statuses
+        and the metrics are the same either way.
+
+        A batch ends where the conversation suspends, inside its next step: that step is finished
+        by the next `anext`, or cancelled where it waits when this call is cancelled during the
+        write (as if it had been awaiting it: the run stops, the partial answer is saved, a lost
+        lease is ABORTED), or when the stream ends otherwise (`Ready.aclose`).
+        """
         observed = self._metrics[operation]
         count_text = self._count_text
         started = time.perf_counter()
         sent = deltas = 0
+        limit = MAX_BATCH_EVENTS if batched else 1
         observed.in_flight.inc()
         try:
             try:
-                events = open_events()
+                events = Ready(open_events())
             except SwitchboardError as error:
                 await _refuse(context, error)
                 return
@@ -206,25 +231,54 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
                 await abort_internal(context, "ChatService")
                 return
             try:
-                async for event in events:
-                    if (
-                        count_text
-                        and isinstance(event, ThreadItemUpdatedEvent)
-                        and isinstance(event.update, AssistantMessageContentPartTextDelta)
-                    ):
-                        if not deltas:
-                            observed.first_text.observe(time.perf_counter() - started)
-                        deltas += 1
-                    await context.write(event_to_proto(event))
-                    sent += 1
+                carried: tuple[events_pb2.ThreadStreamEvent, int] | None = None
+                while True:
+                    batch: list[events_pb2.ThreadStreamEvent] = []
+                    size = 0
+                    if carried is not None:
+                        batch.append(carried[0])
+                        size = carried[1]
+                        carried = None
+                    while len(batch) < limit:
+                        if batch:
+                            event = events.poll()
+                            if event is NOT_READY:
+                                break
+                        else:
+                            try:
+                                event = await anext(events)
+                            except StopAsyncIteration:
+                                break
+                        if (
+                            count_text
+                            and isinstance(event, ThreadItemUpdatedEvent)
+                            and isinstance(event.update, AssistantMessageContentPartTextDelta)
+                        ):
+                            if not deltas:
+                                observed.first_text.observe(time.perf_counter() - started)
+                            deltas += 1
+                        message = event_to_proto(event)
+                        if batched:
+                            bytes_ = message.ByteSize()
+                            if batch and size + bytes_ > MAX_BATCH_BYTES:
+                                carried = (message, bytes_)
+                                break
+                            size += bytes_
+                        batch.append(message)
+                    if not batch:
+                        break  # the end of the stream
+                    try:
+                        await context.write(chat_pb2.StreamResponse(events=batch) if batched else batch[0])
+                    except asyncio.CancelledError:
+                        await events.cancel_pending()
+                        raise
+                    sent += len(batch)
             except SwitchboardError as error:
                 await _refuse(context, error)
             except Exception:
                 await abort_internal(context, "ChatService")
             finally:
-                aclose = getattr(events, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await events.aclose()
         finally:
             observed.in_flight.dec()
             if sent:  # a refused call (a status, no events) is not a stream
@@ -246,73 +300,84 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
 
     # ------------------------------------------------------------------ streaming
     # These use grpc.aio's writer API (context.write), which the generated stubs do not describe.
+    # Each operation's events come from its opener (`_create_thread`, ...), shared by its per-event
+    # RPC and by `Stream`; an opener runs inside `_stream`, so its errors get the boundary's mapping.
+
+    async def Stream(self, request: chat_pb2.StreamRequest, context: Context) -> None:  # type: ignore[override]
+        kind = request.WhichOneof("operation")
+        if kind is None:
+            await abort_with(context, InvalidRequest(MISSING_OPERATION))
+            return
+        operation, opener = _OPERATIONS[kind]
+        current_operation.set(operation)  # the logs name the operation, as for its per-event RPC
+        tracing.set_operation(operation)
+        inner = getattr(request, kind)
+        await self._stream(context, operation, lambda: opener(self, inner), batched=True)
 
     async def CreateThread(self, request: chat_pb2.CreateThreadRequest, context: Context) -> None:  # type: ignore[override]
-        owner, locale = _caller()
-        await self._stream(
-            context,
-            "CreateThread",
-            lambda: self._conversation.create_thread(owner, locale, _user_input(request.input)),
-        )
+        await self._stream(context, "CreateThread", lambda: self._create_thread(request))
 
     async def AddUserMessage(self, request: chat_pb2.AddUserMessageRequest, context: Context) -> None:  # type: ignore[override]
-        owner, locale = _caller()
-        await self._stream(
-            context,
-            "AddUserMessage",
-            lambda: self._conversation.add_user_message(
-                owner, locale, _required(request.thread_id, "thread_id"), _user_input(request.input)
-            ),
-        )
+        await self._stream(context, "AddUserMessage", lambda: self._add_user_message(request))
 
     async def AddClientToolOutput(  # type: ignore[override]
         self, request: chat_pb2.AddClientToolOutputRequest, context: Context
     ) -> None:
-        owner, locale = _caller()
-        await self._stream(
-            context,
-            "AddClientToolOutput",
-            lambda: self._conversation.add_client_tool_output(
-                owner, locale, _required(request.thread_id, "thread_id"), _tool_result(request)
-            ),
-        )
+        await self._stream(context, "AddClientToolOutput", lambda: self._add_client_tool_output(request))
 
     async def AddStructuredInput(self, request: chat_pb2.AddStructuredInputRequest, context: Context) -> None:  # type: ignore[override]
-        owner, locale = _caller()
-        await self._stream(
-            context,
-            "AddStructuredInput",
-            lambda: self._conversation.add_structured_input(
-                owner,
-                locale,
-                _required(request.thread_id, "thread_id"),
-                _required(request.item_id, "item_id"),
-                _parse(StructuredInputSubmission, codec.to_data(request.input), "input"),
-            ),
-        )
+        await self._stream(context, "AddStructuredInput", lambda: self._add_structured_input(request))
 
     async def RetryAfterItem(self, request: chat_pb2.RetryAfterItemRequest, context: Context) -> None:  # type: ignore[override]
-        owner, locale = _caller()
-        await self._stream(
-            context,
-            "RetryAfterItem",
-            lambda: self._conversation.retry_after_item(
-                owner,
-                locale,
-                _required(request.thread_id, "thread_id"),
-                _required(request.item_id, "item_id"),
-            ),
-        )
+        await self._stream(context, "RetryAfterItem", lambda: self._retry_after_item(request))
 
     async def CustomAction(self, request: chat_pb2.CustomActionRequest, context: Context) -> None:  # type: ignore[override]
+        await self._stream(context, "CustomAction", lambda: self._custom_action(request))
+
+    def _create_thread(self, request: chat_pb2.CreateThreadRequest) -> AsyncIterator[ThreadStreamEvent]:
+        owner, locale = _caller()
+        return self._conversation.create_thread(owner, locale, _user_input(request.input))
+
+    def _add_user_message(self, request: chat_pb2.AddUserMessageRequest) -> AsyncIterator[ThreadStreamEvent]:
+        owner, locale = _caller()
+        return self._conversation.add_user_message(
+            owner, locale, _required(request.thread_id, "thread_id"), _user_input(request.input)
+        )
+
+    def _add_client_tool_output(
+        self, request: chat_pb2.AddClientToolOutputRequest
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        owner, locale = _caller()
+        return self._conversation.add_client_tool_output(
+            owner, locale, _required(request.thread_id, "thread_id"), _tool_result(request)
+        )
+
+    def _add_structured_input(
+        self, request: chat_pb2.AddStructuredInputRequest
+    ) -> AsyncIterator[ThreadStreamEvent]:
+        owner, locale = _caller()
+        return self._conversation.add_structured_input(
+            owner,
+            locale,
+            _required(request.thread_id, "thread_id"),
+            _required(request.item_id, "item_id"),
+            _parse(StructuredInputSubmission, codec.to_data(request.input), "input"),
+        )
+
+    def _retry_after_item(self, request: chat_pb2.RetryAfterItemRequest) -> AsyncIterator[ThreadStreamEvent]:
+        owner, locale = _caller()
+        return self._conversation.retry_after_item(
+            owner,
+            locale,
+            _required(request.thread_id, "thread_id"),
+            _required(request.item_id, "item_id"),
+        )
+
+    def _custom_action(self, request: chat_pb2.CustomActionRequest) -> AsyncIterator[ThreadStreamEvent]:
         owner, locale = _caller()
         item_id = request.item_id if request.HasField("item_id") else None
-        await self._stream(
-            context,
-            "CustomAction",
-            lambda: self._conversation.custom_action(
-                owner, locale, _required(request.thread_id, "thread_id"), item_id, _action(request.action)
-            ),
+        return self._conversation.custom_action(
+            owner, locale, _required(request.thread_id, "thread_id"), item_id, _action(request.action)
         )
 
     # ------------------------------------------------------------------ unary
@@ -425,6 +490,22 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
             return chat_pb2.TranscribeResponse(text=text)
 
         return await self._unary(context, call)
+
+
+_OPERATIONS: Final[dict[str, tuple[str, Callable[[ChatService, Any], AsyncIterator[ThreadStreamEvent]]]]] = {
+    "create_thread": ("CreateThread", ChatService._create_thread),
+    "add_user_message": ("AddUserMessage", ChatService._add_user_message),
+    "add_client_tool_output": ("AddClientToolOutput", ChatService._add_client_tool_output),
+    "add_structured_input": ("AddStructuredInput", ChatService._add_structured_input),
+    "retry_after_item": ("RetryAfterItem", ChatService._retry_after_item),
+    "custom_action": ("CustomAction", ChatService._custom_action),
+}
+"""`StreamRequest.operation`'s fields: the operation (its per-event RPC's name, the metrics' and
+logs' label) and its opener."""
+MISSING_OPERATION: Final = (
+    "StreamRequest.operation is not set (or is not one this server knows): set one of "
+    + ", ".join(_OPERATIONS)
+)
 
 
 async def build_server(

@@ -21,7 +21,8 @@ What is traced (the ecosystem's instrumentations, wired here so each service has
   `grpc_tls.py`) and server side (`server_interceptors`); the client interceptor sends `traceparent`
   in the call's metadata, so one ChatKit request is one trace across the processes. Health checks
   and reflection are not traced. The request id (`x-request-id`) becomes the attribute
-  `switchboard.request_id` of the edge's span and of each server span;
+  `switchboard.request_id` of the edge's span and of each server span, and the server span of
+  `ChatService.Stream` names the streaming operation it ran in `switchboard.operation`;
 - the store: one span per transaction (`store <operation>`), the SQL statements under it
   (SQLAlchemy instrumentation: the statement text with placeholders, never parameter values);
 - the Agents SDK's runs, model calls, tool calls and handoffs
@@ -56,6 +57,7 @@ else:
 log = logging.getLogger(__name__)
 
 REQUEST_ID_ATTRIBUTE: Final = "switchboard.request_id"
+OPERATION_ATTRIBUTE: Final = "switchboard.operation"
 EXPORTERS: Final = ("otlp", "console")
 DEFAULT_EXCLUDED_URLS: Final = "/healthz,/readyz,/metrics"
 _UNTRACED_GRPC: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
@@ -173,6 +175,15 @@ def set_request_id(request_id: str) -> None:
         from opentelemetry import trace
 
         trace.get_current_span().set_attribute(REQUEST_ID_ATTRIBUTE, request_id)
+
+
+def set_operation(operation: str) -> None:
+    """Record the streaming operation on the current span (the server span of `ChatService.Stream`,
+    whose name is the RPC's, not the operation's)."""
+    if _provider is not None:
+        from opentelemetry import trace
+
+        trace.get_current_span().set_attribute(OPERATION_ATTRIBUTE, operation)
 
 
 # --------------------------------------------------------------------------- gRPC

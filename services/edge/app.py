@@ -7,10 +7,11 @@ the body within `max_body_bytes`, parse and route it (chatkit.py), then run the 
 - unary operations answer `application/json`, rendered exactly as ChatKitServer renders them;
   dictation (`input.transcribe`) is one of them: the edge decodes and checks the audio first, and
   waits up to `transcribe_timeout_s` (plus a margin) instead of `rpc_timeout_s`;
-- streaming operations read the FIRST event before committing the HTTP response, so failures that
-  happen before anything was produced (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE...) become real HTTP
-  statuses with the JSON error body. Once the SSE response has started, a failure becomes a final
-  ChatKit `error` event and the body ends cleanly, which is what ChatKitServer does.
+- streaming operations run `ChatService.Stream`, whose messages are batches of events; the frames
+  of a batch go out in one write. They read the FIRST batch before committing the HTTP response, so
+  failures that happen before anything was produced (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE...)
+  become real HTTP statuses with the JSON error body. Once the SSE response has started, a failure
+  becomes a final ChatKit `error` event and the body ends cleanly, which is what ChatKitServer does.
 
 Body limits: `max_body_bytes` (1 MiB) bounds every ChatKit request except `input.transcribe`,
 whose body carries the recording in base64 and may reach `transcribe_max_bytes` of audio (10 MiB,
@@ -74,9 +75,9 @@ from services.edge.chatkit import (
     parse_request,
     route,
 )
-from services.edge.sse import encode_event, encode_stream_error
+from services.edge.sse import encode_events, encode_stream_error
 from services.edge.uploads import UploadRefused, stream_upload
-from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, upload_pb2_grpc
+from switchboard.v1 import chat_pb2, chat_pb2_grpc, upload_pb2_grpc
 
 log = logging.getLogger("switchboard.edge")
 access_log = logging.getLogger("switchboard.edge.access")
@@ -717,21 +718,24 @@ class Edge:
         call = operation.start(metadata, self.settings.stream_timeout_s)
         response = web.StreamResponse(headers=SSE_HEADERS)
         try:
-            # Peek at the first event before committing to a 200 event stream.
+            # Peek at the first batch before committing to a 200 event stream.
             try:
-                first = await call.read()
-                frame = encode_event(first) if isinstance(first, events_pb2.ThreadStreamEvent) else None
+                first = await _first_batch(call)
             except aio.AioRpcError as error:
                 return rpc_error_response(error, request_id, operation.rpc)
-            except (codec.CodecError, ValidationError):
-                log.exception("[%s] %s sent an invalid event", request_id, operation.rpc)
+            frames, invalid = encode_events(first.events) if first is not None else (b"", None)
+            if invalid is not None and not frames:  # the very first event: nothing is out yet
+                log.error("[%s] %s sent an invalid event", request_id, operation.rpc, exc_info=invalid)
                 return json_error(grpc.StatusCode.INTERNAL, "the agent service sent an invalid event")
 
             await response.prepare(request)
             metrics.STREAMS_IN_FLIGHT.inc()
             try:
-                if frame is not None:  # None: an empty stream (ChatKit sends those too), just end it
-                    await response.write(frame)
+                if invalid is not None:
+                    log.error("[%s] %s sent an invalid event", request_id, operation.rpc, exc_info=invalid)
+                    await response.write(frames + encode_stream_error(allow_retry=True))
+                elif first is not None:  # None: an empty stream (ChatKit sends those too), just end it
+                    await response.write(frames)
                     await self._pump(call, response, request_id, operation.rpc)
             except ConnectionResetError:
                 raise
@@ -750,35 +754,37 @@ class Edge:
 
     async def _pump(
         self,
-        call: aio.UnaryStreamCall[Any, events_pb2.ThreadStreamEvent],
+        call: aio.UnaryStreamCall[Any, chat_pb2.StreamResponse],
         response: web.StreamResponse,
         request_id: str,
         rpc: str,
     ) -> None:
-        """Copy events to the client until EOF; a failure ends the stream with a ChatKit error event.
+        """Copy batches of events to the client until EOF, each batch's frames in one write; a failure
+        ends the stream with a ChatKit error event (after the frames of the events before it).
 
-        With `sse_keepalive_s` set, a wait longer than that for the next event sends `: ping`."""
+        With `sse_keepalive_s` set, a wait longer than that for the next batch sends `: ping`."""
         keepalive = self.settings.sse_keepalive_s
         while True:
             try:
-                event = await (self._read_with_pings(call, response, keepalive) if keepalive else call.read())
-                if not isinstance(event, events_pb2.ThreadStreamEvent):
-                    return  # grpc.aio.EOF: the agent finished the turn
-                frame = encode_event(event)
+                batch = await (self._read_with_pings(call, response, keepalive) if keepalive else call.read())
             except aio.AioRpcError as error:
                 code = error.code()
                 log.warning("[%s] %s failed mid-stream: %s %s", request_id, rpc, code.name, error.details())
                 await response.write(encode_stream_error(allow_retry=code in RETRYABLE))
                 return
-            except (codec.CodecError, ValidationError):
-                log.exception("[%s] %s sent an invalid event", request_id, rpc)
-                await response.write(encode_stream_error(allow_retry=True))
+            if not isinstance(batch, chat_pb2.StreamResponse):
+                return  # grpc.aio.EOF: the agent finished the turn
+            frames, invalid = encode_events(batch.events)
+            if invalid is not None:
+                log.error("[%s] %s sent an invalid event", request_id, rpc, exc_info=invalid)
+                await response.write(frames + encode_stream_error(allow_retry=True))
                 return
-            await response.write(frame)
+            if frames:  # an empty batch (never sent by the agent) is skipped
+                await response.write(frames)
 
     @staticmethod
     async def _read_with_pings(
-        call: aio.UnaryStreamCall[Any, events_pb2.ThreadStreamEvent],
+        call: aio.UnaryStreamCall[Any, chat_pb2.StreamResponse],
         response: web.StreamResponse,
         interval: float,
     ) -> object:
@@ -794,6 +800,18 @@ class Edge:
         finally:
             if not read.done():
                 read.cancel()
+
+
+async def _first_batch(
+    call: aio.UnaryStreamCall[Any, chat_pb2.StreamResponse],
+) -> chat_pb2.StreamResponse | None:
+    """The call's first message with events (empty ones are skipped); None when it ended first."""
+    while True:
+        batch = await call.read()
+        if not isinstance(batch, chat_pb2.StreamResponse):
+            return None  # grpc.aio.EOF
+        if batch.events:
+            return batch
 
 
 EDGE: Final = web.AppKey("edge", Edge)

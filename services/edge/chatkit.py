@@ -7,7 +7,9 @@ is built from `request.params` by the shared codec: the proto fields are named a
 
 The result of `route` is a plan, not a started call, so the HTTP layer (app.py) decides how to run it
 (deadline, metadata, cancellation) and how to turn failures into HTTP:
-- `StreamingOperation`: a server-streaming RPC whose events become SSE frames;
+- `StreamingOperation`: a `ChatService.Stream` call (the operation in its `StreamRequest`) whose
+  batches of events become SSE frames (the per-event RPCs of the six operations remain for other
+  callers; the edge does not use them);
 - `UnaryOperation`: a unary RPC whose reply is rendered into the JSON body ChatKitServer would send
   (`Thread`, `Page[Thread]`, `Page[ThreadItem]`, `SyncCustomActionResponse`, `TranscriptionResult`
   or `{}`);
@@ -56,7 +58,7 @@ from pydantic_core import to_json
 from services.common import codec
 from services.common.audio import audio_problem
 from services.edge.sse import encode_model
-from switchboard.v1 import chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2, upload_pb2, upload_pb2_grpc
+from switchboard.v1 import chat_pb2, chat_pb2_grpc, thread_pb2, upload_pb2, upload_pb2_grpc
 
 Metadata = Sequence[tuple[str, str]]
 """gRPC metadata as (lowercase key, value) pairs."""
@@ -91,11 +93,13 @@ class InvalidReply(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class StreamingOperation:
-    """A server-streaming RPC, ready to start: `start(metadata, timeout)` returns the live call."""
+    """A `ChatService.Stream` call, ready to start: `start(metadata, timeout)` returns the live call,
+    whose messages are batches of events (`StreamResponse`). `rpc` names the operation (its
+    per-event RPC's name, as the agent's logs and metrics do)."""
 
     type: str
     rpc: str
-    start: Callable[[Metadata, float], aio.UnaryStreamCall[Any, events_pb2.ThreadStreamEvent]]
+    start: Callable[[Metadata, float], aio.UnaryStreamCall[Any, chat_pb2.StreamResponse]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,13 +302,10 @@ def _transcribe_request(audio_base64: str, mime_type: str, max_bytes: int) -> ch
 
 
 def _streaming(
-    kind: str,
-    method: aio.UnaryStreamMultiCallable[_Req, events_pb2.ThreadStreamEvent],
-    rpc: str,
-    request: _Req,
+    kind: str, stub: chat_pb2_grpc.ChatServiceAsyncStub, rpc: str, request: chat_pb2.StreamRequest
 ) -> StreamingOperation:
-    def start(metadata: Metadata, timeout: float) -> aio.UnaryStreamCall[Any, events_pb2.ThreadStreamEvent]:
-        return method(request, metadata=tuple(metadata), timeout=timeout)
+    def start(metadata: Metadata, timeout: float) -> aio.UnaryStreamCall[Any, chat_pb2.StreamResponse]:
+        return stub.Stream(request, metadata=tuple(metadata), timeout=timeout)
 
     return StreamingOperation(type=kind, rpc=rpc, start=start)
 
@@ -338,36 +339,52 @@ def route(
     """
     kind = request.type
     match request:
-        # Streaming: the six operations that make the assistant respond.
+        # Streaming: the six operations that make the assistant respond, all through `Stream`.
         case ThreadsCreateReq(params=params):
             return _streaming(
-                kind, stub.CreateThread, "CreateThread", _proto(params, chat_pb2.CreateThreadRequest())
+                kind,
+                stub,
+                "CreateThread",
+                chat_pb2.StreamRequest(create_thread=_proto(params, chat_pb2.CreateThreadRequest())),
             )
         case ThreadsAddUserMessageReq(params=params):
             return _streaming(
-                kind, stub.AddUserMessage, "AddUserMessage", _proto(params, chat_pb2.AddUserMessageRequest())
+                kind,
+                stub,
+                "AddUserMessage",
+                chat_pb2.StreamRequest(add_user_message=_proto(params, chat_pb2.AddUserMessageRequest())),
             )
         case ThreadsAddClientToolOutputReq(params=params):
             return _streaming(
                 kind,
-                stub.AddClientToolOutput,
+                stub,
                 "AddClientToolOutput",
-                _proto(params, chat_pb2.AddClientToolOutputRequest()),
+                chat_pb2.StreamRequest(
+                    add_client_tool_output=_proto(params, chat_pb2.AddClientToolOutputRequest())
+                ),
             )
         case ThreadsAddStructuredInputReq(params=params):
             return _streaming(
                 kind,
-                stub.AddStructuredInput,
+                stub,
                 "AddStructuredInput",
-                _proto(params, chat_pb2.AddStructuredInputRequest()),
+                chat_pb2.StreamRequest(
+                    add_structured_input=_proto(params, chat_pb2.AddStructuredInputRequest())
+                ),
             )
         case ThreadsRetryAfterItemReq(params=params):
             return _streaming(
-                kind, stub.RetryAfterItem, "RetryAfterItem", _proto(params, chat_pb2.RetryAfterItemRequest())
+                kind,
+                stub,
+                "RetryAfterItem",
+                chat_pb2.StreamRequest(retry_after_item=_proto(params, chat_pb2.RetryAfterItemRequest())),
             )
         case ThreadsCustomActionReq(params=params):
             return _streaming(
-                kind, stub.CustomAction, "CustomAction", _proto(params, chat_pb2.CustomActionRequest())
+                kind,
+                stub,
+                "CustomAction",
+                chat_pb2.StreamRequest(custom_action=_proto(params, chat_pb2.CustomActionRequest())),
             )
         # Unary: reads, edits and the non-streaming widget action.
         case ThreadsSyncCustomActionReq(params=params):

@@ -3,8 +3,11 @@
 isort:skip_file
 The chat service: every ChatKit operation as a typed RPC.
 
-The six operations that make the assistant respond are server-streaming RPCs that yield
-ThreadStreamEvents exactly in ChatKit's order; the rest are unary. Every RPC needs a bearer JWT in
+The six operations that make the assistant respond stream ThreadStreamEvents exactly in ChatKit's
+order. `Stream` runs any of them and sends the events in batches (several per message, see
+StreamResponse); it is what the edge and `switchboard chat` use. The six per-event RPCs
+(CreateThread ... CustomAction, one event per message) remain for compatibility: same operations,
+same events, same statuses. The rest are unary. Every RPC needs a bearer JWT in
 the `authorization` metadata ("Bearer <token>"); tenant, user and role come from its claims, and a
 thread of another tenant or user is NOT_FOUND. Optional metadata: `x-request-id` (echoed in logs)
 and `accept-language` (the user's locale, passed to the agents).
@@ -15,6 +18,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf.internal import containers as _containers
+from switchboard.v1 import events_pb2 as _events_pb2
 from switchboard.v1 import thread_pb2 as _thread_pb2
 import builtins as _builtins
 import sys
@@ -26,6 +30,87 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class StreamRequest(_message.Message):
+    """One streaming operation for `Stream`: exactly one must be set. Each is the request of the
+    per-event RPC of the same name, with the same validation.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CREATE_THREAD_FIELD_NUMBER: _builtins.int
+    ADD_USER_MESSAGE_FIELD_NUMBER: _builtins.int
+    ADD_CLIENT_TOOL_OUTPUT_FIELD_NUMBER: _builtins.int
+    ADD_STRUCTURED_INPUT_FIELD_NUMBER: _builtins.int
+    RETRY_AFTER_ITEM_FIELD_NUMBER: _builtins.int
+    CUSTOM_ACTION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def create_thread(self) -> Global___CreateThreadRequest: ...
+    @_builtins.property
+    def add_user_message(self) -> Global___AddUserMessageRequest: ...
+    @_builtins.property
+    def add_client_tool_output(self) -> Global___AddClientToolOutputRequest: ...
+    @_builtins.property
+    def add_structured_input(self) -> Global___AddStructuredInputRequest: ...
+    @_builtins.property
+    def retry_after_item(self) -> Global___RetryAfterItemRequest: ...
+    @_builtins.property
+    def custom_action(self) -> Global___CustomActionRequest: ...
+    def __init__(
+        self,
+        *,
+        create_thread: Global___CreateThreadRequest | None = ...,
+        add_user_message: Global___AddUserMessageRequest | None = ...,
+        add_client_tool_output: Global___AddClientToolOutputRequest | None = ...,
+        add_structured_input: Global___AddStructuredInputRequest | None = ...,
+        retry_after_item: Global___RetryAfterItemRequest | None = ...,
+        custom_action: Global___CustomActionRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["add_client_tool_output", b"add_client_tool_output", "add_structured_input", b"add_structured_input", "add_user_message", b"add_user_message", "create_thread", b"create_thread", "custom_action", b"custom_action", "operation", b"operation", "retry_after_item", b"retry_after_item"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["add_client_tool_output", b"add_client_tool_output", "add_structured_input", b"add_structured_input", "add_user_message", b"add_user_message", "create_thread", b"create_thread", "custom_action", b"custom_action", "operation", b"operation", "retry_after_item", b"retry_after_item"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_operation: _TypeAlias = _typing.Literal["create_thread", "add_user_message", "add_client_tool_output", "add_structured_input", "retry_after_item", "custom_action"]  # noqa: Y015
+    _WhichOneofArgType_operation: _TypeAlias = _typing.Literal["operation", b"operation"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_operation) -> _WhichOneofReturnType_operation | None: ...
+
+Global___StreamRequest: _TypeAlias = StreamRequest  # noqa: Y015
+
+@_typing.final
+class StreamResponse(_message.Message):
+    """One message of a `Stream` call: a batch of consecutive events of the operation's stream.
+
+    - Any event may share a message with others, whatever its kind (text deltas, items, errors...).
+    - Order is preserved, within a message and across messages: the concatenation of every message's
+      `events` is exactly the stream the per-event RPC sends for the same request, event for event
+      (the same events, no more, no fewer, in the same order; text deltas are not merged further).
+    - A message holds the events that were ready together when the server wrote it: the server never
+      waits to fill a batch, so an event that is ready alone is sent alone at once, and batching adds
+      no latency. It bounds a batch (in events and bytes) so a message never grows without limit.
+    - A client must handle messages of any size >= 1 (a server never sends an empty one, but a client
+      should skip one rather than fail); the sizes carry no meaning and may change at any time.
+    - A failure is the same status as on the per-event RPC: before any message when nothing was sent
+      yet, else after the last message (the events before the failure are always delivered first).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[_events_pb2.ThreadStreamEvent]: ...
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[_events_pb2.ThreadStreamEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StreamResponse: _TypeAlias = StreamResponse  # noqa: Y015
 
 @_typing.final
 class UserMessageInput(_message.Message):

@@ -36,6 +36,11 @@ class ChatServiceStub:
         Args:
             channel: A grpc.Channel.
         """
+        self.Stream = channel.unary_stream(
+                '/switchboard.v1.ChatService/Stream',
+                request_serializer=switchboard_dot_v1_dot_chat__pb2.StreamRequest.SerializeToString,
+                response_deserializer=switchboard_dot_v1_dot_chat__pb2.StreamResponse.FromString,
+                _registered_method=True)
         self.CreateThread = channel.unary_stream(
                 '/switchboard.v1.ChatService/CreateThread',
                 request_serializer=switchboard_dot_v1_dot_chat__pb2.CreateThreadRequest.SerializeToString,
@@ -110,6 +115,16 @@ class ChatServiceStub:
 
 class ChatServiceServicer:
     """Missing associated documentation comment in .proto file."""
+
+    def Stream(self, request, context):
+        """Any of the six streaming operations below (the one set in `operation`), its events in batches:
+        the concatenation of the batches is exactly the stream the operation's own RPC yields for the
+        same request, and every error is the same status (see StreamResponse). INVALID_ARGUMENT when no
+        operation is set.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
 
     def CreateThread(self, request, context):
         """threads.create: creates a thread with the user's first message and streams the answer.
@@ -215,6 +230,11 @@ class ChatServiceServicer:
 
 def add_ChatServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
+            'Stream': grpc.unary_stream_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=switchboard_dot_v1_dot_chat__pb2.StreamRequest.FromString,
+                    response_serializer=switchboard_dot_v1_dot_chat__pb2.StreamResponse.SerializeToString,
+            ),
             'CreateThread': grpc.unary_stream_rpc_method_handler(
                     servicer.CreateThread,
                     request_deserializer=switchboard_dot_v1_dot_chat__pb2.CreateThreadRequest.FromString,
@@ -295,6 +315,33 @@ def add_ChatServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ChatService:
     """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Stream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/switchboard.v1.ChatService/Stream',
+            switchboard_dot_v1_dot_chat__pb2.StreamRequest.SerializeToString,
+            switchboard_dot_v1_dot_chat__pb2.StreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
 
     @staticmethod
     def CreateThread(request,

@@ -3,8 +3,11 @@
 isort:skip_file
 The chat service: every ChatKit operation as a typed RPC.
 
-The six operations that make the assistant respond are server-streaming RPCs that yield
-ThreadStreamEvents exactly in ChatKit's order; the rest are unary. Every RPC needs a bearer JWT in
+The six operations that make the assistant respond stream ThreadStreamEvents exactly in ChatKit's
+order. `Stream` runs any of them and sends the events in batches (several per message, see
+StreamResponse); it is what the edge and `switchboard chat` use. The six per-event RPCs
+(CreateThread ... CustomAction, one event per message) remain for compatibility: same operations,
+same events, same statuses. The rest are unary. Every RPC needs a bearer JWT in
 the `authorization` metadata ("Bearer <token>"); tenant, user and role come from its claims, and a
 thread of another tenant or user is NOT_FOUND. Optional metadata: `x-request-id` (echoed in logs)
 and `accept-language` (the user's locale, passed to the agents).
@@ -40,6 +43,12 @@ class ChatServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ChatServiceAsyncStub: ...
+    Stream: _grpc.UnaryStreamMultiCallable[_chat_pb2.StreamRequest, _chat_pb2.StreamResponse]
+    """Any of the six streaming operations below (the one set in `operation`), its events in batches:
+    the concatenation of the batches is exactly the stream the operation's own RPC yields for the
+    same request, and every error is the same status (see StreamResponse). INVALID_ARGUMENT when no
+    operation is set.
+    """
     CreateThread: _grpc.UnaryStreamMultiCallable[_chat_pb2.CreateThreadRequest, _events_pb2.ThreadStreamEvent]
     """threads.create: creates a thread with the user's first message and streams the answer."""
     AddUserMessage: _grpc.UnaryStreamMultiCallable[_chat_pb2.AddUserMessageRequest, _events_pb2.ThreadStreamEvent]
@@ -76,6 +85,12 @@ class ChatServiceStub:
 @_typing.type_check_only
 class ChatServiceAsyncStub(ChatServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
+    Stream: _aio.UnaryStreamMultiCallable[_chat_pb2.StreamRequest, _chat_pb2.StreamResponse]  # type: ignore[assignment]
+    """Any of the six streaming operations below (the one set in `operation`), its events in batches:
+    the concatenation of the batches is exactly the stream the operation's own RPC yields for the
+    same request, and every error is the same status (see StreamResponse). INVALID_ARGUMENT when no
+    operation is set.
+    """
     CreateThread: _aio.UnaryStreamMultiCallable[_chat_pb2.CreateThreadRequest, _events_pb2.ThreadStreamEvent]  # type: ignore[assignment]
     """threads.create: creates a thread with the user's first message and streams the answer."""
     AddUserMessage: _aio.UnaryStreamMultiCallable[_chat_pb2.AddUserMessageRequest, _events_pb2.ThreadStreamEvent]  # type: ignore[assignment]
@@ -110,6 +125,18 @@ class ChatServiceAsyncStub(ChatServiceStub):
     """
 
 class ChatServiceServicer(metaclass=_abc_1.ABCMeta):
+    @_abc_1.abstractmethod
+    def Stream(
+        self,
+        request: _chat_pb2.StreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_chat_pb2.StreamResponse], _abc.AsyncIterator[_chat_pb2.StreamResponse]]:
+        """Any of the six streaming operations below (the one set in `operation`), its events in batches:
+        the concatenation of the batches is exactly the stream the operation's own RPC yields for the
+        same request, and every error is the same status (see StreamResponse). INVALID_ARGUMENT when no
+        operation is set.
+        """
+
     @_abc_1.abstractmethod
     def CreateThread(
         self,

@@ -84,9 +84,9 @@ async def test_one_conversation_moves_every_metric(
     assert scrapes.delta(after, "edge", "switchboard_http_request_duration_seconds_count", **edge) == 1
     assert value(after["edge"], "switchboard_edge_streams_in_flight") == 0
 
-    # agent: the gRPC call and its stream
+    # agent: the gRPC call (the edge streams through `Stream`) and its stream, by operation
     agent = "agent"
-    grpc = {"grpc_service": "switchboard.v1.ChatService", "grpc_method": "CreateThread"}
+    grpc = {"grpc_service": "switchboard.v1.ChatService", "grpc_method": "Stream"}
     assert scrapes.delta(after, agent, "switchboard_grpc_server_handled_total", grpc_code="OK", **grpc) == 1
     assert scrapes.delta(after, agent, "switchboard_grpc_server_started_total", **grpc) == 1
     op = {"operation": "CreateThread"}
@@ -148,7 +148,7 @@ async def test_a_busy_thread_counts_a_lease_conflict(
         fake.word_delay_s = 0
     after = scrapes.take()
     assert scrapes.delta(after, "agent", "switchboard_store_run_lease_conflicts_total") == 1
-    grpc = {"grpc_method": "AddUserMessage"}
+    grpc = {"grpc_method": "Stream"}
     assert (
         scrapes.delta(after, "agent", "switchboard_grpc_server_handled_total", grpc_code="ABORTED", **grpc)
         == 1

@@ -121,7 +121,8 @@ async def test_one_conversation_is_one_trace_from_the_edge_to_the_model(
 
     # the agent's gRPC server span: a child of the edge's client span, across the processes
     (server,) = [s for s in spans if s.service == "switchboard-agent" and s.kind == "SERVER"]
-    assert server.name == "/switchboard.v1.ChatService/CreateThread", shown
+    assert server.name == "/switchboard.v1.ChatService/Stream", shown
+    assert server.attributes["switchboard.operation"] == "CreateThread"
     assert server.attributes["switchboard.request_id"] == REQUEST_ID
     client = by_id[server.parent_id]
     assert client.service == "switchboard-edge" and client.kind == "CLIENT", shown

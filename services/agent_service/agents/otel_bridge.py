@@ -11,7 +11,7 @@ So nothing is ever sent to OpenAI's trace backend. The SDK trace becomes a span 
 whose parent is the OpenTelemetry span current when the run started (the agent service's gRPC server
 span, `services/common/tracing.py`); each SDK span becomes a child of its SDK parent's span:
 
-    ChatService/CreateThread (grpc server)
+    ChatService/Stream (grpc server, switchboard.operation=CreateThread)
       agent workflow
         agent run
           invoke_agent Router

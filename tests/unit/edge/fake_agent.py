@@ -3,6 +3,12 @@
 Each test sets `servicer.script` (events to stream, a status to abort with after N events, an endless
 slow stream, a unary reply) and reads back what the servicer received: the request message, the
 invocation metadata, the deadline, and whether the call was cancelled by the client.
+
+The edge streams through `ChatService.Stream`: the fake sends the scripted events in batches of
+`Script.batch_size` (the last one shorter; one event per message while `endless`), optionally with
+empty messages between them, and records the call under the operation's name with the operation's
+own request (`Received.method` says which RPC carried it). The per-event RPCs stream the same script
+one event per message.
 """
 
 from __future__ import annotations
@@ -98,6 +104,14 @@ def to_events(models: list[ThreadStreamEvent]) -> list[events_pb2.ThreadStreamEv
     return [codec.event_to_proto(model) for model in models]
 
 
+def _text_delta() -> events_pb2.ThreadStreamEvent:
+    return codec.event_to_proto(
+        ThreadItemUpdatedEvent(
+            item_id="msg_a", update=AssistantMessageContentPartTextDelta(content_index=0, delta="x")
+        )
+    )
+
+
 def _thread_page_proto(page: Page[Thread]) -> chat_pb2.ListThreadsResponse:
     return chat_pb2.ListThreadsResponse(
         data=[codec.thread_to_proto(thread) for thread in page.data], has_more=page.has_more, after=page.after
@@ -132,15 +146,33 @@ class Script:
     """After `events`, send a text delta every 20 ms until cancelled."""
     hang: bool = False
     """After `events`, send nothing and never finish (until cancelled)."""
+    batch_size: int = 3
+    """`Stream`: events per message (a failure after `fail_after` events cuts a batch short)."""
+    empty_batches: bool = False
+    """`Stream`: an empty message before every batch (a client must skip them)."""
     replies: dict[str, Message] = field(default_factory=default_replies)
 
 
 @dataclass
 class Received:
     rpc: str
+    """The operation: the RPC's name, or for `Stream` the per-event RPC of the operation it carried."""
     request: Message
+    """The operation's request (for `Stream`, the one in its `StreamRequest`)."""
     metadata: dict[str, str]
     time_remaining: float | None
+    method: str = ""
+    """The RPC that was called (`Stream` for every streaming call of the edge)."""
+
+
+STREAM_OPERATIONS = {
+    "create_thread": "CreateThread",
+    "add_user_message": "AddUserMessage",
+    "add_client_tool_output": "AddClientToolOutput",
+    "add_structured_input": "AddStructuredInput",
+    "retry_after_item": "RetryAfterItem",
+    "custom_action": "CustomAction",
+}
 
 
 class ScriptedChatService(chat_pb2_grpc.ChatServiceServicer):
@@ -153,9 +185,11 @@ class ScriptedChatService(chat_pb2_grpc.ChatServiceServicer):
         self.cancelled = asyncio.Event()
         self.sent = 0
 
-    def _record(self, rpc: str, request: Message, context: aio.ServicerContext[Any, Any]) -> None:
+    def _record(
+        self, rpc: str, request: Message, context: aio.ServicerContext[Any, Any], method: str = ""
+    ) -> None:
         metadata = {key: str(value) for key, value in context.invocation_metadata() or ()}
-        self.received.append(Received(rpc, request, metadata, context.time_remaining()))
+        self.received.append(Received(rpc, request, metadata, context.time_remaining(), method or rpc))
 
     async def _stream(
         self, rpc: str, request: Message, context: aio.ServicerContext[Any, Any]
@@ -170,15 +204,40 @@ class ScriptedChatService(chat_pb2_grpc.ChatServiceServicer):
                 yield event
             if script.fail is not None:
                 await context.abort(*script.fail)
-            delta = codec.event_to_proto(
-                ThreadItemUpdatedEvent(
-                    item_id="msg_a", update=AssistantMessageContentPartTextDelta(content_index=0, delta="x")
-                )
-            )
+            delta = _text_delta()
             while script.endless:
                 await asyncio.sleep(0.02)
                 self.sent += 1
                 yield delta
+            if script.hang:
+                await asyncio.Event().wait()
+        except (asyncio.CancelledError, GeneratorExit):
+            self.cancelled.set()
+            raise
+
+    async def Stream(
+        self, request: chat_pb2.StreamRequest, context: aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[chat_pb2.StreamResponse]:
+        kind = request.WhichOneof("operation")
+        if kind is None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "StreamRequest.operation is not set")
+        assert kind is not None
+        self._record(STREAM_OPERATIONS[kind], getattr(request, kind), context, method="Stream")
+        script = self.script
+        try:
+            events = script.events if script.fail is None else script.events[: script.fail_after]
+            for start in range(0, len(events), script.batch_size):
+                batch = events[start : start + script.batch_size]
+                if script.empty_batches:
+                    yield chat_pb2.StreamResponse()
+                self.sent += len(batch)
+                yield chat_pb2.StreamResponse(events=batch)
+            if script.fail is not None:
+                await context.abort(*script.fail)
+            while script.endless:
+                await asyncio.sleep(0.02)
+                self.sent += 1
+                yield chat_pb2.StreamResponse(events=[_text_delta()])
             if script.hang:
                 await asyncio.Event().wait()
         except (asyncio.CancelledError, GeneratorExit):

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from aiohttp import web
 from chatkit.types import (
     Page,
     SyncCustomActionResponse,
@@ -250,6 +251,7 @@ async def test_streaming_requests_call_their_rpc_and_answer_sse(
     reply = await edge.post(body)
     assert reply.status == 200, reply.body
     assert [(r.rpc, r.request) for r in agent.servicer.received] == [(rpc, expected)]
+    assert [r.method for r in agent.servicer.received] == ["Stream"]  # the batched RPC, always
     assert reply.headers["Content-Type"] == "text/event-stream"
     assert frames(reply.body) == [wire(STREAM_OPTIONS)]
 
@@ -537,6 +539,32 @@ async def test_a_failing_transcription_is_a_503_that_names_dictation(
     assert reply.error() == ("INVALID_ARGUMENT", "the provider refused the audio: bad")
 
 
+# --------------------------------------------------------------------------- batches
+
+
+@pytest.mark.parametrize("empty_batches", [False, True], ids=["batches", "with-empty-messages"])
+async def test_the_frames_of_a_batch_go_out_in_one_write(
+    edge: EdgeUnderTest, agent: FakeAgent, monkeypatch: pytest.MonkeyPatch, empty_batches: bool
+) -> None:
+    writes: list[bytes] = []
+    write = web.StreamResponse.write
+
+    async def recording(self: web.StreamResponse, data: bytes | bytearray | memoryview) -> None:
+        writes.append(bytes(data))
+        await write(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write", recording)
+    agent.servicer.script.events = to_events(TURN_EVENTS)
+    agent.servicer.script.batch_size = 4
+    agent.servicer.script.empty_batches = empty_batches
+    reply = await edge.post(CREATE)
+    assert reply.status == 200
+    assert frames(reply.body) == [wire(event) for event in TURN_EVENTS]  # every event, in order
+    sse = [chunk for chunk in writes if chunk.startswith(b"data: ")]
+    assert [len(frames(chunk)) for chunk in sse] == [4, 4, 3]
+    assert b"".join(sse) == reply.body
+
+
 # --------------------------------------------------------------------------- invalid agent output
 
 
@@ -547,9 +575,11 @@ async def test_an_invalid_first_event_is_a_500(edge: EdgeUnderTest, agent: FakeA
     assert reply.error()[0] == "INTERNAL"
 
 
+@pytest.mark.parametrize("batch_size", [1, 3], ids=["in-a-later-batch", "in-the-first-batch"])
 async def test_an_invalid_later_event_ends_the_stream_with_a_retryable_error(
-    edge: EdgeUnderTest, agent: FakeAgent
+    edge: EdgeUnderTest, agent: FakeAgent, batch_size: int
 ) -> None:
+    agent.servicer.script.batch_size = batch_size
     agent.servicer.script.events = [*to_events([STREAM_OPTIONS]), events_pb2.ThreadStreamEvent()]
     reply = await edge.post(CREATE)
     assert reply.status == 200
