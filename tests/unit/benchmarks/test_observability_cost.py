@@ -17,6 +17,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from benchmarks import otlp_sink
+from benchmarks.client import Client
 from benchmarks.loadgen import run_cell
 from benchmarks.report import (
     LIMITS_COST_TARGET,
@@ -29,7 +30,7 @@ from benchmarks.report import (
     table,
     write_chart,
 )
-from benchmarks.runner import ONE_TURN, Client, Group, Plan, arguments, main, plan_from_args, sink_figures
+from benchmarks.runner import ONE_TURN, Group, Plan, arguments, main, plan_from_args, sink_figures
 from benchmarks.systems import (
     LABELS,
     OBSERVED,
