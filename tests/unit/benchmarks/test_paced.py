@@ -4,8 +4,10 @@ servers (the reference in-process and as a process, Switchboard's paced stack) s
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +33,7 @@ from benchmarks.paced import (
 )
 from benchmarks.paced_run import measure_paced, paced_systems
 from benchmarks.reference_server import create_app
-from benchmarks.runner import Plan, arguments, plan_from_args
+from benchmarks.runner import Plan, arguments, plan_from_args, run
 from benchmarks.systems import (
     CEILING,
     GRPC_DIRECT,
@@ -461,3 +463,27 @@ async def test_the_paced_switchboard_stack_streams_on_time_through_the_edge_and_
 
 def test_every_paced_system_is_a_system() -> None:
     assert set(PacedPlan().systems) <= set(SYSTEMS)
+
+
+def test_a_run_of_the_paced_phase_alone_writes_its_results(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tiny = PacedPlan(ns=(2, 4), reply_tokens=10, tokens_per_s=100.0, warmup=2)
+    plan = replace(Plan.quick(64), burst=False, paced=tiny)
+    results = run(plan, tmp_path)
+    assert results["records"] == [] and results["upload"] is None
+    paced = results["paced"]
+    # the records are in report order (by system), each system's Ns ascending
+    assert [(r["system"], r["n"]) for r in paced["records"]] == [
+        (system, n) for system in (SWITCHBOARD, GRPC_DIRECT, REFERENCE) for n in (2, 4)
+    ]
+    assert all(r["errors"] == 0 and r["tokens"] == 10 * r["n"] for r in paced["records"])
+    assert set(next(r for r in paced["records"] if r["system"] == SWITCHBOARD)["processes"]) == {
+        "edge",
+        "agent",
+    }
+    saved = json.loads((tmp_path / "latest.json").read_text())
+    assert saved["paced"]["plan"]["ns"] == [2, 4] and saved["plan"]["paced"]["tokens_per_s"] == 100.0
+    assert "### Paced streaming" in (tmp_path / "latest.md").read_text()
+    assert (tmp_path / "latest-paced.png").exists() and not (tmp_path / "latest.png").exists()
+    assert "Paced streaming:" in capsys.readouterr().out
