@@ -5,15 +5,21 @@ Order of work:
    tracing, Switchboard on PostgreSQL with one and with two agent replicas, the reference, the
    ceiling), each in its own process(es) on 127.0.0.1, so they are measured under the same conditions;
 2. warm each one up, then take every process's idle RSS (the baseline of the growth figures);
-3. for each concurrency and variant, run one cell per system planned there (the PostgreSQL systems
-   run the one-turn variant at 32 and 256 streams only, the Switchboard variants at 1 and 32, which
-   keeps `make bench` under 10 minutes), rotating the order of the systems from one cell group to
-   the next, so slow drift of the machine (thermal, other tenants) does not always hit the same
-   system; right after the group of 32 streams, one turn, `switchboard` and its variants run two more
-   rounds of it by themselves (the cost of observability: medians of three interleaved rounds);
+3. for each concurrency and variant, run one cell per system planned there (the two-turn variant
+   at 1 and 32 streams, the PostgreSQL systems the one-turn variant at 32 and 256 streams only, the
+   Switchboard variants at 32, which keeps `make bench` under 10 minutes), rotating the order of the
+   systems from one cell group to the next, so slow drift of the machine (thermal, other tenants)
+   does not always hit the same system; right after the group of 32 streams, one turn,
+   `switchboard` and its variants run two more rounds of it by themselves (the cost of
+   observability: medians of three interleaved rounds);
 4. the upload scenario (a 256 MiB file through the edge vs. a direct `put_object`, alternated);
-5. the table (stdout), `benchmarks/results/latest.json` (every figure), `latest.md` (the same
-   tables in Markdown, for docs/performance.md) and `latest.png` (the chart).
+5. with every system above stopped, the paced scenario (issue #17, `benchmarks/paced_run.py`):
+   `switchboard`, `grpc-direct` and `reference` started again with the benchmark model paced at 50
+   tokens/s, N streams of 300 tokens at once, N swept over 100, 250, 500 and 1,000 until a system is
+   clearly past capacity; delivery lag per token and capacity (`--no-paced`, `--paced-only`);
+6. the table (stdout), `benchmarks/results/latest.json` (every figure), `latest.md` (the same
+   tables in Markdown, for docs/performance.md), `latest.png` (the chart) and `latest-paced.png`
+   (the paced scenario's capacity chart).
 
 The Switchboard variants are the `switchboard` system with more environment:
 - `switchboard-no-metrics`: SWITCHBOARD_METRICS_ENABLED=false, the run without metrics;
@@ -82,7 +88,8 @@ RESULTS: Final = Path(__file__).resolve().parent / "results"
 DEFAULT_REPLY_TOKENS: Final = 64
 CONCURRENCIES: Final = (1, 32, 256, 1000)
 PG_CONCURRENCIES: Final = (32, 256)
-STACK_VARIANT_CONCURRENCIES: Final = (1, 32)
+STACK_VARIANT_CONCURRENCIES: Final = (32,)
+TWO_TURN_CONCURRENCIES: Final = (1, 32)
 UPLOAD_MAX_BYTES: Final = 300 * MiB
 
 
@@ -131,8 +138,9 @@ class Plan:
     """Warm-up conversations of the PostgreSQL systems and of the Switchboard variants (they run
     two cells, not seven)."""
     stack_variant_concurrencies: tuple[int, ...] = STACK_VARIANT_CONCURRENCIES
-    """Where the Switchboard variants (`benchmarks.systems.STACK_VARIANTS`) run, one turn only: 32
-    (the column of the cost of observability) and 1 (cheap)."""
+    """Where the Switchboard variants (`benchmarks.systems.STACK_VARIANTS`) run, one turn only: 32,
+    the column of the cost of observability (their cells at 1 stream said nothing about it, and the
+    paced phase needed the time)."""
     cost_rounds: int = 3
     """Rounds of `switchboard` and its variants at `report.COST_CONCURRENCY` streams, one turn: the
     cost of observability is the median of each system's rounds."""
@@ -202,9 +210,13 @@ class Plan:
             variants=(ONE_TURN, TWO_TURNS),
             single_wave_one_turn=True,
             conversations={1: 100, 32: 640, 256: 768, 1000: 1000},
-            warmup=200,
+            # 100 warm-up conversations (was 200) and no two-turn cells at 256 streams (the one-turn
+            # cells there say the same, at half the time): the time the paced phase needs, so that
+            # `make bench` stays under 10 minutes (docs/performance.md, "Paced streaming").
+            warmup=100,
             upload_mib=256,
             upload_rounds=2,
+            two_turn_concurrencies=TWO_TURN_CONCURRENCIES,
             paced=PacedPlan.full(),
         )
 
