@@ -4,8 +4,9 @@ Every answer is `reply_tokens` tokens streamed by the benchmark model at `tokens
 (`SWITCHBOARD_LOCAL_TOKENS_PER_S`, `switchboard.demo.benchmark.TokenSchedule`): 300 tokens at 50
 tokens/s is 6 s per stream. A cell is one system and one N: N conversations of one `threads.create`
 each, all started at once, every stream read to its end. N is swept upwards (`PacedPlan.ns`); a
-system whose cell is clearly past capacity (`PacedPlan.stop_p99_lag_ms`, or any error) runs no larger
-N. What a cell measures (`paced_figures`):
+system whose cell is clearly past capacity (`stop_reason`: an error, a p99 lag past
+`PacedPlan.stop_p99_lag_ms`, or a p99 time to first delta longer than an answer lasts) runs no
+larger N. What a cell measures (`paced_figures`):
 
 - **delivery lag per token.** The client cannot see the model's clock, so the schedule is anchored
   at the arrival of the stream's first text delta: token k is due at arrival(first delta) + k / R,
@@ -17,7 +18,10 @@ N. What a cell measures (`paced_figures`):
 - **CPU per delivered token** of the system's server processes, and of the load generator;
 - **events per turn on the wire** (SSE `data:` frames or gRPC messages) and text deltas per turn;
 - **RSS growth per open stream**: (peak RSS in the cell − idle RSS after warm-up) / N, per process;
-- **errors**: the burst workload's checks (`benchmarks.workload.TurnResult.check`).
+- **errors**: the burst workload's checks (`benchmarks.workload.TurnResult.check`);
+- **peak streams in flight**: the most streams that were between their first and their last text
+  delta at the same moment (`streaming_peak`). Start-up delay staggers the streams, so fewer than N
+  may ever have streamed side by side: this says how many did.
 
 A system's **capacity** is the largest N of its sweep whose cell has a p99 lag under
 `PacedPlan.capacity_p99_lag_ms` (250 ms) and no error (`capacity`).
@@ -43,6 +47,7 @@ PACED_REPLY_TOKENS: Final = 300
 PACED_TOKENS_PER_S: Final = 50.0
 CAPACITY_P99_LAG_MS: Final = 250.0
 STOP_P99_LAG_MS: Final = 2000.0
+STOP_TTFT_ANSWERS: Final = 1.0
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,10 @@ class PacedPlan:
     capacity_p99_lag_ms: float = CAPACITY_P99_LAG_MS
     stop_p99_lag_ms: float = STOP_P99_LAG_MS
     """A cell whose p99 lag exceeds this (or with any error) ends its system's sweep."""
+    stop_ttft_answers: float = STOP_TTFT_ANSWERS
+    """A cell whose p99 time to first delta exceeds this many answers' durations (`answer_s`) ends
+    its system's sweep too: its streams queue for longer than an answer lasts, so they no longer run
+    side by side, and a larger N only takes longer (it starts every stream at once)."""
     systems: tuple[str, ...] = PACED_SYSTEMS
 
     def __post_init__(self) -> None:
@@ -125,6 +134,20 @@ def turn_lags(turn: TurnResult, ends: Sequence[int], tokens_per_s: float) -> lis
     return token_lags(token_arrivals(turn.delta_texts, turn.delta_times, ends), tokens_per_s)
 
 
+def streaming_peak(turns: Iterable[TurnResult]) -> int:
+    """The most streams that were between their first and last text delta at once (a stream whose
+    last delta arrives as another's first counts with it)."""
+    edges: list[tuple[float, int]] = []
+    for turn in turns:
+        if turn.delta_times:
+            edges += [(turn.delta_times[0], 1), (turn.delta_times[-1], -1)]
+    peak = current = 0
+    for _, step in sorted(edges, key=lambda edge: (edge[0], -edge[1])):  # starts before ends
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
 # --------------------------------------------------------------------------- a cell's figures
 
 
@@ -166,6 +189,7 @@ def paced_figures(
         "lag_max_ms": _ms(max(lags, default=None)),
         "ttft_p50_ms": _ms(percentile(run.ttfts_s, 50)),
         "ttft_p99_ms": _ms(percentile(run.ttfts_s, 99)),
+        "streaming_peak": streaming_peak(run.kept),
         "events_per_turn": events / turns if turns else None,
         "deltas_per_turn": deltas / turns if turns else None,
         "cpu_us_per_token": 1e6 * server_cpu_s / tokens if tokens else None,
@@ -189,14 +213,19 @@ def within(record: Mapping[str, Any], p99_lag_ms: float) -> bool:
 
 
 def stop_reason(record: Mapping[str, Any], plan: PacedPlan) -> str | None:
-    """Why a system's sweep ends after this cell (None: it goes on): errors, or a p99 lag past
-    `plan.stop_p99_lag_ms` (clearly past capacity: a larger N only takes longer to say so)."""
+    """Why a system's sweep ends after this cell (None: it goes on): errors, a p99 lag past
+    `plan.stop_p99_lag_ms`, or a p99 TTFT past `plan.stop_ttft_answers` answers' durations. Each
+    means clearly past capacity: a larger N only takes longer to say so."""
+    n = record["n"]
     if record["errors"]:
-        return f"{record['errors']} errors at N={record['n']}"
+        return f"{record['errors']} errors at N={n}"
     lag = record["lag_p99_ms"]
     if lag is None or lag > plan.stop_p99_lag_ms:
         shown = "-" if lag is None else f"{lag / 1000:.1f} s"
-        return f"p99 lag {shown} > {plan.stop_p99_lag_ms / 1000:g} s at N={record['n']}"
+        return f"p99 lag {shown} > {plan.stop_p99_lag_ms / 1000:g} s at N={n}"
+    ttft, ttft_limit_s = record["ttft_p99_ms"], plan.stop_ttft_answers * plan.answer_s
+    if ttft is not None and ttft > 1000 * ttft_limit_s:
+        return f"p99 TTFT {ttft / 1000:.1f} s > {ttft_limit_s:.1f} s, an answer's duration, at N={n}"
     return None
 
 

@@ -150,7 +150,9 @@ def heading(paced: Mapping[str, Any]) -> str:
         "Lag per token: its arrival minus (the arrival of the stream's first text delta + k / rate); "
         "TTFT: from just before the request to the first text delta. Capacity: the largest N with p99 "
         f"lag < {plan['capacity_p99_lag_ms']:.0f} ms and 0 errors; a system stops sweeping after a cell "
-        f"with errors or a p99 lag > {plan['stop_p99_lag_ms'] / 1000:g} s"
+        f"with errors, a p99 lag > {plan['stop_p99_lag_ms'] / 1000:g} s or a p99 TTFT > "
+        f"{plan['stop_ttft_answers'] * answer_s:.1f} s. In flight: the most streams between their first "
+        "and last delta at once"
     )
 
 
@@ -191,8 +193,8 @@ def table_lines(paced: Mapping[str, Any]) -> list[str]:
     """The paced section of the stdout report."""
     head = (
         f"{'system':<12} {'N':>5} {'lag p50':>8} {'lag p99':>8} {'lag max':>8} {'TTFT p50':>9} "
-        f"{'TTFT p99':>9} {'CPU µs/tok':>10} {'client':>6} {'busy':>5} {'events':>6} {'deltas':>6} "
-        f"{'err':>4} {'wall s':>6}  peak RSS MiB / growth KiB per stream"
+        f"{'TTFT p99':>9} {'flight':>6} {'CPU µs/tok':>10} {'client':>6} {'busy':>5} {'events':>6} "
+        f"{'deltas':>6} {'err':>4} {'wall s':>6}  peak RSS MiB / growth KiB per stream"
     )
     lines = [*textwrap.wrap("Paced streaming: " + heading(paced) + ". Times in ms.", width=len(head))]
     lines += [head, "-" * len(head)]
@@ -204,7 +206,8 @@ def table_lines(paced: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"{r['system']:<12} {r['n']:>5} {_number(r['lag_p50_ms']):>8} {_number(r['lag_p99_ms']):>8} "
             f"{_number(r['lag_max_ms']):>8} {_number(r['ttft_p50_ms']):>9} {_number(r['ttft_p99_ms']):>9} "
-            f"{_number(r['cpu_us_per_token']):>10} {_number(r['client_cpu_us_per_token']):>6} "
+            f"{r['streaming_peak']:>6} {_number(r['cpu_us_per_token']):>10} "
+            f"{_number(r['client_cpu_us_per_token']):>6} "
             f"{_number(100 * (r['client_cpu_share'] or 0)):>4}% {_number(r['events_per_turn'], 1):>6} "
             f"{_number(r['deltas_per_turn'], 1):>6} {r['errors']:>4} {r['wall_s']:>6.1f}  {rss}"
         )
@@ -220,10 +223,10 @@ def markdown_lines(paced: Mapping[str, Any]) -> list[str]:
         "",
         heading(paced) + ":",
         "",
-        "| system | N | lag p50 ms | lag p99 ms | lag max ms | TTFT p50 ms | TTFT p99 ms "
+        "| system | N | lag p50 ms | lag p99 ms | lag max ms | TTFT p50 ms | TTFT p99 ms | in flight "
         "| server CPU µs/token | client CPU µs/token | client busy | events/turn | deltas/turn | errors "
         "| peak RSS MiB | RSS growth KiB/stream | wall s |",
-        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|--:|",
     ]
     for r in _rows(paced):
         rss = ", ".join(f"{name} {mib:.0f}" for name, mib in r["peak_rss_mib"].items())
@@ -231,7 +234,7 @@ def markdown_lines(paced: Mapping[str, Any]) -> list[str]:
         lines.append(
             f"| {r['system']} | {r['n']} | {_number(r['lag_p50_ms'], 1)} | {_number(r['lag_p99_ms'], 1)} "
             f"| {_number(r['lag_max_ms'], 1)} | {_number(r['ttft_p50_ms'], 1)} "
-            f"| {_number(r['ttft_p99_ms'], 1)} "
+            f"| {_number(r['ttft_p99_ms'], 1)} | {r['streaming_peak']} "
             f"| {_number(r['cpu_us_per_token'])} | {_number(r['client_cpu_us_per_token'])} "
             f"| {_number(100 * (r['client_cpu_share'] or 0))} % | {_number(r['events_per_turn'], 1)} "
             f"| {_number(r['deltas_per_turn'], 1)} | {r['errors']} | {rss} | {growth} | {r['wall_s']:.1f} |"

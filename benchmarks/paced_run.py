@@ -12,8 +12,8 @@ It runs after the burst phase's systems have stopped, on stacks of its own start
 Every system gets one paced wave of `PacedPlan.warmup` streams, all systems side by side (one
 answer's time), then each process's idle RSS is taken. The sweep runs the Ns in ascending order; at
 each N one cell per system still sweeping, their order rotating from one N to the next. A system whose
-cell has errors or a p99 lag past `PacedPlan.stop_p99_lag_ms` runs no larger N
-(`benchmarks.paced.stop_reason`), and the report says so.
+cell has errors, a p99 lag past `PacedPlan.stop_p99_lag_ms` or a p99 time to first delta longer than
+an answer lasts runs no larger N (`benchmarks.paced.stop_reason`), and the report says so.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def paced_progress_line(record: Mapping[str, Any], elapsed_s: float) -> str:
     return (
         f"paced {record['system']:<12} N={record['n']:<5} lag p50 {ms(record['lag_p50_ms'])} "
         f"p99 {ms(record['lag_p99_ms'])} max {ms(record['lag_max_ms'])} ms  ttft p99 "
-        f"{ms(record['ttft_p99_ms'])} ms  cpu {'-' if cpu is None else f'{cpu:.0f}'} µs/token  "
+        f"{ms(record['ttft_p99_ms'])} ms  in flight {record['streaming_peak']}  "
+        f"cpu {'-' if cpu is None else f'{cpu:.0f}'} µs/token  "
         f"events/turn {record['events_per_turn'] or 0:.0f}  errors {record['errors']}  ({elapsed_s:.1f} s)"
     )
 

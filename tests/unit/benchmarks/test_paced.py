@@ -26,6 +26,7 @@ from benchmarks.paced import (
     paced_figures,
     parse_ns,
     stop_reason,
+    streaming_peak,
     token_arrivals,
     token_ends,
     token_lags,
@@ -115,10 +116,21 @@ def test_a_cells_figures() -> None:
     assert 440 < figures["lag_p99_ms"] < 480
     assert figures["ttft_p50_ms"] == pytest.approx(200.0)
     assert figures["events_per_turn"] == 11 and figures["deltas_per_turn"] == 3
+    assert figures["streaming_peak"] == 1  # 1.0-1.06, then 2.0-2.5: never side by side
     assert figures["cpu_us_per_token"] == pytest.approx(1000.0)  # 8 ms of server CPU, 8 tokens
     assert figures["client_cpu_us_per_token"] == pytest.approx(62_500.0)
     assert figures["client_cpu_share"] == pytest.approx(0.25)
     assert figures["rss_growth_per_stream_kib"] == {"edge": 512.0, "agent": 0.0}
+
+
+def test_the_streams_in_flight_are_those_between_their_first_and_last_delta() -> None:
+    assert streaming_peak([]) == 0
+    a = _turn(["lorem", " ipsum"], [1.0, 3.0])
+    b = _turn(["lorem", " ipsum"], [2.0, 4.0])
+    c = _turn(["lorem", " ipsum"], [3.0, 5.0])  # starts as a ends: counted with it
+    d = _turn(["lorem", " ipsum"], [6.0, 7.0])
+    assert streaming_peak([a, b, c, d]) == 3
+    assert streaming_peak([a, d]) == 1
 
 
 # --------------------------------------------------------------------------- capacity and the sweep
@@ -137,6 +149,7 @@ def _cell(system: str, n: int, lag_p99_ms: float | None, errors: int = 0, **more
         "lag_max_ms": None if lag_p99_ms is None else lag_p99_ms * 1.5,
         "ttft_p50_ms": 20.0,
         "ttft_p99_ms": 80.0,
+        "streaming_peak": n,
         "events_per_turn": 307.0,
         "deltas_per_turn": 300.0,
         "cpu_us_per_token": 120.0,
@@ -162,6 +175,12 @@ def test_a_sweep_stops_after_errors_or_a_p99_lag_past_2_s() -> None:
     assert stop_reason(_cell(SWITCHBOARD, 250, 1999.0), plan) is None
     assert stop_reason(_cell(SWITCHBOARD, 500, 3400.0), plan) == "p99 lag 3.4 s > 2 s at N=500"
     assert stop_reason(_cell(SWITCHBOARD, 500, 10.0, errors=3), plan) == "3 errors at N=500"
+    # Streams that wait longer to start than an answer lasts (5.98 s) no longer run side by side.
+    assert stop_reason(_cell(SWITCHBOARD, 250, 100.0, ttft_p99_ms=5900.0), plan) is None
+    assert (
+        stop_reason(_cell(SWITCHBOARD, 250, 100.0, ttft_p99_ms=8900.0), plan)
+        == "p99 TTFT 8.9 s > 6.0 s, an answer's duration, at N=250"
+    )
     sweep = Sweep(REFERENCE)
     sweep.add(_cell(REFERENCE, 100, 100.0), plan)
     assert sweep.stopped is None
@@ -343,7 +362,8 @@ def test_the_report_has_the_paced_table_notes_and_targets(tmp_path: Path) -> Non
     ]
     assert rows == [["| switchboard", "250"], ["| grpc-direct", "250"], ["| reference", "250"]]
     assert (
-        "| reference | 100 | 37.5 | 150.0 | 225.0 | 20.0 | 80.0 | 120 | 30 | 95 % | 307.0 | 300.0 | 0 |" in md
+        "| reference | 100 | 37.5 | 150.0 | 225.0 | 20.0 | 80.0 | 100 | 120 | 30 | 95 % | 307.0 | 300.0 | 0 |"
+        in md
     )
     assert "- Capacity: switchboard N=250, grpc-direct N=250, reference N=100." in md
     assert "reference stopped sweeping, clearly past capacity (p99 lag 2.1 s > 2 s at N=250)." in md
