@@ -286,6 +286,8 @@ def write_chart(results: Mapping[str, Any], path: Path) -> None:
         if ticks:
             axis.set_xticks(ticks)
         axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        # Only the Ns of the sweep are labelled, not the log axis' minor ticks between them.
+        axis.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
     left.set_yscale("log")
     left.set_ylabel("p99 delivery lag per token, ms (log)")
     left.set_title("Delivery lag (x: past capacity, sweep stopped)")
