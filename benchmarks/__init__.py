@@ -13,6 +13,10 @@
   (`ceiling_server.py`): what the HTTP framework and the client cost on their own.
 
 Every system answers with the local demo model in benchmark mode (`SWITCHBOARD_LOCAL_REPLY_TOKENS`),
-so the figures are backend overhead, not model latency. `python -m benchmarks` (`make bench`) runs
-everything and writes `benchmarks/results/latest.json` and `latest.png`; see docs/performance.md.
+so the figures are backend overhead, not model latency. The paced scenario (issue #17,
+`paced.py`, `paced_run.py`, `paced_report.py`) runs `switchboard`, `grpc-direct` and `reference`
+again with the model paced like a real provider (`SWITCHBOARD_LOCAL_TOKENS_PER_S`), N streams at
+once, and measures the delivery lag of every token and each system's capacity. `python -m
+benchmarks` (`make bench`) runs everything and writes `benchmarks/results/latest.json`, `latest.png`
+and `latest-paced.png`; see docs/performance.md.
 """

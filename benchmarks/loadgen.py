@@ -27,6 +27,10 @@ class CellRun:
     ttfts_s: list[float] = field(default_factory=list)
     wall_s: float = 0.0
     first_errors: list[str] = field(default_factory=list)
+    keep_turns: bool = False
+    """Keep every turn of the conversations that succeeded (`kept`), for figures computed after the
+    cell (the paced scenario's delivery lag)."""
+    kept: list[TurnResult] = field(default_factory=list)
 
     def record(self, results: list[TurnResult]) -> None:
         self.conversations += 1
@@ -36,6 +40,8 @@ class CellRun:
             if len(self.first_errors) < 5:
                 self.first_errors.append(str(failed.error))
             return
+        if self.keep_turns:
+            self.kept.extend(results)
         for result in results:
             self.turns += 1
             self.text_bytes += result.text_bytes
@@ -60,9 +66,12 @@ async def conversation(driver: Driver, turns: int) -> list[TurnResult]:
     return results
 
 
-async def run_cell(driver: Driver, *, concurrency: int, conversations: int, turns: int) -> CellRun:
-    """Run `conversations` conversations of `turns` turns with `concurrency` open at a time."""
-    run = CellRun()
+async def run_cell(
+    driver: Driver, *, concurrency: int, conversations: int, turns: int, keep_turns: bool = False
+) -> CellRun:
+    """Run `conversations` conversations of `turns` turns with `concurrency` open at a time (with
+    `keep_turns`, the successful conversations' turns are kept in the run)."""
+    run = CellRun(keep_turns=keep_turns)
     remaining = conversations
 
     async def worker() -> None:

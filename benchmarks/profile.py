@@ -23,8 +23,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Final
 
+from benchmarks.client import Client
 from benchmarks.loadgen import run_cell
-from benchmarks.runner import DEFAULT_REPLY_TOKENS, Client, raise_open_files_limit, start_systems
+from benchmarks.runner import DEFAULT_REPLY_TOKENS, raise_open_files_limit, start_systems
 from benchmarks.systems import POSTGRES_ROLE, SYSTEMS
 from switchboard.demo.benchmark import benchmark_text
 

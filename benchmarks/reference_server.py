@@ -7,9 +7,10 @@ becomes model input with `simple_to_agent_input`; threads and items live in an i
 one aiohttp process serves `POST /chatkit` with `server.process(...)` (SSE for streaming results,
 JSON otherwise). The agent runs on the same model as Switchboard in the benchmark: the local demo
 model in benchmark mode (`BenchmarkModel(N)`, `switchboard.demo.benchmark`), so both systems stream
-the same answer.
+the same answer; with `--tokens-per-s R` (default: `SWITCHBOARD_LOCAL_TOKENS_PER_S`, as Switchboard
+reads it) the same model paces it at R tokens per second, so both face the same token timing.
 
-Run it: `python -m benchmarks.reference_server --port 8091 --reply-tokens 64`.
+Run it: `python -m benchmarks.reference_server --port 8091 --reply-tokens 64 [--tokens-per-s 50]`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from chatkit.types import (
     UserMessageItem,
 )
 
-from switchboard.demo.benchmark import BenchmarkModel
+from switchboard.demo.benchmark import BenchmarkModel, tokens_per_s_from_environment
 
 RequestContext = dict[str, Any]
 HISTORY_ITEMS: Final = 20
@@ -122,12 +123,12 @@ class MemoryStore(Store[RequestContext]):
 class ReferenceChatKitServer(ChatKitServer[RequestContext]):
     """`respond` as in the openai-chatkit docs: history → agent input → run → stream_agent_response."""
 
-    def __init__(self, store: MemoryStore, reply_tokens: int) -> None:
+    def __init__(self, store: MemoryStore, reply_tokens: int, tokens_per_s: float | None = None) -> None:
         super().__init__(store)
         self.agent = Agent[AgentContext[RequestContext]](
             name="Assistant",
             instructions="You are a helpful assistant.",
-            model=BenchmarkModel(reply_tokens),
+            model=BenchmarkModel(reply_tokens, tokens_per_s),
         )
 
     async def respond(
@@ -141,10 +142,11 @@ class ReferenceChatKitServer(ChatKitServer[RequestContext]):
             yield event
 
 
-def create_app(reply_tokens: int) -> web.Application:
-    """`POST /chatkit/api` → `server.process(body, context)`; `GET /healthz` for the harness."""
+def create_app(reply_tokens: int, tokens_per_s: float | None = None) -> web.Application:
+    """`POST /chatkit/api` → `server.process(body, context)`; `GET /healthz` for the harness. The
+    answer is paced at `tokens_per_s` when given."""
     set_tracing_disabled(True)  # offline: the default exporter would try to upload traces
-    server = ReferenceChatKitServer(MemoryStore(), reply_tokens)
+    server = ReferenceChatKitServer(MemoryStore(), reply_tokens, tokens_per_s)
 
     async def chatkit(request: web.Request) -> web.StreamResponse:
         result = await server.process(await request.read(), {})
@@ -171,9 +173,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8091)
     parser.add_argument("--reply-tokens", type=int, default=64)
+    parser.add_argument(
+        "--tokens-per-s",
+        type=float,
+        default=None,
+        help="stream every answer at this many tokens per second (default: SWITCHBOARD_LOCAL_TOKENS_PER_S, "
+        "else no pacing)",
+    )
     args = parser.parse_args(argv)
+    tokens_per_s = args.tokens_per_s if args.tokens_per_s is not None else tokens_per_s_from_environment()
     logging.basicConfig(level=logging.WARNING)
-    web.run_app(create_app(args.reply_tokens), host=args.host, port=args.port, print=None, access_log=None)
+    app = create_app(args.reply_tokens, tokens_per_s)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

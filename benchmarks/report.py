@@ -30,6 +30,7 @@ from typing import Any, Final
 
 import psutil
 
+from benchmarks import paced_report
 from benchmarks.systems import (
     CEILING,
     GRPC_DIRECT,
@@ -420,12 +421,17 @@ def assemble(
     wall_s: float,
     repeats: list[dict[str, Any]] | None = None,
     traces: dict[str, dict[str, Any]] | None = None,
+    paced: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The results: `records` (one cell per system, concurrency and variant: the first round),
     `repeats` (the later rounds of the cost comparison), `traces` (what each traced variant's OTLP
-    sink received), the cost of observability and the targets."""
+    sink received), the cost of observability, the paced scenario (`paced_report.summary`, None when
+    it did not run) and the targets (the paced scenario's last)."""
     about = machine()
     repeats = repeats or []
+    targets = evaluate_targets(records, upload, about["cpus"], repeats=repeats)
+    if paced is not None:
+        targets += paced_report.targets(paced)
     return {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": "make bench  (.venv/bin/python -m benchmarks)",
@@ -438,7 +444,8 @@ def assemble(
         "upload": upload,
         "traces": traces or {},
         "observability_cost": cost_of_observability(records, repeats, traces),
-        "targets": evaluate_targets(records, upload, about["cpus"], repeats=repeats),
+        "paced": paced,
+        "targets": targets,
     }
 
 
@@ -636,6 +643,9 @@ def table(results: dict[str, Any]) -> str:
             f"direct put_object {upload['direct_mib_per_s']:.0f} MiB/s, "
             f"ratio {upload['ratio']:.2f}; peak RSS growth {growth}",
         ]
+    paced = results.get("paced")
+    if paced:
+        lines += ["", *paced_report.table_lines(paced)]
     lines += ["", "Targets:"]
     for target in results["targets"]:
         lines.append(
@@ -652,15 +662,18 @@ def markdown(results: dict[str, Any]) -> str:
         f"Run of {results['generated_at']} on {machine['cpus']} CPUs ({machine['cpu']}), "
         f"Python {machine['python']}, {results['plan']['reply_tokens']} text deltas per answer, "
         f"wall time {results['wall_s']:.0f} s.",
-        "",
-        "| system | variant | streams | conv/s | text KiB/s | deltas/turn | TTFT p50 ms | TTFT p99 ms "
-        "| server CPU ms/conv | client CPU ms/conv | errors | peak RSS MiB | RSS growth KiB/stream |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     records = sorted(
         results["records"],
         key=lambda r: (r["variant"] != "create", r["concurrency"], SYSTEMS.index(r["system"])),
     )
+    if records:  # none in a run of the paced phase alone
+        lines += [
+            "",
+            "| system | variant | streams | conv/s | text KiB/s | deltas/turn | TTFT p50 ms | TTFT p99 ms "
+            "| server CPU ms/conv | client CPU ms/conv | errors | peak RSS MiB | RSS growth KiB/stream |",
+            "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|---|",
+        ]
     for r in records:
         cpu = r["cpu_s_per_conversation"]
         rss = ", ".join(f"{name} {mib:.0f}" for name, mib in r["peak_rss_mib"].items())
@@ -688,6 +701,9 @@ def markdown(results: dict[str, Any]) -> str:
             f"direct `put_object` {upload['direct_mib_per_s']:.0f} MiB/s (ratio {upload['ratio']:.2f}); "
             f"peak RSS growth {growth}.",
         ]
+    paced = results.get("paced")
+    if paced:
+        lines += ["", *paced_report.markdown_lines(paced)]
     lines += ["", "| target | status | measured | needs |", "|---|---|---|---|"]
     for target in results["targets"]:
         lines.append(

@@ -5,15 +5,21 @@ Order of work:
    tracing, Switchboard on PostgreSQL with one and with two agent replicas, the reference, the
    ceiling), each in its own process(es) on 127.0.0.1, so they are measured under the same conditions;
 2. warm each one up, then take every process's idle RSS (the baseline of the growth figures);
-3. for each concurrency and variant, run one cell per system planned there (the PostgreSQL systems
-   run the one-turn variant at 32 and 256 streams only, the Switchboard variants at 1 and 32, which
-   keeps `make bench` under 10 minutes), rotating the order of the systems from one cell group to
-   the next, so slow drift of the machine (thermal, other tenants) does not always hit the same
-   system; right after the group of 32 streams, one turn, `switchboard` and its variants run two more
-   rounds of it by themselves (the cost of observability: medians of three interleaved rounds);
+3. for each concurrency and variant, run one cell per system planned there (the two-turn variant
+   at 1 and 32 streams, the PostgreSQL systems the one-turn variant at 32 and 256 streams only, the
+   Switchboard variants at 32, which keeps `make bench` under 10 minutes), rotating the order of the
+   systems from one cell group to the next, so slow drift of the machine (thermal, other tenants)
+   does not always hit the same system; right after the group of 32 streams, one turn,
+   `switchboard` and its variants run two more rounds of it by themselves (the cost of
+   observability: medians of three interleaved rounds);
 4. the upload scenario (a 256 MiB file through the edge vs. a direct `put_object`, alternated);
-5. the table (stdout), `benchmarks/results/latest.json` (every figure), `latest.md` (the same
-   tables in Markdown, for docs/performance.md) and `latest.png` (the chart).
+5. with every system above stopped, the paced scenario (issue #17, `benchmarks/paced_run.py`):
+   `switchboard`, `grpc-direct` and `reference` started again with the benchmark model paced at 50
+   tokens/s, N streams of 300 tokens at once, N swept over 100, 250, 500 and 1,000 until a system is
+   clearly past capacity; delivery lag per token and capacity (`--no-paced`, `--paced-only`);
+6. the table (stdout), `benchmarks/results/latest.json` (every figure), `latest.md` (the same
+   tables in Markdown, for docs/performance.md), `latest.png` (the chart) and `latest-paced.png`
+   (the paced scenario's capacity chart).
 
 The Switchboard variants are the `switchboard` system with more environment:
 - `switchboard-no-metrics`: SWITCHBOARD_METRICS_ENABLED=false, the run without metrics;
@@ -41,13 +47,21 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
-import aiohttp
 import psutil
-from grpc import aio
 
-from benchmarks import report, uploads
+from benchmarks import paced_report, report, uploads
+from benchmarks.client import Client
 from benchmarks.loadgen import run_cell
 from benchmarks.metrics import MiB, ProcessWatch, cell_figures, cpu_seconds
+from benchmarks.paced import (
+    PACED_NS,
+    PACED_REPLY_TOKENS,
+    PACED_SYSTEMS,
+    PACED_TOKENS_PER_S,
+    PacedPlan,
+    parse_ns,
+)
+from benchmarks.paced_run import measure_paced, paced_systems, start_paced_systems
 from benchmarks.systems import (
     CEILING,
     GRPC_DIRECT,
@@ -66,19 +80,17 @@ from benchmarks.systems import (
     switchboard_targets,
     switchboard_variant,
 )
-from benchmarks.workload import TURN_TIMEOUT_S, Driver, GrpcDriver, HttpDriver
-from services.common.auth import mint_token
 from switchboard.demo.benchmark import benchmark_text
 from tests.support.postgres import PostgresUnavailable
-from tests.support.processes import SECRET, Stack
+from tests.support.processes import Stack
 
 RESULTS: Final = Path(__file__).resolve().parent / "results"
 DEFAULT_REPLY_TOKENS: Final = 64
 CONCURRENCIES: Final = (1, 32, 256, 1000)
 PG_CONCURRENCIES: Final = (32, 256)
-STACK_VARIANT_CONCURRENCIES: Final = (1, 32)
+STACK_VARIANT_CONCURRENCIES: Final = (32,)
+TWO_TURN_CONCURRENCIES: Final = (1, 32)
 UPLOAD_MAX_BYTES: Final = 300 * MiB
-_GRPC_OPTIONS: Final = [("grpc.max_receive_message_length", 16 * MiB)]
 
 
 @dataclass(frozen=True)
@@ -126,13 +138,20 @@ class Plan:
     """Warm-up conversations of the PostgreSQL systems and of the Switchboard variants (they run
     two cells, not seven)."""
     stack_variant_concurrencies: tuple[int, ...] = STACK_VARIANT_CONCURRENCIES
-    """Where the Switchboard variants (`benchmarks.systems.STACK_VARIANTS`) run, one turn only: 32
-    (the column of the cost of observability) and 1 (cheap)."""
+    """Where the Switchboard variants (`benchmarks.systems.STACK_VARIANTS`) run, one turn only: 32,
+    the column of the cost of observability (their cells at 1 stream said nothing about it, and the
+    paced phase needed the time)."""
     cost_rounds: int = 3
     """Rounds of `switchboard` and its variants at `report.COST_CONCURRENCY` streams, one turn: the
     cost of observability is the median of each system's rounds."""
     systems: tuple[str, ...] = SYSTEMS
     """The systems this run starts and measures."""
+    two_turn_concurrencies: tuple[int, ...] | None = None
+    """Where the two-turn variant runs (None: at every concurrency of `concurrencies`)."""
+    burst: bool = True
+    """Whether the burst phase (every cell above, and the upload scenario) runs at all."""
+    paced: PacedPlan | None = None
+    """The paced scenario, run after the burst phase on stacks of its own (None: not run)."""
 
     def runs(self, system: str, concurrency: int, variant: Variant) -> bool:
         """Whether `system` has a cell at (`concurrency`, `variant`): a planned one, and in a single
@@ -145,6 +164,8 @@ class Plan:
             planned = concurrency in self.stack_variant_concurrencies and variant == ONE_TURN
         else:
             planned = concurrency in self.concurrencies and variant in self.variants
+            if variant.turns > 1 and self.two_turn_concurrencies is not None:
+                planned = planned and concurrency in self.two_turn_concurrencies
         single_wave = self.single_wave_one_turn and self.conversations[concurrency] <= concurrency
         return planned and (variant.turns == 1 or not single_wave)
 
@@ -189,9 +210,14 @@ class Plan:
             variants=(ONE_TURN, TWO_TURNS),
             single_wave_one_turn=True,
             conversations={1: 100, 32: 640, 256: 768, 1000: 1000},
-            warmup=200,
+            # 100 warm-up conversations (was 200) and no two-turn cells at 256 streams (the one-turn
+            # cells there say the same, at half the time): the time the paced phase needs, so that
+            # `make bench` stays under 10 minutes (docs/performance.md, "Paced streaming").
+            warmup=100,
             upload_mib=256,
             upload_rounds=2,
+            two_turn_concurrencies=TWO_TURN_CONCURRENCIES,
+            paced=PacedPlan.full(),
         )
 
     @classmethod
@@ -206,6 +232,7 @@ class Plan:
             upload_mib=32,
             upload_rounds=1,
             cost_rounds=2,
+            paced=PacedPlan.quick(),
         )
 
 
@@ -216,44 +243,6 @@ def raise_open_files_limit(wanted: int = 65_536) -> int:
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-class Client:
-    """The load generator's connections: a fresh HTTP session per cell, one gRPC channel per run.
-
-    Every Switchboard stack of a run shares the test stacks' JWT secret, so one token serves them all
-    (the reference and the ceiling ignore it)."""
-
-    def __init__(self, expected_text: str, grpc_address: str | None = None) -> None:
-        self._expected = expected_text
-        self._token = mint_token(SECRET, tenant="acme", user="alice", role="user")
-        self._headers = {"Authorization": f"Bearer {self._token}"}
-        self._channel = (
-            None if grpc_address is None else aio.insecure_channel(grpc_address, options=_GRPC_OPTIONS)
-        )
-        self._session: aiohttp.ClientSession | None = None
-
-    async def driver(self, target: Target) -> Driver:
-        if target.protocol == "grpc":
-            if self._channel is None:
-                raise RuntimeError(f"{target.name} is a gRPC system, and the client has no channel")
-            return GrpcDriver(self._channel, self._token, self._expected)
-        await self.end_cell()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0, force_close=False),
-            timeout=aiohttp.ClientTimeout(total=TURN_TIMEOUT_S),
-        )
-        return HttpDriver(self._session, target.address, self._headers, self._expected)
-
-    async def end_cell(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def close(self) -> None:
-        await self.end_cell()
-        if self._channel is not None:
-            await self._channel.close()
 
 
 async def measure_cell(
@@ -398,24 +387,41 @@ def run(plan: Plan, out_dir: Path, *, chart: bool = True, update_docs: bool = Fa
     started = time.perf_counter()
     limit = raise_open_files_limit()
     log(f"RLIMIT_NOFILE soft limit {limit}")
-    with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp, ExitStack() as systems:
+    cells: list[dict[str, Any]] = []
+    upload = None
+    sinks: dict[str, OtlpSink] = {}
+    paced = None
+    with tempfile.TemporaryDirectory(prefix="switchboard-bench-") as tmp:
         work = Path(tmp)
-        running = start_systems(plan.systems, plan.reply_tokens, work, systems, log)
-        grpc_address = None if running.sqlite is None else running.sqlite.agent_address
-        cells = asyncio.run(measure_all(running.targets, plan, log, grpc_address=grpc_address))
-        upload = None
-        if plan.upload_rounds and running.sqlite is not None:
-            upload = asyncio.run(
-                uploads.measure(
-                    running.sqlite, size_mib=plan.upload_mib, rounds=plan.upload_rounds, log=log, work=work
-                )
-            )
-    # The systems have stopped (traced services flushed their spans): the sinks' final counts.
+        if plan.burst:
+            with ExitStack() as systems:
+                running = start_systems(plan.systems, plan.reply_tokens, work, systems, log)
+                grpc_address = None if running.sqlite is None else running.sqlite.agent_address
+                cells = asyncio.run(measure_all(running.targets, plan, log, grpc_address=grpc_address))
+                if plan.upload_rounds and running.sqlite is not None:
+                    upload = asyncio.run(
+                        uploads.measure(
+                            running.sqlite,
+                            size_mib=plan.upload_mib,
+                            rounds=plan.upload_rounds,
+                            log=log,
+                            work=work,
+                        )
+                    )
+            # The systems have stopped (traced services flushed their spans): the sinks are final.
+            sinks = running.sinks
+        names = () if plan.paced is None else paced_systems(plan.systems, plan.paced)
+        if plan.paced is not None and names:
+            # After the burst systems stopped: the paced stacks have the machine to themselves.
+            with ExitStack() as systems:
+                targets, grpc_address = start_paced_systems(names, plan.paced, work, systems, log)
+                sweeps = asyncio.run(measure_paced(targets, plan.paced, log, grpc_address=grpc_address))
+            paced = paced_report.summary(sweeps, plan.paced)
     records = [cell for cell in cells if cell["round"] == 1]
     repeats = [cell for cell in cells if cell["round"] > 1]
     traces = {
         name: sink_figures(sink, cells, warmup=plan.warmup_of(name), system=name)
-        for name, sink in running.sinks.items()
+        for name, sink in sinks.items()
     }
     results = report.assemble(
         records,
@@ -424,14 +430,17 @@ def run(plan: Plan, out_dir: Path, *, chart: bool = True, update_docs: bool = Fa
         wall_s=time.perf_counter() - started,
         repeats=repeats,
         traces=traces,
+        paced=paced,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     report.write_json(results, out_dir / "latest.json")
     (out_dir / "latest.md").write_text(report.markdown(results))
     if update_docs and not report.update_docs(DOCS, report.markdown(results)):
         print(f"{DOCS} has no results markers; not updated", file=sys.stderr)
-    if chart:
+    if chart and records:
         report.write_chart(results, out_dir / "latest.png")
+    if chart and paced is not None:
+        paced_report.write_chart(results, out_dir / "latest-paced.png")
     print(report.table(results))
     return results
 
@@ -463,6 +472,7 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
             concurrencies=concurrencies,
             pg_concurrencies=concurrencies,
             stack_variant_concurrencies=concurrencies,
+            two_turn_concurrencies=None,
             conversations=sizes,
         )
     if args.one_turn:
@@ -480,7 +490,32 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
         systems = tuple(name for name in systems if name not in STACK_VARIANTS)
     if not systems:
         raise SystemExit("no system left to measure")
-    return replace(plan, systems=tuple(name for name in SYSTEMS if name in systems))
+    plan = replace(plan, systems=tuple(name for name in SYSTEMS if name in systems))
+    return paced_from_args(plan, args)
+
+
+def paced_from_args(plan: Plan, args: argparse.Namespace) -> Plan:
+    """The paced part of the command line: `--paced/--no-paced`, `--paced-n`, `--paced-only`."""
+    if args.paced_only and args.paced is False:
+        raise SystemExit("--paced-only and --no-paced contradict each other")
+    if args.paced is False:
+        return replace(plan, paced=None)
+    paced = plan.paced or PacedPlan.full()
+    if args.paced_n is not None:
+        paced = replace(paced, ns=args.paced_n)
+    plan = replace(plan, paced=paced)
+    if args.paced_only:
+        if not paced_systems(plan.systems, paced):
+            raise SystemExit(f"--paced-only: none of the paced systems ({', '.join(paced.systems)}) selected")
+        plan = replace(plan, burst=False)
+    return plan
+
+
+def _paced_ns(text: str) -> tuple[int, ...]:
+    try:
+        return parse_ns(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def arguments() -> argparse.ArgumentParser:
@@ -531,6 +566,26 @@ def arguments() -> argparse.ArgumentParser:
         metavar="N",
         help=f"rounds of {SWITCHBOARD} and its variants at {report.COST_CONCURRENCY} streams for the cost "
         "of observability (default: 3, --quick 2)",
+    )
+    parser.add_argument(
+        "--paced",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"the paced scenario after the burst phase ({', '.join(PACED_SYSTEMS)}; on by default): N "
+        f"streams at once, each answer {PACED_REPLY_TOKENS} tokens at {PACED_TOKENS_PER_S:g} tokens/s "
+        "(--quick: 60 tokens, N=20,50); delivery lag per token and capacity",
+    )
+    parser.add_argument(
+        "--paced-n",
+        type=_paced_ns,
+        metavar="N,N,...",
+        help=f"the paced sweep's stream counts (default: {','.join(map(str, PACED_NS))}; 2000 more "
+        "takes a minute or more)",
+    )
+    parser.add_argument(
+        "--paced-only",
+        action="store_true",
+        help="only the paced scenario (no burst cells, no upload); --system narrows it",
     )
     parser.add_argument(
         "--update-docs", action="store_true", help="also write the tables into docs/performance.md"

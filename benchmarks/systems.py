@@ -164,6 +164,31 @@ def switchboard(
         yield stack
 
 
+@contextmanager
+def paced_switchboard(data_dir: Path, reply_tokens: int, tokens_per_s: float) -> Iterator[Stack]:
+    """The agent service and the edge on SQLite, the benchmark model paced at `tokens_per_s`
+    (`SWITCHBOARD_LOCAL_TOKENS_PER_S`), for the paced scenario. No upload service: the workload sends
+    no attachments (in the burst stack it only sits idle), and no S3 server to start."""
+    env = {
+        "SWITCHBOARD_LOCAL_REPLY_TOKENS": str(reply_tokens),
+        "SWITCHBOARD_LOCAL_TOKENS_PER_S": repr(tokens_per_s),
+        **BENCH_LIMITS,
+    }
+    # running_stack's own keywords spelled out, so that `env` only fills **extra_env
+    with running_stack(
+        data_dir, agent=True, uploads=False, s3=None, agent_replicas=1, upload_replicas=1, **env
+    ) as stack:
+        yield stack
+
+
+def paced_targets(stack: Stack) -> tuple[Target, Target]:
+    """`switchboard` (the edge and the agent) and `grpc-direct` (the agent) on a paced stack."""
+    pids = {name: stack.services[name].process.pid for name in ("edge", "agent")}
+    return Target(SWITCHBOARD, "http", stack.edge_url, pids), Target(
+        GRPC_DIRECT, "grpc", stack.agent_address, {"agent": pids["agent"]}
+    )
+
+
 def _edge_target(name: str, stack: Stack) -> Target:
     pids = {name: service.process.pid for name, service in stack.services.items()}
     return Target(name, "http", stack.edge_url, {k: pids[k] for k in ("edge", "agent", "upload")})
@@ -270,7 +295,11 @@ def python_server(module: str, name: str, log_dir: Path, *args: str) -> Iterator
 
 
 @contextmanager
-def aiohttp_server(module: str, name: str, reply_tokens: int, log_dir: Path) -> Iterator[Target]:
-    """`python -m <module> --port P --reply-tokens N` (the reference, the ceiling)."""
-    with python_server(module, name, log_dir, "--reply-tokens", str(reply_tokens)) as (url, service):
+def aiohttp_server(
+    module: str, name: str, reply_tokens: int, log_dir: Path, tokens_per_s: float | None = None
+) -> Iterator[Target]:
+    """`python -m <module> --port P --reply-tokens N [--tokens-per-s R]` (the reference, the ceiling;
+    only the reference paces)."""
+    pace = () if tokens_per_s is None else ("--tokens-per-s", repr(tokens_per_s))
+    with python_server(module, name, log_dir, "--reply-tokens", str(reply_tokens), *pace) as (url, service):
         yield Target(name, "http", url, {name: service.process.pid})

@@ -6,6 +6,9 @@ the thread it created. Each turn is one stream; what a turn records:
 - time to first text delta (from just before the request is sent to the arrival of the first
   `assistant_message.content_part.text_delta`);
 - the assistant text bytes its deltas carried;
+- the arrival time and text of every text delta, and how many events (SSE `data:` frames, gRPC
+  messages) the stream carried: the paced scenario's delivery lag per token
+  (`benchmarks.paced`) is computed from them;
 - whether it is correct: HTTP 200 (or gRPC OK), no `error` event, the deltas concatenate to the
   final text of the assistant message (`thread.item.done`), and that text is the expected answer of
   the benchmark model. Anything else counts as an error.
@@ -60,19 +63,33 @@ class TurnResult:
     ttft_s: float | None = None
     text_bytes: int = 0
     deltas: int = 0
+    events: int = 0
+    """Events on the wire: SSE `data:` frames, or gRPC messages."""
     thread_id: str | None = None
     final_text: str | None = None
     error: str | None = None
     _parts: list[str] = field(default_factory=list, repr=False)
+    _delta_times: list[float] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def delta_texts(self) -> list[str]:
+        """The text of every delta, in order."""
+        return self._parts
+
+    @property
+    def delta_times(self) -> list[float]:
+        """When each delta arrived (`time.perf_counter()` of the read that brought it)."""
+        return self._delta_times
+
     def delta(self, text: str, now: float, started: float) -> None:
         if self.ttft_s is None:
             self.ttft_s = now - started
         self._parts.append(text)
+        self._delta_times.append(now)
         self.deltas += 1
         self.text_bytes += len(text.encode())
 
@@ -117,6 +134,7 @@ class SseTurnReader:
         if not frame.startswith(_DATA):
             result.error = result.error or f"not an SSE data frame: {frame[:60]!r}"
             return
+        result.events += 1
         if _DELTA_TAG in frame:
             result.delta(json.loads(frame[6:])["update"]["delta"], now, self.started)
         elif frame.startswith(_DONE_HEAD):
@@ -202,6 +220,7 @@ class GrpcDriver:
 def read_grpc_event(
     result: TurnResult, event: events_pb2.ThreadStreamEvent, now: float, started: float
 ) -> None:
+    result.events += 1
     kind = event.WhichOneof("kind")
     if kind == "thread_item_updated":
         update = event.thread_item_updated.update

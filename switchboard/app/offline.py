@@ -22,7 +22,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from agents import (
     AgentOutputSchemaBase,
@@ -80,6 +80,25 @@ class Say:
 Reply = Call | Say
 
 
+class DeltaPacer(Protocol):
+    """When the text deltas of one streamed answer go out: `await wait(index)` returns when delta
+    `index` (0-based) may be emitted. A model makes a fresh pacer for every streamed call
+    (`ScriptedModel.pacer`), so a pacer may keep per-call state (the time the call started)."""
+
+    async def wait(self, index: int) -> None: ...
+
+
+class FixedDelay:
+    """A sleep of `delay_s` before every delta. At 0 it still yields to the event loop once per
+    delta, so a run stays cancellable and concurrent streams interleave."""
+
+    def __init__(self, delay_s: float) -> None:
+        self.delay_s = delay_s
+
+    async def wait(self, index: int) -> None:
+        await asyncio.sleep(self.delay_s)
+
+
 def as_mapping(item: object) -> Mapping[str, Any]:
     """A model input item as a mapping (input items are TypedDicts or pydantic models)."""
     if isinstance(item, Mapping):
@@ -117,8 +136,8 @@ class ScriptedModel(Model):
     """Turns `reply(...)` into a `ModelResponse` or a streamed Responses event sequence.
 
     `token_delay_s` paces streamed text (a sleep before each delta, which also yields to the event
-    loop at 0, so a run stays cancellable and concurrent streams interleave). Usage is reported as
-    one request and no tokens.
+    loop at 0, so a run stays cancellable and concurrent streams interleave); override `pacer` for
+    another pace. Usage is reported as one request and no tokens.
     """
 
     def __init__(self, token_delay_s: float = 0.0) -> None:
@@ -134,6 +153,11 @@ class ScriptedModel(Model):
         handoffs: list[Handoff],
     ) -> Reply:
         raise NotImplementedError
+
+    def pacer(self) -> DeltaPacer:
+        """The pace of one streamed call's text deltas, made when the call starts streaming: a
+        sleep of `token_delay_s` before each (`FixedDelay`)."""
+        return FixedDelay(self.token_delay_s)
 
     async def get_response(
         self,
@@ -173,6 +197,7 @@ class ScriptedModel(Model):
         conversation_id: str | None,
         prompt: ResponsePromptParam | None,
     ) -> AsyncIterator[TResponseStreamEvent]:
+        pacer = self.pacer()
         stream = ResponseStream()
         for event in stream.opening():
             yield event
@@ -188,8 +213,8 @@ class ScriptedModel(Model):
                     deltas = tuple(
                         word if index == 0 else f" {word}" for index, word in enumerate(text.split(" "))
                     )
-                for delta in deltas:
-                    await asyncio.sleep(self.token_delay_s)
+                for index, delta in enumerate(deltas):
+                    await pacer.wait(index)
                     self.deltas_emitted += 1
                     yield stream.text_delta(message.id, delta)
                 for index, citation in enumerate(say.annotations()):
@@ -198,4 +223,15 @@ class ScriptedModel(Model):
                     yield event
 
 
-__all__ = ["Call", "Citation", "Reply", "Say", "ScriptedModel", "as_mapping", "content_text", "user_texts"]
+__all__ = [
+    "Call",
+    "Citation",
+    "DeltaPacer",
+    "FixedDelay",
+    "Reply",
+    "Say",
+    "ScriptedModel",
+    "as_mapping",
+    "content_text",
+    "user_texts",
+]

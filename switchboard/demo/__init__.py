@@ -11,7 +11,8 @@ It uses nothing but the public app API (`switchboard.app`): it is the example a 
 Switchboard can read first, next to `examples/helpdesk`.
 
 `SWITCHBOARD_LOCAL_REPLY_TOKENS=N` switches it to benchmark mode (`benchmark.py`): offline, every
-answer is N short deltas, with no tools, no handoff and no title.
+answer is N short deltas, with no tools, no handoff and no title; `SWITCHBOARD_LOCAL_TOKENS_PER_S=R`
+streams them at R tokens per second.
 """
 
 from __future__ import annotations
@@ -19,19 +20,30 @@ from __future__ import annotations
 from switchboard.app import DEFAULT_TITLE_AGENT, App, AppEnvironment
 from switchboard.app.offline import ScriptedModel
 from switchboard.demo.actions import register_actions
-from switchboard.demo.benchmark import BenchmarkModel, reply_tokens_from_environment
+from switchboard.demo.benchmark import (
+    REPLY_TOKENS_VARIABLE,
+    TOKENS_PER_S_VARIABLE,
+    BenchmarkModel,
+    reply_tokens_from_environment,
+    tokens_per_s_from_environment,
+)
 from switchboard.demo.model import DemoModel
 from switchboard.demo.state import DemoState, close_state, open_state
 from switchboard.demo.team import build_team
 
 
 def create_app() -> App[DemoState]:
-    """The demo app, in benchmark mode when `SWITCHBOARD_LOCAL_REPLY_TOKENS` is set."""
+    """The demo app, in benchmark mode when `SWITCHBOARD_LOCAL_REPLY_TOKENS` is set (paced when
+    `SWITCHBOARD_LOCAL_TOKENS_PER_S` is set too)."""
     reply_tokens = reply_tokens_from_environment()
+    tokens_per_s = tokens_per_s_from_environment()
+    if tokens_per_s is not None and reply_tokens is None:
+        # A pace without benchmark mode would silently do nothing: say so instead.
+        raise ValueError(f"{TOKENS_PER_S_VARIABLE} paces benchmark mode: set {REPLY_TOKENS_VARIABLE} too")
 
     def offline_model(environment: AppEnvironment) -> ScriptedModel:
         if reply_tokens is not None:
-            return BenchmarkModel(reply_tokens)
+            return BenchmarkModel(reply_tokens, tokens_per_s)
         return DemoModel(environment.offline_token_delay_s)
 
     app = App[DemoState](

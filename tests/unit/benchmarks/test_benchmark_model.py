@@ -1,8 +1,10 @@
 """The demo app's benchmark mode (`SWITCHBOARD_LOCAL_REPLY_TOKENS`): exactly N short deltas, no tools,
-no handoff, no title."""
+no handoff, no title; paced at R tokens per second with `SWITCHBOARD_LOCAL_TOKENS_PER_S`."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +19,14 @@ from switchboard.demo import create_app
 from switchboard.demo.benchmark import (
     BENCHMARK_WORDS,
     MAX_REPLY_TOKENS,
+    MAX_TOKENS_PER_S,
     REPLY_TOKENS_VARIABLE,
+    TOKENS_PER_S_VARIABLE,
     BenchmarkModel,
+    TokenSchedule,
     benchmark_deltas,
     benchmark_text,
+    tokens_per_s_from_environment,
 )
 from switchboard.demo.model import DemoModel
 from switchboard.demo.team import build_team
@@ -149,3 +155,118 @@ async def test_a_turn_in_benchmark_mode_answers_as_the_router_without_handoff_or
     assert workflows(events) == []  # no handoff
     assert current.thread.metadata == {} and current.thread.title is None  # no specialist, no title
     assert_message_lifecycle(events)
+
+
+# --------------------------------------------------------------------------- paced (issue #17)
+
+
+async def _delta_times(
+    model: BenchmarkModel, *, block_after: int | None = None, block_s: float = 0.0
+) -> list[float]:
+    """The event-loop time at which each text delta came out; after delta `block_after` the consumer
+    blocks the event loop for `block_s` (a busy server)."""
+    loop = asyncio.get_running_loop()
+    times: list[float] = []
+    async for event in model.stream_response(
+        None,
+        [_user("hi")],
+        ModelSettings(),
+        [],
+        None,
+        [],
+        ModelTracing.DISABLED,
+        previous_response_id=None,
+        conversation_id=None,
+        prompt=None,
+    ):
+        if isinstance(event, ResponseTextDeltaEvent):
+            times.append(loop.time())
+            if len(times) == block_after:
+                time.sleep(block_s)  # noqa: ASYNC251 - blocking the loop is the point
+    return times
+
+
+async def test_a_paced_answer_takes_its_tokens_over_count_over_rate() -> None:
+    model = BenchmarkModel(10, tokens_per_s=100.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    times = await _delta_times(model)
+    assert len(times) == 10 and model.deltas_emitted == 10
+    assert times[0] - started < 0.05, "the first token is due at once"
+    # Token k is due k/100 s after the start: the last one (k = 9) after 90 ms, none early.
+    for index, at in enumerate(times):
+        assert at >= started + index / 100 - 0.002
+    assert 0.088 <= times[-1] - started < 0.5
+
+
+async def test_tokens_that_fell_behind_come_out_at_once_and_the_schedule_does_not_drift() -> None:
+    model = BenchmarkModel(20, tokens_per_s=100.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    times = await _delta_times(model, block_after=3, block_s=0.1)  # blocked from ~20 to ~120 ms
+    # Tokens 3 to ~12 were due while the loop was blocked: they follow each other without a sleep.
+    overdue = [t for index, t in enumerate(times) if index >= 3 and started + index / 100 < times[3]]
+    assert len(overdue) >= 8
+    assert overdue[-1] - overdue[0] < 0.005
+    # The schedule is absolute: the block did not push the later tokens back by 100 ms.
+    assert times[-1] - started < 0.19 + 0.05
+    assert times[-1] >= started + 0.19 - 0.002
+
+
+async def test_without_a_rate_the_model_does_not_wait() -> None:
+    model = BenchmarkModel(50)
+    assert model.tokens_per_s is None
+    times = await _delta_times(model)
+    assert len(times) == 50 and times[-1] - times[0] < 0.05
+
+
+async def test_a_schedule_is_due_at_start_plus_k_over_rate() -> None:
+    schedule = TokenSchedule(50.0, start=10.0)
+    assert [schedule.due(k) for k in (0, 1, 50, 299)] == [10.0, 10.02, 11.0, 15.98]
+    past = TokenSchedule(50.0, start=asyncio.get_running_loop().time() - 60)
+    started = time.perf_counter()
+    await past.wait(10)  # long overdue: returns at once
+    assert time.perf_counter() - started < 0.01
+
+
+@pytest.mark.parametrize("rate", [0.0, -1.0, float("inf"), float("nan"), MAX_TOKENS_PER_S * 2])
+def test_a_bad_rate_is_refused(rate: float) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        BenchmarkModel(10, tokens_per_s=rate)
+
+
+def test_the_rate_variable_is_read_and_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(TOKENS_PER_S_VARIABLE, raising=False)
+    assert tokens_per_s_from_environment() is None
+    for raw, rate in (("50", 50.0), (" 12.5 ", 12.5), ("1e3", 1000.0)):
+        monkeypatch.setenv(TOKENS_PER_S_VARIABLE, raw)
+        assert tokens_per_s_from_environment() == rate
+
+
+@pytest.mark.parametrize("value", ["0", "-5", "abc", "inf", "nan", "1e9", "50/s"])
+def test_a_bad_rate_variable_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(REPLY_TOKENS_VARIABLE, "12")
+    monkeypatch.setenv(TOKENS_PER_S_VARIABLE, value)
+    with pytest.raises(ValueError, match=f"{TOKENS_PER_S_VARIABLE} must be a positive number"):
+        create_app()
+
+
+def test_the_rate_variable_paces_the_benchmark_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(REPLY_TOKENS_VARIABLE, "300")
+    monkeypatch.setenv(TOKENS_PER_S_VARIABLE, "50")
+    app = create_app()
+    assert app.offline_model is not None
+    model = app.offline_model(_environment(tmp_path))
+    assert isinstance(model, BenchmarkModel) and (model.reply_tokens, model.tokens_per_s) == (300, 50.0)
+    monkeypatch.delenv(TOKENS_PER_S_VARIABLE)
+    unpaced = create_app().offline_model
+    assert unpaced is not None
+    model = unpaced(_environment(tmp_path))
+    assert isinstance(model, BenchmarkModel) and model.tokens_per_s is None
+
+
+def test_a_rate_without_benchmark_mode_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(REPLY_TOKENS_VARIABLE, raising=False)
+    monkeypatch.setenv(TOKENS_PER_S_VARIABLE, "50")
+    with pytest.raises(ValueError, match=f"set {REPLY_TOKENS_VARIABLE} too"):
+        create_app()
