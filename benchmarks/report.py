@@ -493,7 +493,8 @@ def postgres_note(results: dict[str, Any]) -> str | None:
     shapes = ", ".join(f"{name}: edge + {_replicas(PG_REPLICAS[name])}" for name in systems)
     return (
         f"PostgreSQL rows ({shapes}) run on {version}, a throwaway cluster and a fresh database each "
-        "(fsync and synchronous_commit off: the tests' settings, not a durable server). "
+        "with PostgreSQL's durable defaults (fsync, synchronous_commit and full_page_writes on: every "
+        "commit waits for its WAL flush, as in production). "
         f"'{POSTGRES_ROLE}' is the server: the postmaster and every backend and background process "
         "it forks; CPU includes backends that exited during the cell, memory is the PSS sum (shared "
         "buffers counted once)."

@@ -42,6 +42,7 @@ SWITCHBOARD: Final = "switchboard"
 SWITCHBOARD_NO_METRICS: Final = "switchboard-no-metrics"
 SWITCHBOARD_TRACING: Final = "switchboard-tracing"
 SWITCHBOARD_NO_LIMITS: Final = "switchboard-no-limits"
+SWITCHBOARD_WORKERS: Final = "switchboard-workers"
 SWITCHBOARD_PG: Final = "switchboard-pg"
 SWITCHBOARD_PG_2: Final = "switchboard-pg-2"
 GRPC_DIRECT: Final = "grpc-direct"
@@ -67,6 +68,13 @@ class StackVariant:
 
 METRICS_OFF_ENV: Final = {"SWITCHBOARD_METRICS_ENABLED": "false"}
 LIMITS_OFF_ENV: Final = {"SWITCHBOARD_LIMITS_ENABLED": "false"}
+AGENT_WORKERS: Final = 2
+WORKERS_ENV: Final = {
+    "SWITCHBOARD_AGENT_WORKERS": str(AGENT_WORKERS),
+    "SWITCHBOARD_AGENT_CONNECTIONS": str(4 * AGENT_WORKERS),
+}
+"""Two agent workers on one port (a supervisor and its workers: the `agent` role is the process
+tree), the edge with four connections per worker."""
 TRACING_ENV: Final = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"}
 """Traces on, as a deployment switches them on (the endpoint is the variant's sink); the sampler and
 the batching keep their defaults: every trace is kept, spans are exported in batches."""
@@ -82,6 +90,7 @@ STACK_VARIANTS: Final = {
             observability=True,
         ),
         StackVariant(SWITCHBOARD_NO_LIMITS, "Switchboard, limits off", LIMITS_OFF_ENV, observability=True),
+        StackVariant(SWITCHBOARD_WORKERS, f"Switchboard, {AGENT_WORKERS} agent workers", WORKERS_ENV),
     )
 }
 """The Switchboard variants, by name, in the order of the report (after `switchboard`)."""
@@ -191,7 +200,14 @@ def paced_targets(stack: Stack) -> tuple[Target, Target]:
 
 def _edge_target(name: str, stack: Stack) -> Target:
     pids = {name: service.process.pid for name, service in stack.services.items()}
-    return Target(name, "http", stack.edge_url, {k: pids[k] for k in ("edge", "agent", "upload")})
+    workers = int(stack.agent_envs["agent"].get("SWITCHBOARD_AGENT_WORKERS", "1"))
+    return Target(
+        name,
+        "http",
+        stack.edge_url,
+        {k: pids[k] for k in ("edge", "agent", "upload")},
+        trees=("agent",) if workers > 1 else (),
+    )
 
 
 def switchboard_targets(stack: Stack) -> tuple[Target, Target]:
@@ -258,7 +274,7 @@ def switchboard_pg(name: str, data_dir: Path, reply_tokens: int) -> Iterator[tup
     """A PostgreSQL system of `PG_REPLICAS[name]` agent replicas behind one edge, on a cluster and
     database of its own; yields the stack and the system's target (edge URL, pids by role)."""
     with (
-        private_postgres() as cluster,
+        private_postgres(durable=True) as cluster,
         running_stack(
             data_dir,
             database_url=cluster.create_database("bench"),

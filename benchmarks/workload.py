@@ -191,26 +191,34 @@ def grpc_input(text: str) -> chat_pb2.UserMessageInput:
 
 
 class GrpcDriver:
-    """The agent service's ChatService over one shared gRPC channel, as an internal caller."""
+    """The agent service's ChatService over one shared gRPC channel, as an internal caller: every
+    turn through `ChatService.Stream`, the events that were ready together in one message."""
 
     def __init__(self, channel: aio.Channel, token: str, expected_text: str) -> None:
         self._stub = chat_pb2_grpc.ChatServiceStub(channel)
         self._metadata = (("authorization", f"Bearer {token}"),)
         self._expected = expected_text
-        self._create = chat_pb2.CreateThreadRequest(input=grpc_input(USER_TEXT))
+        self._create = chat_pb2.StreamRequest(
+            create_thread=chat_pb2.CreateThreadRequest(input=grpc_input(USER_TEXT))
+        )
 
     async def turn(self, thread_id: str | None) -> TurnResult:
         started = time.perf_counter()
         result = TurnResult(thread_id=thread_id)
-        call: aio.UnaryStreamCall[Any, events_pb2.ThreadStreamEvent]
         if thread_id is None:
-            call = self._stub.CreateThread(self._create, metadata=self._metadata, timeout=TURN_TIMEOUT_S)
+            request = self._create
         else:
-            request = chat_pb2.AddUserMessageRequest(thread_id=thread_id, input=grpc_input(SECOND_TEXT))
-            call = self._stub.AddUserMessage(request, metadata=self._metadata, timeout=TURN_TIMEOUT_S)
+            request = chat_pb2.StreamRequest(
+                add_user_message=chat_pb2.AddUserMessageRequest(
+                    thread_id=thread_id, input=grpc_input(SECOND_TEXT)
+                )
+            )
+        call = self._stub.Stream(request, metadata=self._metadata, timeout=TURN_TIMEOUT_S)
         try:
-            async for event in call:
-                read_grpc_event(result, event, time.perf_counter(), started)
+            async for batch in call:
+                now = time.perf_counter()
+                for event in batch.events:
+                    read_grpc_event(result, event, now, started)
         except aio.AioRpcError as error:
             return TurnResult(error=f"gRPC {error.code().name}: {error.details()}")
         result.check(self._expected)
