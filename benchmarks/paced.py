@@ -8,9 +8,11 @@ system whose cell is clearly past capacity (`stop_reason`: an error, a p99 lag p
 `PacedPlan.stop_p99_lag_ms`, or a p99 time to first delta longer than an answer lasts) runs no
 larger N. What a cell measures (`paced_figures`):
 
-- **delivery lag per token.** The client cannot see the model's clock, so the schedule is anchored
-  at the arrival of the stream's first text delta: token k is due at arrival(first delta) + k / R,
-  and its lag is its arrival minus that. A delta may carry several tokens (Switchboard coalesces the
+- **delivery lag per token.** The client cannot see the model's clock, so each stream's schedule is
+  anchored at its most punctual token: token k is due at offset + k / R, where the offset is the
+  smallest arrival(j) − j / R of the stream (the delay the stream's most punctual token had), and
+  its lag is its arrival minus that: how much later than the stream's best a token came, never
+  negative. A delta may carry several tokens (Switchboard coalesces the
   deltas that are ready together): the tokens of a delta are found from the text it completes
   (`token_ends`), and each gets the delta's arrival (`token_arrivals`). p50, p99 and max are over
   every token of every stream of the cell. Start-up delay (before the first delta) is not lag: it is
@@ -120,13 +122,15 @@ def token_arrivals(texts: Sequence[str], times: Sequence[float], ends: Sequence[
 
 
 def token_lags(arrivals: Sequence[float], tokens_per_s: float) -> list[float]:
-    """Seconds each token arrived after it was due, the schedule anchored at the first token's
-    arrival: lag_k = arrival_k − (arrival_0 + k / R). Negative when a token came early (a batch that
-    carried tokens after a late first one)."""
+    """Seconds each token arrived after it was due, the schedule anchored at the stream's most
+    punctual token: lag_k = arrival_k − k / R − min_j(arrival_j − j / R), so 0 for that token and
+    never negative. (Anchoring at the first token instead would make every token after a late first
+    one look early, and a system with a slow first token look better than one without.)"""
     if not arrivals:
         return []
-    first = arrivals[0]
-    return [arrived - (first + index / tokens_per_s) for index, arrived in enumerate(arrivals)]
+    delays = [arrived - index / tokens_per_s for index, arrived in enumerate(arrivals)]
+    offset = min(delays)
+    return [delay - offset for delay in delays]
 
 
 def turn_lags(turn: TurnResult, ends: Sequence[int], tokens_per_s: float) -> list[float]:

@@ -147,7 +147,8 @@ def heading(paced: Mapping[str, Any]) -> str:
     return (
         f"N conversations of one threads.create each, all started at once; every answer "
         f"{plan['reply_tokens']} tokens at {plan['tokens_per_s']:g} tokens/s ({answer_s:.1f} s on time). "
-        "Lag per token: its arrival minus (the arrival of the stream's first text delta + k / rate); "
+        "Lag per token: its arrival minus (offset + k / rate), the offset the stream's smallest "
+        "arrival - k / rate (its most punctual token); "
         "TTFT: from just before the request to the first text delta. Capacity: the largest N with p99 "
         f"lag < {plan['capacity_p99_lag_ms']:.0f} ms and 0 errors; a system stops sweeping after a cell "
         f"with errors, a p99 lag > {plan['stop_p99_lag_ms'] / 1000:g} s or a p99 TTFT > "

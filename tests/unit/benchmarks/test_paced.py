@@ -77,15 +77,17 @@ def test_a_coalesced_delta_gives_each_of_its_tokens_its_arrival() -> None:
     assert token_arrivals(["lorem", " ipsum"], [1.0, 2.0], ends) == [1.0, 2.0]
 
 
-def test_the_lag_is_anchored_at_the_first_tokens_arrival() -> None:
+def test_the_lag_is_anchored_at_the_streams_most_punctual_token() -> None:
     assert token_lags([], 50.0) == []
     on_time = [10.0 + k / 50 for k in range(5)]
     assert token_lags(on_time, 50.0) == pytest.approx([0.0] * 5)
     # Tokens 2 to 4 came in one batch 100 ms after token 2 was due: 100, 80 and 60 ms late.
     late = [10.0, 10.02, 10.14, 10.14, 10.14]
     assert token_lags(late, 50.0) == pytest.approx([0.0, 0.0, 0.1, 0.08, 0.06])
-    # A late first delta that carries several tokens makes the following ones early (negative).
-    assert token_lags([5.0, 5.0, 5.0], 50.0) == pytest.approx([0.0, -0.02, -0.04])
+    # One delta that carries three tokens: the last was on time, the earlier ones 40 and 20 ms late.
+    assert token_lags([5.0, 5.0, 5.0], 50.0) == pytest.approx([0.04, 0.02, 0.0])
+    # A first token 35 ms late and the rest on time: only the first one lags.
+    assert token_lags([1.035, 1.02, 1.04], 50.0) == pytest.approx([0.035, 0.0, 0.0])
 
 
 def test_turn_lags_read_the_turns_deltas() -> None:
