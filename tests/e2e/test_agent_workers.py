@@ -87,10 +87,10 @@ async def converse(http: aiohttp.ClientSession, stack: Stack, count: int, user: 
 
 
 def _streams(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> tuple[float, float]:
-    """(CreateThread streams timed, CreateThread calls handled OK) in one scrape."""
+    """(CreateThread streams timed, streaming calls handled OK: the edge streams through `Stream`)."""
     return (
         value(samples, "switchboard_agent_stream_duration_seconds_count", operation="CreateThread"),
-        value(samples, "switchboard_grpc_server_handled_total", grpc_method="CreateThread", grpc_code="OK"),
+        value(samples, "switchboard_grpc_server_handled_total", grpc_method="Stream", grpc_code="OK"),
     )
 
 

@@ -22,13 +22,18 @@ Migrations and `engine` (administrative access, tests) use an aiosqlite engine o
 PostgreSQL store does with asyncpg.
 
 Run leases and limits work here too, through the same code path, for the processes of one machine
-sharing the file. Replicas on several machines need PostgreSQL.
+sharing the file (agent workers, replicas on one machine). Those processes queue for their
+transactions on an advisory `flock` of `<database>.lock` (see `_transaction`), handed over at once,
+rather than in SQLite's busy handler, which sleeps between attempts. Replicas on several machines
+need PostgreSQL.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import fcntl
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,6 +60,7 @@ class SqliteStore(SqlStore):
         self._pool_timeout_s = pool_timeout_s
         self._sync_engine: Engine | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._lock_fd: int | None = None
 
     @property
     def path(self) -> Path:
@@ -94,6 +100,9 @@ class SqliteStore(SqlStore):
             connect_args={"check_same_thread": False},
         )
         configure_sqlite(self._sync_engine)
+        self._lock_fd = await asyncio.get_running_loop().run_in_executor(
+            self._thread, lambda: os.open(f"{self._path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        )
         # Connect now, on the database thread: the first request should not pay for it, and a
         # file that cannot be opened should stop the start, not a request.
         await self._execute(lambda connection: None)
@@ -106,6 +115,9 @@ class SqliteStore(SqlStore):
                 await asyncio.get_running_loop().run_in_executor(self._thread, engine.dispose)
             self._thread.shutdown(wait=False)
             self._thread = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         await super().close()
 
     def pool_checked_out(self) -> int:
@@ -127,5 +139,15 @@ class SqliteStore(SqlStore):
         engine = self._sync_engine
         if engine is None:
             raise RuntimeError("the store is closed")
-        with engine.begin() as connection:
-            return body(connection)
+        lock = self._lock_fd
+        if lock is None:
+            raise RuntimeError("the store is closed")
+        # The processes of this store on the file (agent workers or replicas) queue on an advisory
+        # lock of their own, which the kernel hands over the moment it is released: waiting in
+        # SQLite's busy handler instead means sleeping 1, 2, 5 ... up to 100 ms between attempts.
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with engine.begin() as connection:
+                return body(connection)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
