@@ -45,6 +45,7 @@ from benchmarks.systems import (
     SWITCHBOARD_NO_METRICS,
     SWITCHBOARD_PG,
     SWITCHBOARD_PG_2,
+    SWITCHBOARD_WORKERS,
     SYSTEMS,
 )
 
@@ -69,6 +70,12 @@ PACKAGES: Final = (
 TARGET_CONCURRENCY: Final = 32
 HOLD_CONCURRENCY: Final = 1000
 THROUGHPUT_VS_REFERENCE: Final = 1.5
+ONE_TURN_VARIANT: Final = "create"
+"""The one-turn variant's name (`benchmarks.runner.ONE_TURN`), where the issue's targets are set."""
+CPU_VS_REFERENCE: Final = 1.0
+"""Server CPU per conversation (edge + agent, SQLite) over the reference's whole process, at most."""
+PG_VS_SQLITE: Final = 0.9
+"""One agent replica on PostgreSQL against the SQLite system, conversations per second, at least."""
 THROUGHPUT_VS_GRPC: Final = 0.8
 RSS_PER_STREAM_KIB: Final = 100.0
 UPLOAD_RATIO: Final = 0.7
@@ -359,6 +366,7 @@ def evaluate_targets(
                     f">= {THROUGHPUT_VS_GRPC}x",
                 )
             )
+    targets.extend(_cores_and_stores_targets(records))
     for system in (SWITCHBOARD, GRPC_DIRECT):
         held = [find(records, system, v, HOLD_CONCURRENCY) for v in variants]
         cells = [cell for cell in held if cell is not None]
@@ -407,6 +415,59 @@ def evaluate_targets(
     cost = cost_of_observability(records, repeats)
     targets.append(metrics_cost_target(cost))
     targets.append(limits_cost_target(cost))
+    return targets
+
+
+def _cores_and_stores_targets(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """At `TARGET_CONCURRENCY` streams, one turn: the server CPU per conversation against the
+    reference's, the throughput and p99 TTFT of the agent service in two workers against the
+    reference's, and one PostgreSQL replica against SQLite (n/a where a cell did not run)."""
+    where = f"{TARGET_CONCURRENCY} concurrent, {ONE_TURN_VARIANT}"
+    edge = find(records, SWITCHBOARD, ONE_TURN_VARIANT, TARGET_CONCURRENCY)
+    ref = find(records, REFERENCE, ONE_TURN_VARIANT, TARGET_CONCURRENCY)
+    workers = find(records, SWITCHBOARD_WORKERS, ONE_TURN_VARIANT, TARGET_CONCURRENCY)
+    pg = find(records, SWITCHBOARD_PG, ONE_TURN_VARIANT, TARGET_CONCURRENCY)
+    targets: list[dict[str, Any]] = []
+    if edge and ref:
+        ratio = edge["cpu_s_per_conversation"] / ref["cpu_s_per_conversation"]
+        targets.append(
+            _target(
+                f"server CPU per conversation vs reference ({where})",
+                ratio <= CPU_VS_REFERENCE,
+                f"{ratio:.2f}x ({1000 * edge['cpu_s_per_conversation']:.2f} vs "
+                f"{1000 * ref['cpu_s_per_conversation']:.2f} ms)",
+                f"<= {CPU_VS_REFERENCE}x",
+            )
+        )
+    if workers and ref:
+        ratio = workers["conversations_per_s"] / ref["conversations_per_s"]
+        label = LABELS[SWITCHBOARD_WORKERS]
+        targets.append(
+            _target(
+                f"throughput vs reference, {label} ({where})",
+                ratio >= THROUGHPUT_VS_REFERENCE,
+                f"{ratio:.2f}x ({_conv_s(workers)} vs {_conv_s(ref)} conv/s)",
+                f">= {THROUGHPUT_VS_REFERENCE}x",
+            )
+        )
+        targets.append(
+            _target(
+                f"p99 TTFT vs reference, {label} ({where})",
+                workers["ttft_p99_ms"] <= ref["ttft_p99_ms"],
+                f"{workers['ttft_p99_ms']:.1f} vs {ref['ttft_p99_ms']:.1f} ms",
+                "<= reference",
+            )
+        )
+    if pg and edge:
+        ratio = pg["conversations_per_s"] / edge["conversations_per_s"]
+        targets.append(
+            _target(
+                f"PostgreSQL (1 agent) vs SQLite ({where})",
+                ratio >= PG_VS_SQLITE,
+                f"{ratio:.2f}x ({_conv_s(pg)} vs {_conv_s(edge)} conv/s)",
+                f">= {PG_VS_SQLITE:.1f}x",
+            )
+        )
     return targets
 
 

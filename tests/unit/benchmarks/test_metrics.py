@@ -203,3 +203,19 @@ def test_the_docs_results_block_is_replaced_between_its_markers(tmp_path: Any) -
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
     assert not update_docs(plain, "x") and plain.read_text() == "no markers\n"
+
+
+def test_the_cpu_workers_and_postgresql_targets() -> None:
+    records = [
+        {**_record("switchboard", 32, 100.0, 300.0), "cpu_s_per_conversation": 0.0150},
+        {**_record("reference", 32, 70.0, 300.0), "cpu_s_per_conversation": 0.0140},
+        _record("switchboard-workers", 32, 106.0, 290.0),
+        _record("switchboard-pg", 32, 89.0, 400.0),
+    ]
+    targets = {t["target"]: t for t in evaluate_targets(records, None)}
+    cpu = targets["server CPU per conversation vs reference (32 concurrent, create)"]
+    assert cpu["status"] == "MISS" and cpu["value"].startswith("1.07x (15.00 vs 14.00 ms)")
+    label = "Switchboard, 2 agent workers"
+    assert targets[f"throughput vs reference, {label} (32 concurrent, create)"]["status"] == "PASS"
+    assert targets[f"p99 TTFT vs reference, {label} (32 concurrent, create)"]["status"] == "PASS"
+    assert targets["PostgreSQL (1 agent) vs SQLite (32 concurrent, create)"]["status"] == "MISS"  # 0.89x
