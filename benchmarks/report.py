@@ -339,23 +339,7 @@ def evaluate_targets(
         direct = find(records, GRPC_DIRECT, variant, TARGET_CONCURRENCY)
         where = f"{TARGET_CONCURRENCY} concurrent, {variant}"
         if edge and ref:
-            ratio = edge["conversations_per_s"] / ref["conversations_per_s"]
-            targets.append(
-                _target(
-                    f"throughput vs reference ({where})",
-                    ratio >= THROUGHPUT_VS_REFERENCE,
-                    f"{ratio:.2f}x ({_conv_s(edge)} vs {_conv_s(ref)} conv/s)",
-                    f">= {THROUGHPUT_VS_REFERENCE}x",
-                )
-            )
-            targets.append(
-                _target(
-                    f"p99 TTFT vs reference ({where})",
-                    edge["ttft_p99_ms"] <= ref["ttft_p99_ms"],
-                    f"{edge['ttft_p99_ms']:.1f} vs {ref['ttft_p99_ms']:.1f} ms",
-                    "<= reference",
-                )
-            )
+            targets += _against_reference(edge, ref, f" ({where})")
         if edge and direct:
             ratio = edge["conversations_per_s"] / direct["conversations_per_s"]
             targets.append(
@@ -418,6 +402,26 @@ def evaluate_targets(
     return targets
 
 
+def _against_reference(edge: dict[str, Any], ref: dict[str, Any], suffix: str) -> list[dict[str, Any]]:
+    """Throughput and p99 TTFT of a Switchboard cell against the reference's in the same column;
+    `suffix` ends the targets' names (" (32 concurrent, create)")."""
+    ratio = edge["conversations_per_s"] / ref["conversations_per_s"]
+    return [
+        _target(
+            f"throughput vs reference{suffix}",
+            ratio >= THROUGHPUT_VS_REFERENCE,
+            f"{ratio:.2f}x ({_conv_s(edge)} vs {_conv_s(ref)} conv/s)",
+            f">= {THROUGHPUT_VS_REFERENCE}x",
+        ),
+        _target(
+            f"p99 TTFT vs reference{suffix}",
+            edge["ttft_p99_ms"] <= ref["ttft_p99_ms"],
+            f"{edge['ttft_p99_ms']:.1f} vs {ref['ttft_p99_ms']:.1f} ms",
+            "<= reference",
+        ),
+    ]
+
+
 def _cores_and_stores_targets(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """At `TARGET_CONCURRENCY` streams, one turn: the server CPU per conversation against the
     reference's, the throughput and p99 TTFT of the agent service in two workers against the
@@ -440,24 +444,7 @@ def _cores_and_stores_targets(records: Sequence[dict[str, Any]]) -> list[dict[st
             )
         )
     if workers and ref:
-        ratio = workers["conversations_per_s"] / ref["conversations_per_s"]
-        label = LABELS[SWITCHBOARD_WORKERS]
-        targets.append(
-            _target(
-                f"throughput vs reference, {label} ({where})",
-                ratio >= THROUGHPUT_VS_REFERENCE,
-                f"{ratio:.2f}x ({_conv_s(workers)} vs {_conv_s(ref)} conv/s)",
-                f">= {THROUGHPUT_VS_REFERENCE}x",
-            )
-        )
-        targets.append(
-            _target(
-                f"p99 TTFT vs reference, {label} ({where})",
-                workers["ttft_p99_ms"] <= ref["ttft_p99_ms"],
-                f"{workers['ttft_p99_ms']:.1f} vs {ref['ttft_p99_ms']:.1f} ms",
-                "<= reference",
-            )
-        )
+        targets += _against_reference(workers, ref, f", {LABELS[SWITCHBOARD_WORKERS]} ({where})")
     if pg and edge:
         ratio = pg["conversations_per_s"] / edge["conversations_per_s"]
         targets.append(
