@@ -40,7 +40,7 @@ from hypothesis import strategies as st
 from tests.support.chatkit_wire import EVENT, parse_sse, request, user_input
 from tests.support.processes import Stack
 
-DEFAULT_EXAMPLES: typing.Final = 2000
+DEFAULT_EXAMPLES: typing.Final = 1000
 EXAMPLES: typing.Final = int(os.environ.get("SWITCHBOARD_FUZZ_EXAMPLES", DEFAULT_EXAMPLES))
 REQUEST_TIMEOUT_S: typing.Final = 30.0
 BATCH: typing.Final = 4
