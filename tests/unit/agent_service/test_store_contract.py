@@ -334,6 +334,30 @@ async def test_concurrent_acquires_across_replicas_have_one_winner(new_store: St
         assert sum(results) == 1, results
 
 
+async def test_a_fenced_write_refuses_another_threads_item_and_a_strangers_thread(store: SqlStore) -> None:
+    """The fence check and the first item are one statement on PostgreSQL: when it writes nothing,
+    the reason is told apart (another thread's item id, a thread of someone else, a lost lease)."""
+    one, two = _thread(), _thread()
+    await store.create_thread(ALICE, one)
+    await store.create_thread(ALICE, two)
+    item = _user(one.id, "x")
+    await store.add_item(ALICE, one.id, item)
+    assert await store.acquire_lease(two.id, "run-1", ttl_s=30)
+    with pytest.raises(InvalidRequest):
+        await store.write(ALICE, two.id, items=[item], fence=Fence(two.id, "run-1"))
+    with pytest.raises(NotFound):
+        await store.write(BOB, two.id, items=[_user(two.id, "y")], fence=Fence(two.id, "run-1"))
+    with pytest.raises(LeaseLost):
+        await store.write(ALICE, two.id, items=[_user(two.id, "z")], fence=Fence(two.id, "run-2"))
+    assert (await store.list_items(ALICE, two.id, limit=5, after=None, order="asc")).data == []
+    assert [i.id for i in (await store.list_items(ALICE, one.id, limit=5, after=None, order="asc")).data] == [
+        item.id
+    ]
+    kept = _user(two.id, "by run 1")
+    await store.write(ALICE, two.id, items=[kept, _user(two.id, "and more")], fence=Fence(two.id, "run-1"))
+    assert len((await store.list_items(ALICE, two.id, limit=5, after=None, order="asc")).data) == 2
+
+
 async def test_fenced_writes_need_the_lease(store: SqlStore) -> None:
     thread = _thread()
     await store.create_thread(ALICE, thread)
