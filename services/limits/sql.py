@@ -27,6 +27,7 @@ from sqlalchemy import (
     Select,
     bindparam,
     case,
+    cast,
     delete,
     func,
     literal,
@@ -36,6 +37,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.dml import ReturningInsert
 
 from services.common.auth import Principal
 from services.common.database import database_now
@@ -184,19 +186,60 @@ class LimitsSql:
 
     # ------------------------------------------------------------------ admission
 
-    def admission_state(self, *extra: ColumnElement[Any]) -> Select[Any]:
-        """One statement for what admitting a request reads: the tenant's overrides (NULLs when it
-        has none), its tokens of the day (`b_tenant`, `b_day`), then `extra` columns of the
-        caller's (the agent store adds its running-response counts)."""
-        one_row = select(literal(1).label("one")).subquery()
+    @staticmethod
+    def _tokens_of_the_day() -> ColumnElement[Any]:
         tokens = (
             select(tenant_tokens.c.tokens)
             .where(tenant_tokens.c.tenant == bindparam("b_tenant"), tenant_tokens.c.day == bindparam("b_day"))
             .scalar_subquery()
         )
+        return func.coalesce(tokens, 0)
+
+    def admission_state(self, *extra: ColumnElement[Any]) -> Select[Any]:
+        """One statement for what admitting a request reads: the tenant's overrides (NULLs when it
+        has none), its tokens of the day (`b_tenant`, `b_day`), then `extra` columns of the
+        caller's (the agent store adds its running-response counts)."""
+        one_row = select(literal(1).label("one")).subquery()
         return select(
-            *(tenant_limits.c[name] for name in NAMES), func.coalesce(tokens, 0), *extra
+            *(tenant_limits.c[name] for name in NAMES), self._tokens_of_the_day(), *extra
         ).select_from(one_row.outerjoin(tenant_limits, tenant_limits.c.tenant == bindparam("b_tenant")))
+
+    def admission_taking_request(self, *extra: ColumnElement[Any]) -> ReturningInsert[Any]:
+        """`take_request` and `admission_state(*extra)` in one statement, for deployments whose
+        default `requests_per_minute` is set (`b_rpm`, `b_burst`: the defaults): the bucket is sized
+        by the tenant's overrides where it has them, and the statement returns `admission_state`'s
+        row, or no row when the bucket is empty (nothing written).
+
+        No row also when the tenant's override lifts the rate limit (0) and the user's bucket exists
+        already: the caller then takes the two-statement path (`admission_state`,
+        `take_request_token`), which admits that request and refuses one whose bucket is empty."""
+        insert = postgresql.insert if self.dialect == "postgresql" else sqlite.insert
+        least = func.least if self.dialect == "postgresql" else func.min
+        greatest = func.greatest if self.dialect == "postgresql" else func.max
+
+        def override(name: str) -> ColumnElement[Any]:
+            return (
+                select(tenant_limits.c[name])
+                .where(tenant_limits.c.tenant == bindparam("b_tenant"))
+                .scalar_subquery()
+            )
+
+        per_minute = cast(func.coalesce(override("requests_per_minute"), bindparam("b_rpm")), Double)
+        burst = cast(func.coalesce(override("request_burst"), bindparam("b_burst")), Double)
+        size = case((burst > 0, burst), else_=per_minute)  # Limits.bucket_size
+        elapsed = self.now - rate_buckets.c.updated_at
+        refilled = least(size, rate_buckets.c.tokens + elapsed * per_minute / 60.0)
+        bucket = insert(rate_buckets).values(
+            tenant=bindparam("b_tenant"),
+            owner=bindparam("b_user"),
+            tokens=greatest(size - 1.0, 0.0),
+            updated_at=self.now,
+        )
+        return bucket.on_conflict_do_update(
+            index_elements=[rate_buckets.c.tenant, rate_buckets.c.owner],
+            set_={"tokens": refilled - 1.0, "updated_at": self.now},
+            where=refilled >= 1.0,
+        ).returning(*(override(name) for name in NAMES), self._tokens_of_the_day(), *extra)
 
     @staticmethod
     def limits_from(row: Sequence[Any], defaults: Limits) -> Limits:

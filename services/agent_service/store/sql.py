@@ -194,12 +194,14 @@ class _Statements:
         ).where(run_leases.c.tenant == bindparam("tenant"), run_leases.c.expires_at > self.now)
         # What admitting a request reads, in one statement: the limits' state and those counts.
         counted = (run_leases.c.tenant == bindparam("b_tenant")) & (run_leases.c.expires_at > self.now)
-        self.admission = LimitsSql(dialect).admission_state(
+        running_counts = (
             select(func.count()).where(counted).scalar_subquery(),
             select(func.count())
             .where(counted & (run_leases.c.owner == bindparam("b_user")))
             .scalar_subquery(),
         )
+        self.admission = LimitsSql(dialect).admission_state(*running_counts)
+        self.admission_taking_request = LimitsSql(dialect).admission_taking_request(*running_counts)
         held = (run_leases.c.thread_id == bindparam("lease_thread")) & (
             run_leases.c.holder == bindparam("lease_holder")
         )
@@ -441,17 +443,29 @@ class SqlStore(Store):
         self, connection: Connection, owner: Principal, admission: Admission | None, now: datetime
     ) -> _Admitted | None:
         """The checks before a request's changes, from one read of the limits' state: the owner's
-        request rate and, for a response, the tenant's token budget. Returns what `_take_slot`
-        needs after the lease is written (None: no limit applies)."""
+        request rate and, for a response, the tenant's token budget. With a default request rate
+        the read and the request's token are one statement; when it returns nothing (an empty
+        bucket, or an override lifting the rate), the read and `take_request_token` decide and
+        explain. Returns what `_take_slot` needs after the lease is written (None: no limit
+        applies)."""
         if admission is None or admission.limits is None:
             return None
-        row = connection.execute(
-            self._sql.admission,
-            {"b_tenant": owner.tenant, "b_user": owner.user, "b_day": now.date().isoformat()},
-        ).one()
-        limits = self._limits.limits_from(row, admission.limits)
+        defaults = admission.limits
+        params = {"b_tenant": owner.tenant, "b_user": owner.user, "b_day": now.date().isoformat()}
+        row = None
+        if defaults.requests_per_minute:
+            # The common case in one statement: the request's token taken, the state read.
+            row = connection.execute(
+                self._sql.admission_taking_request,
+                {**params, "b_rpm": defaults.requests_per_minute, "b_burst": defaults.request_burst},
+            ).first()
+        if row is None:
+            row = connection.execute(self._sql.admission, params).one()
+            limits = self._limits.limits_from(row, defaults)
+            self._limits.take_request_token(connection, owner, limits)
+        else:
+            limits = self._limits.limits_from(row, defaults)
         tokens_used, running_tenant, running_user = (int(value or 0) for value in row[-3:])
-        self._limits.take_request_token(connection, owner, limits)
         if admission.run:
             self._limits.budget_check(tokens_used, limits, now)
             if self._dialect == "postgresql" and (limits.runs_per_user or limits.runs_per_tenant):
