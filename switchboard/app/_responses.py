@@ -39,8 +39,10 @@ from openai.types.responses import (
     ResponseOutputTextAnnotationAddedEvent,
     ResponseTextDeltaEvent,
     ResponseTextDoneEvent,
+    ResponseUsage,
 )
 from openai.types.responses.response_output_text import AnnotationURLCitation
+from openai.types.responses.response_usage import InputTokensDetails, OutputTokensDetails
 
 MODEL_NAME = "switchboard-offline"
 
@@ -77,6 +79,8 @@ class ResponseStream:
     """Builds the events of one streamed response, numbering them in order."""
 
     response_id: str = field(default_factory=lambda: f"resp_{_hex()}")
+    tokens: tuple[int, int] | None = None
+    """(input, output) tokens the completed response reports as its usage; None: no usage."""
     _sequence: int = 0
 
     def _next(self) -> int:
@@ -95,6 +99,7 @@ class ResponseStream:
             tools=[],
             parallel_tool_calls=False,
             status="completed" if done else "in_progress",
+            usage=response_usage(*self.tokens) if done and self.tokens is not None else None,
         )
 
     def opening(self) -> list[TResponseStreamEvent]:
@@ -219,6 +224,16 @@ class ResponseStream:
         return ResponseCompletedEvent(
             type="response.completed", response=self.response(output, done=True), sequence_number=self._next()
         )
+
+
+def response_usage(input_tokens: int, output_tokens: int) -> ResponseUsage:
+    return ResponseUsage(
+        input_tokens=input_tokens,
+        input_tokens_details=InputTokensDetails(cached_tokens=0, cache_write_tokens=0),
+        output_tokens=output_tokens,
+        output_tokens_details=OutputTokensDetails(reasoning_tokens=0),
+        total_tokens=input_tokens + output_tokens,
+    )
 
 
 def new_message_id() -> str:

@@ -137,7 +137,8 @@ class ScriptedModel(Model):
 
     `token_delay_s` paces streamed text (a sleep before each delta, which also yields to the event
     loop at 0, so a run stays cancellable and concurrent streams interleave); override `pacer` for
-    another pace. Usage is reported as one request and no tokens.
+    another pace. Usage is reported as one request and no tokens; override `tokens` to report some
+    (what a provider's usage would say, e.g. for a budget or a benchmark that counts them).
     """
 
     def __init__(self, token_delay_s: float = 0.0) -> None:
@@ -159,6 +160,13 @@ class ScriptedModel(Model):
         sleep of `token_delay_s` before each (`FixedDelay`)."""
         return FixedDelay(self.token_delay_s)
 
+    def tokens(
+        self, instructions: str | None, input: str | list[TResponseInputItem], reply: Reply
+    ) -> tuple[int, int] | None:
+        """The (input, output) tokens a call with this input and reply reports as its usage; None
+        (the default): it reports none."""
+        return None
+
     async def get_response(
         self,
         system_instructions: str | None,
@@ -174,14 +182,19 @@ class ScriptedModel(Model):
         prompt: ResponsePromptParam | None,
     ) -> ModelResponse:
         output: TResponseOutputItem
-        match self.reply(system_instructions, input, tools, handoffs):
+        reply = self.reply(system_instructions, input, tools, handoffs)
+        match reply:
             case Call(name=name, arguments=arguments):
                 output = function_call(name, json.dumps(arguments))
             case Say(text=text) as say:
                 output = output_message(text, new_message_id(), say.annotations())
-        return ModelResponse(
-            output=[output], usage=Usage(requests=1), response_id=ResponseStream().response_id
-        )
+        tokens = self.tokens(system_instructions, input, reply)
+        usage = Usage(requests=1)
+        if tokens is not None:
+            usage = Usage(
+                requests=1, input_tokens=tokens[0], output_tokens=tokens[1], total_tokens=sum(tokens)
+            )
+        return ModelResponse(output=[output], usage=usage, response_id=ResponseStream().response_id)
 
     async def stream_response(
         self,
@@ -198,10 +211,11 @@ class ScriptedModel(Model):
         prompt: ResponsePromptParam | None,
     ) -> AsyncIterator[TResponseStreamEvent]:
         pacer = self.pacer()
-        stream = ResponseStream()
+        reply = self.reply(system_instructions, input, tools, handoffs)
+        stream = ResponseStream(tokens=self.tokens(system_instructions, input, reply))
         for event in stream.opening():
             yield event
-        match self.reply(system_instructions, input, tools, handoffs):
+        match reply:
             case Call(name=name, arguments=arguments):
                 for event in stream.function_call_events(function_call(name, json.dumps(arguments))):
                     yield event

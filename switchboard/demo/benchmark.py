@@ -7,9 +7,11 @@ provider.
 Every model call, whatever agent makes it and whatever tools or handoffs it offers, answers in text
 with exactly N deltas, one short word (one token) each (`benchmark_deltas(N)`: "lorem", " ipsum",
 " dolor"…), and no delay between them (each delta still yields to the event loop once, so a run
-stays cancellable and concurrent streams interleave as they would with a network model). No tool
-call, no handoff (the router answers directly) and no title: the numbers a load generator measures
-against a stack in this mode are the backend's own cost, not model latency.
+stays cancellable and concurrent streams interleave as they would with a network model). Every call
+reports its usage (the words of the users' messages as input tokens, N output tokens), so the stack
+counts tokens as it does with a provider. No tool call, no handoff (the router answers directly) and
+no title: the numbers a load generator measures against a stack in this mode are the backend's own
+cost, not model latency.
 
 `SWITCHBOARD_LOCAL_TOKENS_PER_S=R` (with the above; a positive number) paces the answer at R tokens
 per second instead, as a provider streams it (`TokenSchedule`): token k of a call is due k/R seconds
@@ -29,7 +31,7 @@ from typing import Final
 from agents import Handoff, Tool
 from agents.items import TResponseInputItem
 
-from switchboard.app.offline import DeltaPacer, Reply, Say, ScriptedModel
+from switchboard.app.offline import DeltaPacer, Reply, Say, ScriptedModel, user_texts
 
 REPLY_TOKENS_VARIABLE: Final = "SWITCHBOARD_LOCAL_REPLY_TOKENS"
 MAX_REPLY_TOKENS: Final = 100_000
@@ -134,3 +136,12 @@ class BenchmarkModel(ScriptedModel):
         handoffs: list[Handoff],
     ) -> Reply:
         return self._reply
+
+    def tokens(
+        self, instructions: str | None, input: str | list[TResponseInputItem], reply: Reply
+    ) -> tuple[int, int]:
+        """Usage as a provider reports it, so that the stack counts tokens (metrics, the day's
+        usage, the tenant's budget) as it does in production: the words of the users' messages in
+        the input as its tokens (a tokenizer's count stands in for nothing here), and one token per
+        delta of the answer."""
+        return sum(len(text.split()) for text in user_texts(input)), self.reply_tokens

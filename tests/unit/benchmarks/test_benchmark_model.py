@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from agents import ModelSettings, ModelTracing, OpenAIChatCompletionsModel
 from agents.items import TResponseInputItem
-from openai.types.responses import ResponseOutputMessage, ResponseTextDeltaEvent
+from openai.types.responses import ResponseCompletedEvent, ResponseOutputMessage, ResponseTextDeltaEvent
 
 from services.agent_service.agents.responder import AppResponder, create_responder
 from switchboard.app import DEFAULT_TITLE_AGENT, AppEnvironment
@@ -91,6 +91,48 @@ async def test_every_call_streams_exactly_n_deltas_whatever_is_offered(count: in
         assert isinstance(message, ResponseOutputMessage)
         assert message.content[0].text == benchmark_text(count)  # type: ignore[union-attr]
     assert model.deltas_emitted == 3 * count
+
+
+async def test_every_call_reports_its_usage_as_a_provider_would() -> None:
+    model = BenchmarkModel(12)
+    events = await _stream(model, "Where is order SO-1001?")
+    usage = events[-1].response.usage
+    assert usage is not None, "the completed response carries the usage the stack counts"
+    assert (usage.input_tokens, usage.output_tokens, usage.total_tokens) == (4, 12, 16)
+    assert all(
+        getattr(event, "response", None) is None or event.response.usage is None for event in events[:-1]
+    )
+    response = await model.get_response(
+        None,
+        [_user("one two"), _user("three")],
+        ModelSettings(),
+        [],
+        None,
+        [],
+        ModelTracing.DISABLED,
+        previous_response_id=None,
+        conversation_id=None,
+        prompt=None,
+    )
+    assert (response.usage.requests, response.usage.input_tokens, response.usage.output_tokens) == (1, 3, 12)
+    # A scripted model reports no tokens unless it says so.
+    plain = DemoModel()
+    [*_, completed] = [
+        event
+        async for event in plain.stream_response(
+            None,
+            [_user("hello")],
+            ModelSettings(),
+            [],
+            None,
+            [],
+            ModelTracing.DISABLED,
+            previous_response_id=None,
+            conversation_id=None,
+            prompt=None,
+        )
+    ]
+    assert isinstance(completed, ResponseCompletedEvent) and completed.response.usage is None
 
 
 def _environment(tmp_path: Path, delay_s: float = 0.0) -> AppEnvironment:
