@@ -6,6 +6,9 @@ connections (the agent service opens it at start and closes it after the drain).
 which tenant and what a request may ask is decided by `services.limits.admin`; this module maps
 protobuf to those checks and back.
 
+Rate: every call takes one request of the caller's `requests_per_minute` (the same bucket as its
+chat requests), before anything else; past it the call is RESOURCE_EXHAUSTED with a `retry-after`.
+
 Audit: every call that is allowed writes a row to the audit log. A change of limits writes it in the
 change's own transaction (`LimitsStore.set_limits`); a read writes it after the read succeeded and
 before the answer is sent, so no answer leaves unaudited. Refused calls write no row (a caller
@@ -26,6 +29,7 @@ from typing import Any, Final, TypeVar
 from google.protobuf.message import Message
 from grpc import aio
 
+from services.agent_service import metrics as agent_metrics
 from services.common.auth import Principal
 from services.common.grpc_auth import current_principal, current_request_id
 from services.common.grpc_server import abort_internal, abort_with
@@ -86,11 +90,14 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         tenant: str,
         call: Callable[[Principal, str], Awaitable[_Reply]],
     ) -> _Reply:
-        """The boundary of every RPC: the caller is authorized for the tenant first (a refusal is
-        logged with who asked for what), then `call(caller, tenant)` runs; domain errors become
-        their status, anything else INTERNAL with a generic message."""
+        """The boundary of every RPC: the call takes one request of the caller's rate (the bucket
+        its chat requests use; refused or not, an admin call is a request), then the caller is
+        authorized for the tenant (a refusal is logged with who asked for what), then
+        `call(caller, tenant)` runs; domain errors become their status, anything else INTERNAL with
+        a generic message."""
         caller = current_principal.get()
         try:
+            await self._store.admit_request(caller)
             try:
                 allowed = authorize(caller, tenant)
             except Forbidden as refused:
@@ -98,6 +105,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
                 raise
             return await call(caller, allowed)
         except SwitchboardError as error:
+            agent_metrics.count_refusal(error)
             await abort_with(context, error)
             raise AssertionError("unreachable") from error
         except Exception as error:

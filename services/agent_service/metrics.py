@@ -39,6 +39,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from services.common import metrics
 from services.common.metrics import DB_BUCKETS, LATENCY_BUCKETS, STREAM_BUCKETS
+from services.limits import LimitReached
 
 STREAMS_IN_FLIGHT: Final = Gauge(
     "switchboard_agent_streams_in_flight", "Streaming calls being served", multiprocess_mode="livesum"
@@ -93,6 +94,13 @@ POOL_IN_USE: Final = Gauge(
 )
 POOL_SAMPLE_S: Final = 1.0
 """With workers (multiprocess metrics), how often each worker writes its pool's use to the gauge."""
+
+
+def count_refusal(error: Exception) -> None:
+    """Count a request refused for a limit (`LIMIT_REFUSALS`, by the limit's name); any other
+    error counts nothing here."""
+    if isinstance(error, LimitReached):
+        LIMIT_REFUSALS.labels(error.limit).inc()
 
 
 class StreamMetrics:

@@ -62,7 +62,7 @@ from services.common.grpc_server import server_options as common_server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
 from services.common.logs import current_operation
-from services.limits import LimitReached, Limits, LimitsStore
+from services.limits import Limits, LimitsStore
 from switchboard.app import Caller, InvalidRequest, SwitchboardError
 from switchboard.v1 import admin_pb2_grpc, chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
@@ -178,8 +178,7 @@ def event_to_proto(event: ThreadStreamEvent) -> events_pb2.ThreadStreamEvent:
 
 async def _refuse(context: Context, error: SwitchboardError) -> None:
     """`abort_with`, counting a refusal for a limit by the limit's name."""
-    if isinstance(error, LimitReached):
-        agent_metrics.LIMIT_REFUSALS.labels(error.limit).inc()
+    agent_metrics.count_refusal(error)
     await abort_with(context, error)
 
 

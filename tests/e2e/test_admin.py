@@ -27,8 +27,10 @@ from switchboard.v1 import admin_pb2, admin_pb2_grpc, chat_pb2, chat_pb2_grpc, t
 from tests.fakes.openai_server import USAGE, FakeOpenAI, fake_openai_server
 from tests.support.postgres import shared_postgres
 from tests.support.processes import ROOT, Stack, running_stack
+from tests.support.prometheus import scrape, value
 
 ADMIN_SERVICE = "switchboard.v1.AdminService"
+REFUSALS = "switchboard_agent_limit_refusals_total"
 MODEL = "gpt-4.1-mini"
 DEFAULTS = {
     # The suite's environment (tests/support/processes.py) turns the rate and run limits off; the
@@ -266,6 +268,43 @@ async def test_set_limits_shows_in_get_limits_and_the_audit_log_has_the_change(
             {"before": {"tokens_per_day": 0}, "after": {}, "reset": True, "via": "grpc"},
         )
     ]
+
+
+async def test_admin_calls_take_the_callers_request_rate(
+    admin_stack: tuple[Stack, FakeOpenAI], admin: admin_pb2_grpc.AdminServiceStub
+) -> None:
+    stack, _ = admin_stack
+    root = _as(stack, "ops", "root", "platform-admin")
+    await admin.SetLimits(
+        admin_pb2.SetLimitsRequest(
+            tenant="vandelay", values=admin_pb2.Limits(requests_per_minute=6, request_burst=2)
+        ),
+        metadata=root,
+    )
+    art = _as(stack, "vandelay", "art", "admin")
+    for _ in range(2):
+        await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="vandelay"), metadata=art)
+    before = await admin.ListAuditLog(admin_pb2.ListAuditLogRequest(tenant="vandelay"), metadata=root)
+    metrics_url = stack.metrics_url(stack.agents()[0].name)
+    refusals = value(scrape(metrics_url), REFUSALS, limit="requests_per_minute")
+    with pytest.raises(aio.AioRpcError) as refused:
+        await admin.GetLimits(admin_pb2.GetLimitsRequest(tenant="vandelay"), metadata=art)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "requests_per_minute" in (refused.value.details() or "")
+    trailing = dict(refused.value.trailing_metadata() or ())
+    assert 1 <= int(trailing["retry-after"]) <= 10, "one request every 10 s"
+    # A caller without the role spends its own requests too, before it is refused for the role.
+    user = _as(stack, "vandelay", "kramer", "user")
+    codes = [
+        await _status(admin.GetUsage(admin_pb2.GetUsageRequest(tenant="vandelay"), metadata=user))
+        for _ in range(3)
+    ]
+    assert codes == [grpc.StatusCode.PERMISSION_DENIED] * 2 + [grpc.StatusCode.RESOURCE_EXHAUSTED]
+    assert value(scrape(metrics_url), REFUSALS, limit="requests_per_minute") == refusals + 2
+    # The refused calls wrote nothing to the audit log (the platform admin's tenant is not limited).
+    after = await admin.ListAuditLog(admin_pb2.ListAuditLogRequest(tenant="vandelay"), metadata=root)
+    assert _entries(after)[1:] == _entries(before)
+    assert _entries(after)[0][0] == "audit.read"
 
 
 async def test_usage_after_a_conversation_is_exact_over_grpc_and_in_the_cli(
