@@ -126,7 +126,8 @@ def balanced_order(k: int) -> tuple[int, ...]:
     (Williams). Round r adds r to every entry (mod k), so every k consecutive rounds put each system
     once in each position; for an even `k` each system also follows every other exactly once within
     the rounds (with the plain rotation 0, 1, 2, ... the same system would always follow the same
-    one, e.g. the tracing stack, whose exporter still flushes after its cell)."""
+    one, e.g. the tracing stack, whose batch exporter may still be sending spans when its cell
+    ends)."""
     order, low, high = [0], 1, k - 1
     while len(order) < k:
         if len(order) % 2:
