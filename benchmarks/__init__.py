@@ -1,8 +1,10 @@
 """Switchboard's benchmarks: one load generator against eight systems on this machine.
 
 - `switchboard`: the product through its edge (edge + agent service, SQLite store), ChatKit SSE;
-- `switchboard-no-metrics` / `switchboard-tracing`: the same stack with metrics off, and with metrics
-  and traces on (exported to a local OTLP sink): what observability costs at 32 streams;
+- `switchboard-no-metrics` / `switchboard-tracing` / `switchboard-no-limits`: the same stack with
+  metrics off, with metrics and traces on (exported to a local OTLP sink), with limits off: what
+  observability and limits cost at 32 streams, measured in a cost phase of their own (fresh stacks,
+  `switchboard` among them, rounds in a Latin square);
 - `switchboard-pg` / `switchboard-pg-2`: the same through the edge, on PostgreSQL, with one and with
   two agent replicas behind the edge (round robin); the PostgreSQL server (postmaster and backends)
   counts as part of their cost. They run the one-turn variant at 32 and 256 streams;

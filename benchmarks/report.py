@@ -6,11 +6,13 @@ replicas can only scale when each has a core of its own besides the edge, Postgr
 generator, so below `SCALE_OUT_MIN_CPUS` CPUs it reports INFO with the machine's CPU count instead
 of PASS or MISS.
 
-The cost of observability compares `switchboard` (metrics on, the default) and its variants
-(`benchmarks.systems.STACK_VARIANTS`) with `switchboard-no-metrics` at `COST_CONCURRENCY` streams,
-one turn: each system's medians over its interleaved rounds (`cost_of_observability`). Metrics may
-cost at most `METRICS_COST_PCT` % of the conversations per second; the cost of tracing is stated,
-not judged.
+The cost of observability compares `switchboard` (metrics and every limit on, the default) and its
+compared variants (`benchmarks.systems.OBSERVED`) with `switchboard-no-metrics` at
+`COST_CONCURRENCY` streams, one turn, from the cells of the cost phase alone (`COST_PHASE`: fresh
+stacks of their own, rounds in a balanced order; `benchmarks.runner.Plan.cost_schedule`): each
+system's medians over its rounds, and its differences paired by round (`cost_of_observability`).
+Metrics may cost at most `METRICS_COST_PCT` % of the conversations per second, limits at most
+`LIMITS_COST_PCT` %; the cost of tracing is stated, not judged.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from importlib import metadata
@@ -88,6 +91,9 @@ replica's throughput is bound by it), and the edge, PostgreSQL and the load gene
 one more between them."""
 SCALE_OUT_TARGET: Final = f"two replicas vs one (PostgreSQL, {SCALE_OUT_CONCURRENCY} concurrent)"
 COST_CONCURRENCY: Final = TARGET_CONCURRENCY
+COST_PHASE: Final = "cost"
+"""The `phase` of the cost phase's records (`results["cost"]`): the only cells the cost of
+observability reads."""
 COST_BASELINE: Final = SWITCHBOARD_NO_METRICS
 """The run without metrics, which the cost of observability is measured against."""
 METRICS_COST_PCT: Final = 5.0
@@ -203,24 +209,26 @@ def _median(values: Iterable[float | None]) -> float | None:
 
 
 def cost_of_observability(
-    records: Sequence[dict[str, Any]],
-    repeats: Sequence[dict[str, Any]] = (),
-    traces: dict[str, dict[str, Any]] | None = None,
+    cost: Sequence[dict[str, Any]], traces: dict[str, dict[str, Any]] | None = None
 ) -> dict[str, Any] | None:
-    """`switchboard` and its variants at `COST_CONCURRENCY` streams, one turn: per system, the
-    medians over its rounds (its cell in `records`, its cells in `repeats`) of conversations per
-    second, server CPU per conversation and TTFT; its difference from `COST_BASELINE`; the spans its
-    OTLP sink received per turn (`traces`). None when fewer than two of them ran there.
+    """`switchboard` and its compared variants at `COST_CONCURRENCY` streams, one turn, from the
+    cost phase's cells (`cost`; a record whose `phase` is not `COST_PHASE`, a burst-phase cell or
+    one of an older run's, is left out): per system, the medians over its rounds of conversations
+    per second, server CPU per conversation and TTFT; its difference from `COST_BASELINE`; the
+    spans its OTLP sink received per turn (`traces`). None when fewer than two of them ran there.
 
     The difference is paired: in each round the systems' cells run back to back, so each round
-    gives one difference (conv/s in %, CPU in ms) from the baseline's cell of the same round, and the
-    row takes their median. A shared machine drifts from round to round (other work comes and goes)
-    more than it does within one; pairing leaves that drift out."""
+    gives one difference (conv/s in %, CPU in ms) from the baseline's cell of the same round number,
+    and the row takes their median. A shared machine drifts from round to round (other work comes
+    and goes) more than it does within one; pairing leaves that drift out, and the balanced order
+    of the positions (`balanced`: each system equally often in each position) the drift within a
+    round."""
     compared = [COST_BASELINE, *OBSERVED]
     cells: dict[str, list[dict[str, Any]]] = {}
-    for cell in (*records, *repeats):
+    for cell in cost:
         if (
-            cell["concurrency"] == COST_CONCURRENCY
+            cell.get("phase") == COST_PHASE
+            and cell["concurrency"] == COST_CONCURRENCY
             and cell["variant"] == "create"
             and cell["system"] in compared
         ):
@@ -230,10 +238,10 @@ def cost_of_observability(
     rows: list[dict[str, Any]] = []
     by_round: dict[str, dict[int, dict[str, Any]]] = {}
     for system in dict.fromkeys(compared):
-        ran = sorted(cells.get(system, ()), key=lambda cell: cell.get("round", 1))
+        ran = sorted(cells.get(system, ()), key=lambda cell: cell["round"])
         if not ran:
             continue
-        by_round[system] = {cell.get("round", 1): cell for cell in ran}
+        by_round[system] = {cell["round"]: cell for cell in ran}
         cpu = _median(cell["cpu_s_per_conversation"] for cell in ran)
         rows.append(
             {
@@ -244,6 +252,8 @@ def cost_of_observability(
                 "errors": sum(cell["errors"] for cell in ran),
                 "conversations_per_s": _median(cell["conversations_per_s"] for cell in ran),
                 "conversations_per_s_by_round": [cell["conversations_per_s"] for cell in ran],
+                "round_numbers": [cell["round"] for cell in ran],
+                "positions_by_round": [cell.get("position") for cell in ran],
                 "cpu_ms_per_conversation": None if cpu is None else cpu * 1000,
                 "ttft_p50_ms": _median(cell["ttft_p50_ms"] for cell in ran),
                 "ttft_p99_ms": _median(cell["ttft_p99_ms"] for cell in ran),
@@ -274,9 +284,23 @@ def cost_of_observability(
         "concurrency": COST_CONCURRENCY,
         "variant": "create",
         "baseline": COST_BASELINE,
+        "balanced": _balanced(rows),
         "rows": rows,
         "traces": traces or {},
     }
+
+
+def _balanced(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether every system of the rows ran equally often in each position 1..k (k: the number of
+    systems), and in the same rounds."""
+    k = len(rows)
+    counts = [Counter(row["positions_by_round"]) for row in rows]
+    each = rows[0]["rounds"] // k if rows else 0
+    return (
+        each > 0
+        and len({tuple(row["round_numbers"]) for row in rows}) == 1
+        and all(count == Counter({position: each for position in range(1, k + 1)}) for count in counts)
+    )
 
 
 def _cost_row(cost: dict[str, Any] | None, system: str) -> dict[str, Any] | None:
@@ -302,14 +326,14 @@ def metrics_cost_target(cost: dict[str, Any] | None) -> dict[str, Any]:
 
 def limits_cost_target(cost: dict[str, Any] | None) -> dict[str, Any]:
     """`switchboard` (every limit checked) against `switchboard-no-limits`: at most
-    `LIMITS_COST_PCT` % fewer conversations per second, the median of the rounds' paired
-    differences (both rows' rounds run back to back); n/a when either did not run."""
+    `LIMITS_COST_PCT` % fewer conversations per second, the median of the paired differences of
+    the rounds both ran (by round number); n/a when either did not run."""
     requirement = f">= -{LIMITS_COST_PCT:.0f} % conv/s vs {SWITCHBOARD_NO_LIMITS}"
     row, base = _cost_row(cost, SWITCHBOARD), _cost_row(cost, SWITCHBOARD_NO_LIMITS)
     if row is None or base is None:
         return _target(LIMITS_COST_TARGET, None, "-", requirement)
-    pairs = list(zip(row["conversations_per_s_by_round"], base["conversations_per_s_by_round"], strict=False))
-    differences = [100 * (on / off - 1) for on, off in pairs if off]
+    on, off = _by_round(row), _by_round(base)
+    differences = [100 * (on[number] / off[number] - 1) for number in on if off.get(number)]
     median = _median(differences)
     if median is None:
         return _target(LIMITS_COST_TARGET, None, "-", requirement)
@@ -321,16 +345,24 @@ def limits_cost_target(cost: dict[str, Any] | None) -> dict[str, Any]:
     return _target(LIMITS_COST_TARGET, median >= -LIMITS_COST_PCT, value, requirement)
 
 
+def _by_round(row: dict[str, Any]) -> dict[int, float]:
+    """A cost row's conversations per second by round number (rows of older results, without
+    `round_numbers`, count their rounds from 1)."""
+    values = row["conversations_per_s_by_round"]
+    return dict(zip(row.get("round_numbers") or range(1, len(values) + 1), values, strict=True))
+
+
 def evaluate_targets(
     records: Sequence[dict[str, Any]],
     upload: dict[str, Any] | None,
     cpus: int | None = None,
     *,
-    repeats: Sequence[dict[str, Any]] = (),
+    cost: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Every target of the issue, PASS / MISS (n/a when its cell was not run; the scale-out target
-    is INFO on a machine with fewer than `SCALE_OUT_MIN_CPUS` CPUs, `cpus`). `repeats` are the
-    later rounds of the cost comparison (`cost_of_observability`)."""
+    is INFO on a machine with fewer than `SCALE_OUT_MIN_CPUS` CPUs, `cpus`). `records` are the
+    burst phase's cells, `cost` the cost phase's (`cost_of_observability`: the metrics and limits
+    targets read those alone, n/a without them)."""
     targets: list[dict[str, Any]] = []
     variants = sorted({r["variant"] for r in records}, key=lambda v: (len(v), v))
     for variant in variants:
@@ -396,9 +428,9 @@ def evaluate_targets(
             )
         )
     targets.append(scale_out_target(records, cpus))
-    cost = cost_of_observability(records, repeats)
-    targets.append(metrics_cost_target(cost))
-    targets.append(limits_cost_target(cost))
+    observability = cost_of_observability(cost)
+    targets.append(metrics_cost_target(observability))
+    targets.append(limits_cost_target(observability))
     return targets
 
 
@@ -467,17 +499,18 @@ def assemble(
     *,
     plan: dict[str, Any],
     wall_s: float,
-    repeats: list[dict[str, Any]] | None = None,
+    cost: list[dict[str, Any]] | None = None,
     traces: dict[str, dict[str, Any]] | None = None,
     paced: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The results: `records` (one cell per system, concurrency and variant: the first round),
-    `repeats` (the later rounds of the cost comparison), `traces` (what each traced variant's OTLP
-    sink received), the cost of observability, the paced scenario (`paced_report.summary`, None when
-    it did not run) and the targets (the paced scenario's last)."""
+    """The results: `records` (the burst phase: one cell per system, concurrency and variant),
+    `cost` (the cost phase: one cell per compared system and round, each with its `round` and
+    `position`), `traces` (what each traced variant's OTLP sink received), the cost of
+    observability (from `cost` alone), the paced scenario (`paced_report.summary`, None when it did
+    not run) and the targets (the paced scenario's last)."""
     about = machine()
-    repeats = repeats or []
-    targets = evaluate_targets(records, upload, about["cpus"], repeats=repeats)
+    cost = cost or []
+    targets = evaluate_targets(records, upload, about["cpus"], cost=cost)
     if paced is not None:
         targets += paced_report.targets(paced)
     return {
@@ -488,10 +521,10 @@ def assemble(
         "plan": plan,
         "systems": {name: LABELS[name] for name in SYSTEMS},
         "records": records,
-        "repeats": repeats,
+        "cost": cost,
         "upload": upload,
         "traces": traces or {},
-        "observability_cost": cost_of_observability(records, repeats, traces),
+        "observability_cost": cost_of_observability(cost, traces),
         "paced": paced,
         "targets": targets,
     }
@@ -506,7 +539,10 @@ def _ms(value: float | None) -> str:
 
 
 def progress_line(record: dict[str, Any], elapsed_s: float) -> str:
-    round_note = f" round {record['round']}" if record.get("round", 1) > 1 else ""
+    """A cell's figures as it ends (a cost-phase cell's with its round and position)."""
+    round_note = ""
+    if record.get("phase") == COST_PHASE:
+        round_note = f" cost round {record['round']} position {record['position']}"
     return (
         f"{record['system']:<22} {record['variant']:<10} c={record['concurrency']:<5}{round_note} "
         f"{record['conversations_per_s']:7.1f} conv/s  ttft p50 {_ms(record['ttft_p50_ms'])} "
@@ -562,12 +598,22 @@ def _number(value: float | None, digits: int = 1) -> str:
 
 
 def cost_heading(cost: dict[str, Any]) -> str:
-    """What the cost table shows (Markdown; `cost_table` drops the backquotes)."""
+    """What the cost table shows (Markdown; `cost_table` drops the backquotes). Results of runs
+    before the cost phase (no `balanced`) read as they did."""
     rounds = max(row["rounds"] for row in cost["rows"])
+    plural = "s" * (rounds != 1)
+    if "balanced" not in cost:
+        how = f"medians of {rounds} interleaved round{plural}"
+    else:
+        how = f"on fresh stacks of their own (the cost phase), medians of {rounds} round{plural}"
+        each = rounds // len(cost["rows"])
+        if cost["balanced"]:
+            how += f", each system {'once' if each == 1 else f'{each} times'} in each position"
+        else:
+            how += ", positions not balanced"
     return (
-        f"`{SWITCHBOARD}` and its variants at {cost['concurrency']} streams, one turn, medians of "
-        f"{rounds} interleaved round{'s' * (rounds != 1)}; the differences from `{cost['baseline']}` "
-        "are the medians of each round's difference"
+        f"`{SWITCHBOARD}` and its variants at {cost['concurrency']} streams, one turn, {how}; the "
+        f"differences from `{cost['baseline']}` are the medians of each round's difference"
     )
 
 
@@ -592,7 +638,8 @@ def cost_summary(cost: dict[str, Any]) -> list[str]:
         if trace and trace.get("spans") is not None:
             text += (
                 f"; its OTLP sink received {trace['spans']} spans in {trace['requests']} requests over "
-                f"the run, {_number(trace['spans_per_turn'])} per turn served, and used "
+                f"its stack's life, {_number(trace['spans_per_turn'])} per turn served (warm-up "
+                "included), and used "
                 f"{_number(trace['sink_cpu_ms_per_turn'], 2)} ms of CPU per turn itself (not counted above)"
             )
         lines.append(text + ".")

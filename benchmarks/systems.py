@@ -62,8 +62,9 @@ class StackVariant:
     """The variant gets an OTLP sink of its own, and its services export their traces to it
     (`OTEL_EXPORTER_OTLP_ENDPOINT`)."""
     observability: bool = False
-    """Part of the cost of observability: it runs the extra rounds at 32 streams with `switchboard`,
-    and has a row in the report's cost section (`OBSERVED`)."""
+    """Part of the cost of observability (`OBSERVED`): it runs in the cost phase with `switchboard`
+    (stacks of their own, started for it) instead of the burst phase, and has a row in the report's
+    cost section."""
 
 
 METRICS_OFF_ENV: Final = {"SWITCHBOARD_METRICS_ENABLED": "false"}

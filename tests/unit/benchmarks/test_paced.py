@@ -220,7 +220,7 @@ def test_the_command_line_runs_the_paced_phase_by_default_and_can_run_it_alone()
     more = _args("--paced-n", "100,250,500,1000,2000")
     assert more.paced is not None and more.paced.ns == (100, 250, 500, 1000, 2000)
     alone = _args("--paced-only", "--system", REFERENCE, "--paced-n", "50")
-    assert not alone.burst and alone.systems == (REFERENCE,)
+    assert not alone.burst and not alone.cost and alone.systems == (REFERENCE,)
     assert alone.paced is not None and alone.paced.ns == (50,)
     assert paced_systems(alone.systems, alone.paced) == (REFERENCE,)
     with pytest.raises(SystemExit, match="contradict"):
@@ -491,7 +491,7 @@ def test_a_run_of_the_paced_phase_alone_writes_its_results(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     tiny = PacedPlan(ns=(2, 4), reply_tokens=10, tokens_per_s=100.0, warmup=2)
-    plan = replace(Plan.quick(64), burst=False, paced=tiny)
+    plan = replace(Plan.quick(64), burst=False, cost=False, paced=tiny)
     results = run(plan, tmp_path)
     assert results["records"] == [] and results["upload"] is None
     paced = results["paced"]
