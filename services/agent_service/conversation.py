@@ -87,7 +87,7 @@ from services.agent_service.turn import ActionRequest, Responder, Turn
 from services.common.auth import Principal
 from services.common.errors import invalid
 from services.common.ids import new_id
-from services.limits import Admission, Limits, UsageMeter
+from services.limits import Admission, Limits, UsageDelta, UsageMeter
 from switchboard.app import PreconditionFailed, SwitchboardError
 from switchboard.app._context import ImageStore
 
@@ -264,10 +264,20 @@ class Conversation:
         self._lease_wait_s = lease_wait_s
         self._limits = limits
 
-    async def admit(self, owner: Principal) -> None:
-        """A request that starts no response: one request of the owner's rate (`LimitReached`)."""
+    async def admit(self, owner: Principal, *, budget: bool = False) -> None:
+        """A request that starts no response: one request of the owner's rate (`LimitReached`).
+        `budget`: the request spends model tokens (dictation through the provider), so it is also
+        refused once the tenant's `tokens_per_day` is used up, in the same transaction."""
         if self._limits is not None:
-            await self._store.admit(owner, Admission(self._limits))
+            await self._store.admit(owner, Admission(self._limits, budget=budget))
+
+    async def record_usage(self, owner: Principal, usage: UsageDelta | None) -> None:
+        """Usage of a request that stores nothing else (dictation's model tokens), added in a
+        transaction of its own (to the tenant's tokens of the day too, which the budget reads).
+        Shielded: the provider has spent the tokens, a caller that hangs up meanwhile does not undo
+        that. Nothing is written for no usage; a failure is raised (the caller decides)."""
+        if usage:
+            await shielded(self._store.record_usage(owner, usage))
 
     def _lease(self, thread_id: str) -> RunLease:
         return RunLease(self._store, thread_id, ttl_s=self._lease_ttl_s, wait_s=self._lease_wait_s)

@@ -8,7 +8,9 @@ Streams (labels: `operation`, the streaming operation by its per-event RPC's nam
   and text deltas sent (counted per stream, added once at its end: nothing per delta but an int)
 
 Models and agents (from the Agents SDK's stream: every `response.completed` is one model call with
-the usage the provider reported; the run items `tool_called` and `handoff_occured`):
+the usage the provider reported; the run items `tool_called` and `handoff_occured`; and every
+dictation the provider transcribed, under the transcription model, with the tokens it reported:
+none when it reported only the audio's duration):
 - `switchboard_model_calls_total{provider, model}`
 - `switchboard_model_tokens_total{provider, model, direction="input"|"output"}`
 - `switchboard_agent_tool_calls_total{tool}`, `switchboard_agent_handoffs_total{agent}` (the target)

@@ -51,7 +51,7 @@ from services.agent_service.conversation import Conversation
 from services.agent_service.ready import NOT_READY, Ready
 from services.agent_service.store import SchemaError, Store, create_store, database_url, drain_shielded
 from services.agent_service.store.migrate import redacted
-from services.agent_service.transcription import Transcriber
+from services.agent_service.transcription import ProviderUsage, Transcriber
 from services.agent_service.turn import Responder
 from services.common import codec, grpc_metrics, metrics, tracing
 from services.common.auth import Principal
@@ -62,7 +62,7 @@ from services.common.grpc_server import server_options as common_server_options
 from services.common.grpc_tls import bind
 from services.common.identity import build_verifier
 from services.common.logs import current_operation
-from services.limits import Limits, LimitsStore
+from services.limits import Limits, LimitsStore, UsageMeter
 from switchboard.app import Caller, InvalidRequest, SwitchboardError
 from switchboard.v1 import admin_pb2_grpc, chat_pb2, chat_pb2_grpc, events_pb2, thread_pb2
 
@@ -186,6 +186,8 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
     def __init__(self, conversation: Conversation, transcriber: Transcriber | None = None) -> None:
         self._conversation = conversation
         self._transcriber = transcriber or Transcriber()
+        self._transcription_calls = agent_metrics.ModelUsage(self._transcriber.provider)
+        """The model metrics of dictation's provider calls (the provider's label, as the chat's)."""
         self._metrics = {name: agent_metrics.StreamMetrics(name) for name in STREAMING_METHODS}
         """The streaming methods' metric children, bound once (services/agent_service/metrics.py)."""
         self._count_text = metrics.enabled()
@@ -484,11 +486,48 @@ class ChatService(chat_pb2_grpc.ChatServiceServicer):
         caller = Caller(tenant=owner.tenant, user=owner.user, role=owner.role, locale=locale)
 
         async def call() -> chat_pb2.TranscribeResponse:
-            await self._conversation.admit(owner)
-            text = await self._transcriber.transcribe(request.audio, request.mime_type, caller)
-            return chat_pb2.TranscribeResponse(text=text)
+            transcriber = self._transcriber
+            # Through the provider, dictation spends tokens: refused like a turn once the tenant's
+            # budget of the day is used up (the request's token and that check in one transaction).
+            await self._conversation.admit(owner, budget=transcriber.spends_tokens)
+            transcript = await transcriber.transcribe(request.audio, request.mime_type, caller)
+            if transcript.usage is not None:
+                await self._count_transcription(owner, transcript.usage)
+            return chat_pb2.TranscribeResponse(text=transcript.text)
 
         return await self._unary(context, call)
+
+    async def _count_transcription(self, owner: Principal, usage: ProviderUsage) -> None:
+        """A provider's transcription as a model call: in the model metrics, and its tokens in the
+        caller's usage of the day under the transcription model's name (which adds them to the
+        tenant's tokens of the day, what the budget reads). A usage that reports only the audio's
+        duration (whisper-1), or nothing, counts the call and no tokens."""
+        self._transcription_calls.record(
+            usage.model, requests=1, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens
+        )
+        meter = UsageMeter()
+        meter.model_call(usage.model, usage.input_tokens, usage.output_tokens)
+        counted = meter.take()
+        if counted is None:
+            return
+        try:
+            await self._conversation.record_usage(owner, counted)
+        except Exception as error:
+            # A trade-off: the provider has answered and spent the tokens, and the user is waiting
+            # for the text. Failing the call now would lose the transcript and not give the tokens
+            # back, so the failure is logged and the text answered; the accounting and the tenant's
+            # budget then miss this recording's tokens (they err low). docs/limits.md says so.
+            log.warning(
+                "the usage of a transcription (%s: %d input + %d output tokens) of %s/%s "
+                "was not recorded: %s: %s",
+                usage.model,
+                usage.input_tokens,
+                usage.output_tokens,
+                owner.tenant,
+                owner.user,
+                type(error).__name__,
+                error,
+            )
 
 
 _OPERATIONS: Final[dict[str, tuple[str, Callable[[ChatService, Any], AsyncIterator[ThreadStreamEvent]]]]] = {

@@ -20,8 +20,14 @@ the reply, or for streams in a last chunk without choices when the request asks 
 `stream_options.include_usage`, as OpenAI does.
 
 Transcriptions are recorded in `transcriptions` (model, file name, content type, bytes) and answer
-`{"text": "heard <n> bytes of <content type>"}`; audio that starts with `REFUSE` gets OpenAI's 400
-error body (bad audio), audio that starts with `FAIL` a 500.
+`{"text": "heard <n> bytes of <content type>", "usage": ...}`; audio that starts with `REFUSE` gets
+OpenAI's 400 error body (bad audio), audio that starts with `FAIL` a 500. The usage is what
+`transcription_usage` says (`transcription_usage_of` computes it), as OpenAI's `Transcription.usage`:
+- "tokens" (the default, as gpt-4o-transcribe models report it): `{"type": "tokens",
+  "input_tokens": <bytes> // 100 + 1, "output_tokens": <words of the text>, "total_tokens": ...}`,
+  so `n` bytes of audio cost `n // 100 + 1 + 5` tokens (the text has 5 words);
+- "duration" (as whisper-1 reports it): `{"type": "duration", "seconds": <bytes> / 1000}`;
+- "none": no `usage` at all (as some compatible servers answer).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import secrets
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import BodyPartReader, web
 
@@ -58,6 +64,8 @@ class FakeOpenAI:
     transcriptions: list[Transcription] = field(default_factory=list)
     word_delay_s: float = 0.0
     """A pause before each streamed word (tests that need a turn to last set it)."""
+    transcription_usage: Literal["tokens", "duration", "none"] = "tokens"
+    """The kind of usage transcriptions report (module docstring)."""
 
     def system_prompts(self) -> list[str]:
         return [
@@ -72,6 +80,29 @@ class FakeOpenAI:
 
 
 _FAKE = web.AppKey("fake", FakeOpenAI)
+
+
+def transcription_text(data: bytes, content_type: str) -> str:
+    """What the fake hears in a recording."""
+    return f"heard {len(data)} bytes of {content_type}"
+
+
+def transcription_usage_of(
+    data: bytes, content_type: str, kind: Literal["tokens", "duration", "none"] = "tokens"
+) -> dict[str, Any] | None:
+    """The `usage` the fake reports for a recording (module docstring)."""
+    if kind == "tokens":
+        input_tokens = len(data) // 100 + 1
+        output_tokens = len(transcription_text(data, content_type).split())
+        return {
+            "type": "tokens",
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        }
+    if kind == "duration":
+        return {"type": "duration", "seconds": len(data) / 1000}
+    return None
 
 
 def _text(content: Any) -> str:
@@ -198,12 +229,17 @@ async def _transcriptions(request: web.Request) -> web.Response:
     if audio is None or "model" not in fields:
         return _openai_error(400, "file and model are required")
     filename, content_type, data = audio
-    request.app[_FAKE].transcriptions.append(Transcription(fields["model"], filename, content_type, data))
+    fake = request.app[_FAKE]
+    fake.transcriptions.append(Transcription(fields["model"], filename, content_type, data))
     if data.startswith(b"REFUSE"):
         return _openai_error(400, "Audio file might be corrupted or unsupported")
     if data.startswith(b"FAIL"):
         return _openai_error(500, "The server had an error while processing your request")
-    return web.json_response({"text": f"heard {len(data)} bytes of {content_type}"})
+    answer: dict[str, Any] = {"text": transcription_text(data, content_type)}
+    usage = transcription_usage_of(data, content_type, fake.transcription_usage)
+    if usage is not None:
+        answer["usage"] = usage
+    return web.json_response(answer)
 
 
 def _openai_error(status: int, message: str) -> web.Response:

@@ -288,7 +288,9 @@ class AppResponder:
         tool calls, handoffs): not with metrics off."""
         self.attachment_limits = AttachmentLimits()
         """What one turn may put into the model input from attachments (`attachment_input.py`)."""
-        self.transcriber = transcriber or Transcriber(models.client, app_transcribe=app.transcribe)
+        self.transcriber = transcriber or Transcriber(
+            models.client, app_transcribe=app.transcribe, provider=models.provider
+        )
         """Dictation: the app's own `transcribe`, else the provider's (same client), else offline."""
 
     async def aclose(self) -> None:
@@ -486,6 +488,7 @@ async def create_responder(settings: Settings, app: App[Any] | None = None) -> A
         models.client,
         app_transcribe=app.transcribe,
         model=settings.transcribe_model,
+        provider=models.provider,
         max_bytes=settings.transcribe_max_bytes,
         timeout_s=settings.transcribe_timeout_s,
     )

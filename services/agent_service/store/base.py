@@ -34,7 +34,8 @@ Limits (`services/limits/`) are checked where a request starts: `admit` for a re
 no response, and inside `start_thread` / `lease_thread` for one that does, where the run's slot is
 its lease row (counted by tenant and owner), so a refused request leaves nothing behind and a
 crashed replica's slots expire with its leases. Usage is added by the writes that store what
-produced it (`usage=`), so it commits or rolls back with them.
+produced it (`usage=`), so it commits or rolls back with them; usage of a request that stores
+nothing (dictation's model tokens) is added by `record_usage`, in a transaction of its own.
 
 Infrastructure failures (database down, pool exhausted, statement timeout) surface as
 `Unavailable` (or `TimedOut`), which the gRPC boundary answers UNAVAILABLE (DEADLINE_EXCEEDED) and
@@ -249,7 +250,15 @@ class Store(ABC):
     @abstractmethod
     async def admit(self, owner: Principal, admission: Admission) -> None:
         """Check (and take) what a request that starts no response costs: one request of the owner's
-        rate, and `admission.record` counted, in ONE transaction; `LimitReached` changes nothing."""
+        rate, and `admission.record` counted, in ONE transaction; `LimitReached` changes nothing.
+        With `admission.budget` (a request that spends model tokens, such as dictation through the
+        provider) a tenant whose `tokens_per_day` is used up is refused too."""
+
+    @abstractmethod
+    async def record_usage(self, owner: Principal, usage: UsageDelta) -> None:
+        """Add `usage` to the owner's accounting of the day (model tokens to the tenant's tokens of
+        the day too, which the budget reads), in ONE transaction of its own: for usage produced by
+        a request that stores nothing else (dictation). An empty `usage` writes nothing."""
 
     # Run leases
     @abstractmethod

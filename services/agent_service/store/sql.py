@@ -443,11 +443,11 @@ class SqlStore(Store):
         self, connection: Connection, owner: Principal, admission: Admission | None, now: datetime
     ) -> _Admitted | None:
         """The checks before a request's changes, from one read of the limits' state: the owner's
-        request rate and, for a response, the tenant's token budget. With a default request rate
-        the read and the request's token are one statement; when it returns nothing (an empty
-        bucket, or an override lifting the rate), the read and `take_request_token` decide and
-        explain. Returns what `_take_slot` needs after the lease is written (None: no limit
-        applies)."""
+        request rate and, for a response or a request that spends tokens
+        (`Admission.checks_budget`), the tenant's token budget. With a default request rate the read
+        and the request's token are one statement; when it returns nothing (an empty bucket, or an
+        override lifting the rate), the read and `take_request_token` decide and explain. Returns
+        what `_take_slot` needs after the lease is written (None: no limit applies)."""
         if admission is None or admission.limits is None:
             return None
         defaults = admission.limits
@@ -466,12 +466,13 @@ class SqlStore(Store):
         else:
             limits = self._limits.limits_from(row, defaults)
         tokens_used, running_tenant, running_user = (int(value or 0) for value in row[-3:])
-        if admission.run:
+        if admission.checks_budget:
             self._limits.budget_check(tokens_used, limits, now)
-            if self._dialect == "postgresql" and (limits.runs_per_user or limits.runs_per_tenant):
-                # READ COMMITTED: the counts above may be stale; count again under the tenant's lock.
-                self._limits.lock_runs(connection, owner.tenant)
-                return _Admitted(limits, None)
+        counts_runs = limits.runs_per_user or limits.runs_per_tenant
+        if admission.run and counts_runs and self._dialect == "postgresql":
+            # READ COMMITTED: the counts above may be stale; count again under the tenant's lock.
+            self._limits.lock_runs(connection, owner.tenant)
+            return _Admitted(limits, None)
         return _Admitted(limits, (running_user, running_tenant))
 
     def _take_slot(self, connection: Connection, owner: Principal, admitted: _Admitted | None) -> None:
@@ -805,6 +806,17 @@ class SqlStore(Store):
         def body(connection: Connection) -> None:
             self._admit(connection, owner, admission, now)
             self._record(connection, owner, admission.record, now)
+
+        await self._run(body)
+
+    async def record_usage(self, owner: Principal, usage: UsageDelta) -> None:
+        """One transaction of its own; nothing at all (no transaction, no row) for an empty delta."""
+        if not usage:
+            return
+        now = datetime.now(UTC)
+
+        def body(connection: Connection) -> None:
+            self._record(connection, owner, usage, now)
 
         await self._run(body)
 
