@@ -15,6 +15,7 @@ from openai.types.responses import ResponseCompletedEvent, ResponseOutputMessage
 
 from services.agent_service.agents.responder import AppResponder, create_responder
 from switchboard.app import DEFAULT_TITLE_AGENT, AppEnvironment
+from switchboard.app.offline import ScriptedModel
 from switchboard.demo import create_app
 from switchboard.demo.benchmark import (
     BENCHMARK_WORDS,
@@ -46,7 +47,7 @@ def _user(text: str) -> TResponseInputItem:
     return {"role": "user", "type": "message", "content": [{"type": "input_text", "text": text}]}
 
 
-async def _stream(model: BenchmarkModel, text: str, **kw: Any) -> list[Any]:
+async def _stream(model: ScriptedModel, text: str, **kw: Any) -> list[Any]:
     return [
         event
         async for event in model.stream_response(
@@ -117,21 +118,7 @@ async def test_every_call_reports_its_usage_as_a_provider_would() -> None:
     assert (response.usage.requests, response.usage.input_tokens, response.usage.output_tokens) == (1, 3, 12)
     # A scripted model reports no tokens unless it says so.
     plain = DemoModel()
-    [*_, completed] = [
-        event
-        async for event in plain.stream_response(
-            None,
-            [_user("hello")],
-            ModelSettings(),
-            [],
-            None,
-            [],
-            ModelTracing.DISABLED,
-            previous_response_id=None,
-            conversation_id=None,
-            prompt=None,
-        )
-    ]
+    [*_, completed] = await _stream(plain, "hello")
     assert isinstance(completed, ResponseCompletedEvent) and completed.response.usage is None
 
 
