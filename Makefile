@@ -22,11 +22,9 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/switchboard dev
 
-## test: the full test suite (real processes on free loopback ports), in TEST_WORKERS processes
-## (pytest-xdist, default 2; a test file's tests stay in one process, so a module's stack is shared)
-TEST_WORKERS ?= 2
+## test: the full test suite (real processes on free loopback ports)
 test: $(STAMP)
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/pytest
 
 ## fuzz: the property-based fuzz test of the edge with many more examples (FUZZ_EXAMPLES, default 10000)
 FUZZ_EXAMPLES ?= 10000
